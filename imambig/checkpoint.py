@@ -1,0 +1,139 @@
+"""Model checkpoints on any fsspec URL: config + weights + metadata + content hash.
+
+Two kinds of file live in a checkpoint folder:
+
+- ``state.pt``: everything needed to resume training (model, optimizer, scheduler,
+  RNG states, position in the epoch). Rewritten atomically during training.
+- ``model.pt``: the published model: config, weights, metadata and ``model_id``, the
+  SHA-256 of the config and weights. The model id keys everything derived from the
+  model (stores, noise fits, ambiguation seeds), so identical weights give identical ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from imambig.config import ModelConfig
+from imambig.models.autoencoder import SparseAutoencoder
+from imambig.storage import filesystem, join
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "state.pt"
+PROGRESS_FILE = "progress.json"
+
+
+def model_id(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> str:
+    """Content hash of config and weights (16 hex digits)."""
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def write_bytes_atomic(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write to a temporary name, then move: a kill never leaves a half-written file
+    (rename on local disks; a single PUT of the final object on S3)."""
+    fs, path = filesystem(url, storage_options)
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    if "file" in fs.protocol:
+        tmp = path + ".tmp"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def read_bytes(url: str, storage_options: dict | None = None) -> bytes | None:
+    fs, path = filesystem(url, storage_options)
+    if not fs.exists(path):
+        return None
+    return fs.cat_file(path)
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save_state(url: str, state: dict[str, Any], storage_options: dict | None = None) -> None:
+    write_bytes_atomic(join(url, STATE_FILE), _torch_bytes(state), storage_options)
+    progress = {k: state[k] for k in ("epoch", "step_in_epoch", "global_step") if k in state}
+    write_bytes_atomic(join(url, PROGRESS_FILE), json.dumps(progress).encode(), storage_options)
+
+
+def load_state(url: str, storage_options: dict | None = None) -> dict[str, Any] | None:
+    data = read_bytes(join(url, STATE_FILE), storage_options)
+    if data is None:
+        return None
+    # Our own file: it holds RNG states and optimizer state, not only tensors.
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    config: ModelConfig
+    metadata: dict[str, Any]
+
+
+def save_model(
+    url: str,
+    model: SparseAutoencoder,
+    metadata: dict[str, Any],
+    storage_options: dict | None = None,
+    extras: dict[str, Any] | None = None,
+) -> str:
+    """Publish ``model.pt`` under folder ``url``; returns the model id.
+
+    ``extras`` carries artefacts fitted on the model (e.g. the noise fit) so they
+    travel with the weights; they do not change the model id.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    mid = model_id(model.config, state)
+    payload = {
+        "format": "imambig.model/1",
+        "model_id": mid,
+        "config": model.config.to_dict(),
+        "state_dict": state,
+        "metadata": metadata,
+        "extras": extras or {},
+    }
+    write_bytes_atomic(join(url, MODEL_FILE), _torch_bytes(payload), storage_options)
+    return mid
+
+
+def load_model(
+    url: str, storage_options: dict | None = None, device: str | torch.device = "cpu"
+) -> tuple[SparseAutoencoder, ModelInfo, dict[str, Any]]:
+    """Load ``model.pt`` from folder (or file) ``url``; verifies the content hash.
+
+    Returns (model in eval mode, info, extras).
+    """
+    file_url = url if url.endswith(".pt") else join(url, MODEL_FILE)
+    data = read_bytes(file_url, storage_options)
+    if data is None:
+        raise FileNotFoundError(f"no model at {file_url} (train one with `imambig train`)")
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    if payload.get("format") != "imambig.model/1":
+        raise ValueError(f"{file_url} is not an imambig model file")
+    config = ModelConfig.from_dict(payload["config"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    if model_id(config, payload["state_dict"]) != payload["model_id"]:
+        raise ValueError(f"{file_url}: weights do not match their model id (corrupted file?)")
+    model = SparseAutoencoder(config)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    info = ModelInfo(payload["model_id"], config, payload["metadata"])
+    return model, info, payload.get("extras", {})

@@ -1,0 +1,305 @@
+"""The image store: a Zarr v3 group of equally sized uint8 RGB images and their labels.
+
+Layout (schema ``imambig.image-store/1``), N items of H x W pixels:
+
+- ``images``   (N, H, W, 3) uint8, chunks (chunk_items, H, W, 3), zstd
+- ``item_id``  (N,) UTF-8 strings: the item's path relative to the source root
+- ``split``    (N,) uint8: 0 train, 1 val, 2 test
+- ``identity`` (N,) int64: the person shown, -1 when unknown
+- group attributes: ``schema``, ``height``, ``width``, ``n_items``, ``split_spec``,
+  ``seed``, ``crop``, ``source``, ``set_aside``, ``created``, ``split_names`` and
+  ``complete``.
+
+Writing: ``ImageStoreWriter.create`` lays out every array at its full size first;
+image regions are then written chunk-aligned (so independent workers can each write
+their own regions, reopening the store with ``ImageStoreWriter.open``), and only
+``finish`` sets ``complete: true``. Readers refuse stores without it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from imambig.splits import SPLIT_NAMES, UNKNOWN_IDENTITY, split_code
+from imambig.storage import filesystem, join, open_store
+
+SCHEMA = "imambig.image-store/1"
+
+# Plain zstd rather than Blosc: Blosc's gain over zstd comes from byte shuffling, which
+# does nothing for 1-byte pixels, and plain zstd is the simplest codec every Zarr v3
+# reader supports. Level 3 is zstd's own default: a fair ratio at fast encode speed.
+IMAGE_CODEC = ZstdCodec(level=3)
+
+StoreState = Literal["absent", "complete", "incomplete", "foreign"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def store_state(url: str, storage_options: dict[str, Any] | None = None) -> StoreState:
+    """What is at ``url``: nothing, a complete or incomplete image store, or other data."""
+    fs, path = filesystem(url, storage_options)
+    if not fs.exists(path):
+        return "absent"
+    if not fs.isdir(path):
+        return "foreign"
+    meta_path = join(path, "zarr.json")
+    if not fs.exists(meta_path):
+        return "absent" if not fs.ls(path, detail=False) else "foreign"
+    try:
+        attrs = json.loads(fs.cat_file(meta_path)).get("attributes", {})
+    except (ValueError, OSError):
+        return "foreign"
+    if attrs.get("schema") != SCHEMA:
+        return "foreign"
+    return "complete" if attrs.get("complete") is True else "incomplete"
+
+
+class ImageStoreWriter:
+    """Writes one image store; see the module docstring for the write order."""
+
+    def __init__(self, group: zarr.Group) -> None:
+        self.group = group
+        self.images: zarr.Array = group["images"]  # type: ignore[assignment]
+
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        *,
+        n_items: int,
+        height: int,
+        width: int,
+        chunk_items: int,
+        attrs: dict[str, Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> ImageStoreWriter:
+        """Lay out an empty store of ``n_items`` at ``url``, replacing what is there."""
+        if min(height, width, chunk_items) < 1 or n_items < 0:
+            raise ValueError("height, width and chunk_items must be positive, n_items >= 0")
+        group = zarr.open_group(
+            open_store(url, storage_options, mode="w"),
+            mode="w",
+            attributes={
+                **(attrs or {}),
+                "schema": SCHEMA,
+                "height": height,
+                "width": width,
+                "n_items": n_items,
+                "split_names": list(SPLIT_NAMES),
+                "created": _now(),
+                "complete": False,
+            },
+        )
+        group.create_array(
+            "images", shape=(n_items, height, width, 3), dtype="uint8",
+            chunks=(chunk_items, height, width, 3), compressors=IMAGE_CODEC, fill_value=0,
+            dimension_names=("item", "y", "x", "channel"),
+        )
+        group.create_array(
+            "item_id", shape=(n_items,), dtype=str, chunks=(chunk_items,),
+            dimension_names=("item",),
+        )
+        group.create_array(
+            "split", shape=(n_items,), dtype="uint8", chunks=(chunk_items,),
+            compressors=ZstdCodec(level=3), fill_value=0, dimension_names=("item",),
+        )
+        group.create_array(
+            "identity", shape=(n_items,), dtype="int64", chunks=(chunk_items,),
+            compressors=ZstdCodec(level=3), fill_value=UNKNOWN_IDENTITY,
+            dimension_names=("item",),
+        )
+        return cls(group)
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> ImageStoreWriter:
+        """Reopen a store laid out by ``create`` to write more regions into it."""
+        group = zarr.open_group(open_store(url, storage_options, mode="r+"), mode="r+")
+        if group.attrs.get("schema") != SCHEMA:
+            raise ValueError(f"{url} is not an image store (schema {SCHEMA})")
+        return cls(group)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def chunk_items(self) -> int:
+        return int(self.images.chunks[0])
+
+    def write_images(self, start: int, images: np.ndarray) -> None:
+        """Write ``images`` (B, H, W, 3) uint8 at items ``start:start+B``.
+
+        The region must cover whole chunks (it may end at ``n_items``), so that concurrent
+        writers never touch the same chunk.
+        """
+        stop = start + len(images)
+        if images.dtype != np.uint8 or images.shape[1:] != self.images.shape[1:]:
+            raise ValueError(
+                f"expected uint8 images of shape (B, *{self.images.shape[1:]}), "
+                f"got {images.dtype} {images.shape}"
+            )
+        if start % self.chunk_items or (stop % self.chunk_items and stop != self.n_items):
+            raise ValueError(
+                f"region {start}:{stop} is not aligned to chunks of {self.chunk_items} items"
+            )
+        if stop > self.n_items:
+            raise ValueError(f"region {start}:{stop} exceeds the store's {self.n_items} items")
+        self.images[start:stop] = images
+
+    def resize(self, n_items: int) -> None:
+        """Change the item count of every array (dropping items beyond ``n_items``)."""
+        for name in ("images", "item_id", "split", "identity"):
+            arr: zarr.Array = self.group[name]  # type: ignore[assignment]
+            arr.resize((n_items, *arr.shape[1:]))
+        self.images = self.group["images"]  # type: ignore[assignment]  # fresh metadata
+        self.group.attrs["n_items"] = n_items
+
+    def write_labels(
+        self, item_ids: np.ndarray, splits: np.ndarray, identities: np.ndarray
+    ) -> None:
+        """Write the per-item label arrays, all of length ``n_items``."""
+        n = self.n_items
+        for name, values in (("item_id", item_ids), ("split", splits), ("identity", identities)):
+            if len(values) != n:
+                raise ValueError(f"{name} has {len(values)} values, the store {n} items")
+        if n:
+            self.group["item_id"][:] = np.asarray(item_ids, dtype=str)
+            self.group["split"][:] = np.asarray(splits, dtype=np.uint8)
+            self.group["identity"][:] = np.asarray(identities, dtype=np.int64)
+
+    def finish(self, **attrs: Any) -> None:
+        """Record final attributes and mark the store complete (call last)."""
+        self.group.attrs.update({**attrs, "n_items": self.n_items, "complete": True})
+
+
+class ImageStore:
+    """Read view of a complete image store. Picklable: workers reopen it lazily."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            group = zarr.open_group(open_store(self.url, self.storage_options, mode="r"), mode="r")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no image store at {self.url}") from None
+        attrs = group.attrs.asdict()
+        if attrs.get("schema") != SCHEMA:
+            raise ValueError(f"{self.url} is not an image store (expected schema {SCHEMA})")
+        if attrs.get("complete") is not True:
+            raise ValueError(
+                f"image store {self.url} was not completely written; re-run ingest to finish it"
+            )
+        self._group = group
+        self._attrs = attrs
+        self.images: zarr.Array = group["images"]  # type: ignore[assignment]
+        self._labels: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.url = state["url"]
+        self.storage_options = state["storage_options"]
+        self._open()
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __repr__(self) -> str:
+        return f"ImageStore({self.url!r}, n_items={self.n_items}, {self.height}x{self.width})"
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._attrs)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.images.shape[2])
+
+    @property
+    def chunk_items(self) -> int:
+        return int(self.images.chunks[0])
+
+    def read(self, selection: slice | int | np.ndarray | list[int]) -> np.ndarray:
+        """Images (B, H, W, 3) uint8 of a slice or of an array of item indices.
+
+        An index array is served chunk by chunk: each touched chunk is decoded once,
+        whatever the order or repetition of the indices. An int gives a batch of one.
+        """
+        n = self.n_items
+        if isinstance(selection, slice):
+            start, stop, step = selection.indices(n)
+            if step == 1:
+                return np.asarray(self.images[start:stop])
+            selection = np.arange(start, stop, step)
+        idx = np.asarray(selection)
+        if idx.ndim == 0:
+            idx = idx.reshape(1)
+        if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+            raise TypeError("read() takes a slice, an int or a 1-D array of item indices")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"item index out of range for {n} items")
+        idx = np.where(idx < 0, idx + n, idx)
+        out = np.empty((idx.size, self.height, self.width, 3), dtype=np.uint8)
+        if idx.size == 0:
+            return out
+        # One contiguous read per touched chunk (from its first to its last wanted item).
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        chunk_of = sorted_idx // self.chunk_items
+        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+        for part in np.split(np.arange(sorted_idx.size), bounds):
+            lo, hi = int(sorted_idx[part[0]]), int(sorted_idx[part[-1]]) + 1
+            block = np.asarray(self.images[lo:hi])
+            out[order[part]] = block[sorted_idx[part] - lo]
+        return out
+
+    def _label(self, name: str) -> np.ndarray:
+        # Labels are small (a few MB for millions of items): read once, keep.
+        if name not in self._labels:
+            self._labels[name] = np.asarray(self._group[name][:])
+        return self._labels[name]
+
+    def item_ids(self) -> np.ndarray:
+        """Item ids (relative source paths) as an array of str."""
+        # Zarr hands out numpy's variable-width StringDType; callers get plain '<U' strings.
+        return np.array(self._label("item_id").tolist(), dtype=str)
+
+    def splits(self) -> np.ndarray:
+        """Split code per item: 0 train, 1 val, 2 test (uint8)."""
+        return self._label("split").astype(np.uint8)
+
+    def identities(self) -> np.ndarray:
+        """Identity per item (int64, -1 unknown)."""
+        return self._label("identity").astype(np.int64)
+
+    def indices(self, split: str) -> np.ndarray:
+        """Item indices (int64, ascending) of ``"train"``, ``"val"``, ``"test"`` or ``"all"``."""
+        if split == "all":
+            return np.arange(self.n_items, dtype=np.int64)
+        return np.flatnonzero(self.splits() == split_code(split)).astype(np.int64)
+
+
+def open_image_store(url: str, storage_options: dict[str, Any] | None = None) -> ImageStore:
+    """Open the complete image store at ``url`` (path or fsspec URL) for reading."""
+    return ImageStore(url, storage_options)

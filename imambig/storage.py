@@ -1,0 +1,65 @@
+"""Where artefacts live: local paths and fsspec URLs behind one small interface.
+
+A location is either a plain path (``runs/images``) or an fsspec URL with a protocol
+(``s3://bucket/prefix``, ``file:///abs/path``, ``memory://x``). ``open_store`` gives the
+Zarr store for it, ``filesystem`` the fsspec file system for side files (reports,
+checkpoints) and for listing sources.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import fsspec
+from fsspec import AbstractFileSystem
+from zarr.abc.store import Store
+from zarr.storage import FsspecStore, LocalStore
+
+Mode = Literal["r", "r+", "a", "w", "w-"]
+
+
+def has_protocol(url: str) -> bool:
+    """True for ``proto://...`` URLs, False for plain local paths."""
+    return "://" in url
+
+
+def _options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    opts = dict(storage_options or {})
+    if has_protocol(url):
+        # Zarr drives its file system from its own event loop; a cached fsspec instance
+        # bound to another loop (e.g. an s3fs used synchronously before) fails with
+        # "attached to a different loop". A fresh instance per store avoids that.
+        opts.setdefault("skip_instance_cache", True)
+    return opts
+
+
+def open_store(
+    url: str, storage_options: dict[str, Any] | None = None, mode: Mode = "r"
+) -> Store:
+    """The Zarr store at ``url``; read-only when ``mode`` is ``"r"``.
+
+    Creating or clearing is left to ``zarr.open_group(store, mode=...)``; ``mode`` here
+    only decides whether the store accepts writes.
+    """
+    read_only = mode == "r"
+    if url.startswith("file://"):
+        # Zarr's own local store creates parent folders; fsspec's local file system does not.
+        url = fsspec.core.strip_protocol(url)
+    if has_protocol(url):
+        return FsspecStore.from_url(
+            url, storage_options=_options(url, storage_options), read_only=read_only
+        )
+    return LocalStore(url, read_only=read_only)
+
+
+def filesystem(
+    url: str, storage_options: dict[str, Any] | None = None
+) -> tuple[AbstractFileSystem, str]:
+    """The synchronous fsspec file system of ``url`` and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(url, **_options(url, storage_options))
+    return fs, path.rstrip("/") or path
+
+
+def join(url: str, *parts: str) -> str:
+    """``url`` with ``parts`` appended, '/'-separated (also for local paths)."""
+    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])

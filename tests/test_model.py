@@ -1,0 +1,111 @@
+"""The network: shapes, exact sparsity, tied weights, batched grouped layer, size."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from imambig.config import PRESETS, ModelConfig
+from imambig.layers.grouped_linear import GroupedLinear, LoopGroupedLinear
+from imambig.layers.topk import topk_sparsify
+from imambig.models.autoencoder import SparseAutoencoder
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SparseAutoencoder:
+    torch.manual_seed(0)
+    return SparseAutoencoder(PRESETS["tiny"]).eval()
+
+
+def test_topk_keeps_k_largest_magnitudes_with_signs() -> None:
+    h = torch.tensor([[0.1, -5.0, 3.0, -0.2, 4.0, 0.0]])
+    z = topk_sparsify(h, 3)
+    assert torch.equal(z, torch.tensor([[0.0, -5.0, 3.0, 0.0, 4.0, 0.0]]))
+
+
+def test_topk_gradient_flows_through_kept_entries_only() -> None:
+    h = torch.randn(4, 3, 32, requires_grad=True)
+    z = topk_sparsify(h, 5)
+    z.sum().backward()
+    assert torch.equal(h.grad, (z != 0).float())
+
+
+def test_grouped_linear_matches_per_group_loop() -> None:
+    torch.manual_seed(1)
+    batched = GroupedLinear(6, 16, 40)
+    loop = LoopGroupedLinear(6, 16, 40)
+    loop.load_state_dict(batched.state_dict())
+    x, z = torch.randn(5, 6, 16), torch.randn(5, 6, 40)
+    torch.testing.assert_close(batched(x), loop(x))
+    torch.testing.assert_close(batched.transpose(z), loop.transpose(z))
+    # transpose is the adjoint: <W x, z> == <x, W^T z> per group
+    torch.testing.assert_close(
+        (batched(x) * z).sum(-1), (x * batched.transpose(z)).sum(-1), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_encode_shapes_and_exact_sparsity(name: str) -> None:
+    c = PRESETS[name]
+    torch.manual_seed(0)
+    model = SparseAutoencoder(c).eval()
+    x = torch.rand(2, 3, c.image_height, c.image_width)
+    with torch.no_grad():
+        h = model.bottleneck(x)
+        dense = model.dense_code(x)
+        z = model.encode(x)
+        y = model.decode(z)
+    assert h.shape == (2, c.n_maps, c.bottleneck_size)
+    assert dense.shape == z.shape == (2, c.n_maps, c.code_length)
+    assert ((z != 0).sum(-1) == c.k).all()
+    # the sparse code is the dense code restricted to its support
+    assert torch.equal(z[z != 0], dense[z != 0])
+    assert y.shape == x.shape
+    assert y.min() >= 0.0 and y.max() <= 1.0
+
+
+def test_encode_k_override(tiny: SparseAutoencoder) -> None:
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert ((tiny.encode(x, k=5) != 0).sum(-1) == 5).all()
+
+
+def test_decoder_uses_the_encoder_weights_transposed(tiny: SparseAutoencoder) -> None:
+    names = [
+        n for n, p in tiny.named_parameters() if p.dim() == 3
+    ]
+    assert names == ["linear.weight"], "exactly one grouped weight tensor, shared"
+    c = tiny.config
+    assert tiny.linear.weight.shape == (c.n_maps, c.code_length, c.bottleneck_size)
+    # a gradient from the decoder alone reaches the shared weight
+    z = torch.zeros(1, c.n_maps, c.code_length)
+    z[0, :, 0] = 1.0
+    tiny.zero_grad()
+    tiny.decode_logits(z).sum().backward()
+    assert tiny.linear.weight.grad is not None and tiny.linear.weight.grad.abs().sum() > 0
+    tiny.zero_grad()
+
+
+def test_non_square_round_trip() -> None:
+    c = dataclasses.replace(PRESETS["tiny"], image_height=48, image_width=80)
+    model = SparseAutoencoder(c).eval()
+    assert c.bottleneck_hw == (6, 10)
+    x = torch.rand(2, 3, 48, 80)
+    with torch.no_grad():
+        y = model.decode(model.encode(x))
+    assert y.shape == (2, 3, 48, 80)
+
+
+def test_image_size_must_divide_by_the_scales() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(image_height=100, image_width=128)
+
+
+def test_paper_preset_size_matches_the_paper() -> None:
+    model = SparseAutoencoder(PRESETS["paper"])
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 3.28e6) / 3.28e6 < 0.01, n
+    c = PRESETS["paper"]
+    assert (c.n_maps, c.code_length, c.k, c.bottleneck_hw) == (20, 512, 128, (16, 16))
