@@ -149,3 +149,28 @@ class TrainConfig:
         d = dict(d)
         d["model"] = ModelConfig.from_dict(d["model"])
         return cls(**d)
+
+
+# ---------------------------------------------------------------------------
+# Keys and key material
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """Where secrets come from. Secrets themselves never live in code, configs or stores:
+    a source is a spec, ``env:NAME`` or ``file:PATH`` (see ``imambig.key_material``)."""
+
+    owner_secret_env: str = "IMAMBIG_OWNER_SECRET"
+    keystore_key_env: str = "IMAMBIG_KEYSTORE_KEY"
+    owner_secret_source: str | None = None  # None: env:<owner_secret_env>
+    keystore_key_source: str | None = None  # None: env:<keystore_key_env>
+    min_secret_bytes: int = 32
+
+    @property
+    def owner_secret_spec(self) -> str:
+        return self.owner_secret_source or f"env:{self.owner_secret_env}"
+
+    @property
+    def keystore_key_spec(self) -> str:
+        return self.keystore_key_source or f"env:{self.keystore_key_env}"

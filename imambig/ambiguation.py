@@ -1,0 +1,95 @@
+"""Ambiguation: hide each map's k real non-zeros among k' public ones.
+
+For every item a decoy bottleneck vector ``a`` is drawn from the fitted noise model
+with randomness derived from HMAC(owner secret, model id, item id): re-encoding an item
+publishes identical bytes, and a second release of the same item carries the same fakes
+(fresh noise per release would let anyone diff the releases). The fakes are the
+``k' - k`` largest entries of ``W a`` outside the real support, times one factor per
+map that gives them the median magnitude of that map's real entries. One scalar keeps
+the fakes an exact linear image of one vector (``s a``), as the real entries are of
+``h``; a per-value calibration would break that and hand the fakes to a least-squares
+test.
+
+Nothing public depends on which entries are real: public positions are a sorted mask,
+real and fake values pass through one quantizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from imambig.key_material import noise_rng
+from imambig.models.autoencoder import SparseAutoencoder
+from imambig.noise_model import NoiseModel
+from imambig.quantizer import quantize
+
+
+@dataclass(frozen=True)
+class Ambiguated:
+    """A batch of public records plus their secret part.
+
+    ``mask`` (B, L, m) bool: public support, k' per map (public).
+    ``values`` (B, L, k') float16: quantized values in position order (public).
+    ``real`` (B, L, k') bool: which public entries are real (secret: the keys).
+    """
+
+    mask: np.ndarray
+    values: np.ndarray
+    real: np.ndarray
+
+    def public_code(self) -> torch.Tensor:
+        """The public code as a dense (B, L, m) float tensor."""
+        return scatter_code(self.mask, self.values)
+
+    def authorized_code(self, real: np.ndarray | None = None) -> torch.Tensor:
+        """The code an authorized user decodes: public values kept where ``real``."""
+        keep = self.real if real is None else real
+        return scatter_code(self.mask, np.where(keep, self.values, 0))
+
+
+def scatter_code(mask: np.ndarray, values: np.ndarray) -> torch.Tensor:
+    """(B, L, m) mask + (B, L, k') values in position order -> dense float32 code."""
+    code = torch.zeros(mask.shape, dtype=torch.float32)
+    code[torch.from_numpy(mask)] = torch.from_numpy(values.astype(np.float32)).flatten()
+    return code
+
+
+@torch.no_grad()
+def ambiguate(
+    model: SparseAutoencoder,
+    h: torch.Tensor,
+    noise: NoiseModel,
+    owner_secret: bytes,
+    model_id: str,
+    item_ids: list[str],
+) -> Ambiguated:
+    """Ambiguate the codes of bottleneck vectors ``h`` (B, L, n) of items ``item_ids``."""
+    c = model.config
+    if noise.model_id != model_id:
+        raise ValueError(f"noise model was fitted for model {noise.model_id}, not {model_id}")
+    B, k, kp = h.shape[0], c.k, noise.k_public
+    dense = model.linear(h.float().cpu())
+    real_idx = dense.abs().topk(k, dim=-1).indices
+    support = torch.zeros_like(dense, dtype=torch.bool).scatter(-1, real_idx, True)
+
+    rngs = [noise_rng(owner_secret, model_id, item) for item in item_ids]
+    decoys = torch.from_numpy(noise.sample_decoys(rngs)).view_as(h)
+    decoy_dense = model.linear(decoys)
+    fake_idx = decoy_dense.abs().masked_fill(support, -1.0).topk(kp - k, dim=-1).indices
+    fake_raw = decoy_dense.gather(-1, fake_idx)
+    real_vals = dense.gather(-1, real_idx)
+    scale = real_vals.abs().median(-1, keepdim=True).values / fake_raw.abs().median(
+        -1, keepdim=True
+    ).values.clamp_min(1e-12)
+    fake_vals = fake_raw * scale
+
+    code = torch.zeros_like(dense)
+    code.scatter_(-1, real_idx, real_vals)
+    code.scatter_(-1, fake_idx, fake_vals)
+    mask = support.clone().scatter_(-1, fake_idx, True)
+    values = quantize(code[mask].view(B, c.n_maps, kp))
+    real = support[mask].view(B, c.n_maps, kp)
+    return Ambiguated(mask.numpy(), values.numpy(), real.numpy())

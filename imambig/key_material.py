@@ -1,0 +1,294 @@
+"""Where secrets come from: environment variables, files, or a key service.
+
+Secrets never live in code, configs or stores. A *spec* names where one is found:
+``env:NAME`` (an environment variable) or ``file:PATH`` (a file). Either holds the secret
+as base64 text (e.g. ``openssl rand -base64 32``; what :func:`generate_secret_text`
+prints) or, for files, as raw bytes; at least 32 bytes either way.
+
+Two secrets exist:
+
+- the owner secret seeds the decoy noise of every item (:func:`noise_seed`): the same
+  item, model and secret always give the same fakes, so re-releases cannot be diffed;
+- the keystore master key protects the keystore through envelope encryption
+  (:class:`KeyProvider`): each store has its own data key, kept only in wrapped form.
+
+Secret values travel as :class:`Secret`, whose repr and str never show them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import stat
+import warnings
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from imambig.config import KeyConfig
+from imambig.encryption import DATA_KEY_BYTES, ChunkCipher, TamperedError
+
+MIN_SECRET_BYTES = KeyConfig().min_secret_bytes
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/_-]+={0,2}")
+
+
+class Secret:
+    """Bytes that never show up in reprs, str(), f-strings or tracebacks' locals."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = bytes(value)
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret(****)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value, other._value)
+
+    __hash__ = None  # type: ignore[assignment]  # a hash would be a (weak) fingerprint
+
+
+class SecretError(ValueError):
+    """A secret is missing, unreadable or too short; the message names where, not what."""
+
+
+class InsecureSecretFileWarning(UserWarning):
+    """A secret file can be read by other users."""
+
+
+def reveal(secret: Secret | bytes) -> bytes:
+    return secret.reveal() if isinstance(secret, Secret) else bytes(secret)
+
+
+def generate_secret_text(n_bytes: int = 32) -> str:
+    """A fresh random secret as base64 text, ready for an env var or a secret file."""
+    return base64.b64encode(secrets.token_bytes(n_bytes)).decode("ascii")
+
+
+def _decode(raw: bytes) -> bytes:
+    """Base64 text (standard or URL-safe, padding optional) if it looks like it, else
+    the bytes as they are."""
+    text = raw.strip()
+    if _BASE64_TEXT.fullmatch(text):
+        text = text.rstrip(b"=").replace(b"-", b"+").replace(b"_", b"/")
+        try:
+            return base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+        except binascii.Error:
+            pass
+    return raw
+
+
+def _checked(value: bytes, spec: str, min_bytes: int) -> Secret:
+    if len(value) < min_bytes:
+        raise SecretError(
+            f"secret {spec} is {len(value)} bytes; at least {min_bytes} are required "
+            "(generate one with `openssl rand -base64 32`)"
+        )
+    return Secret(value)
+
+
+def from_env(var: str, *, min_bytes: int = MIN_SECRET_BYTES) -> Secret:
+    """The secret in environment variable ``var``."""
+    value = os.environ.get(var)
+    if not value:
+        raise SecretError(f"secret env:{var} is not set")
+    return _checked(_decode(value.encode("utf-8")), f"env:{var}", min_bytes)
+
+
+def check_private_file(path: str | os.PathLike[str], *, strict: bool = False) -> None:
+    """Warn (``strict``: refuse) when a secret file is readable by group or others.
+
+    Only a warning by default: mounted secrets (containers, orchestrators) are often
+    0444 inside an already private mount.
+    """
+    if os.name != "posix":
+        return
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        message = (
+            f"secret file {os.fspath(path)} is accessible to other users "
+            f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600` on it"
+        )
+        if strict:
+            raise SecretError(message)
+        warnings.warn(message, InsecureSecretFileWarning, stacklevel=3)
+
+
+def from_file(
+    path: str | os.PathLike[str], *, min_bytes: int = MIN_SECRET_BYTES, strict: bool = False
+) -> Secret:
+    """The secret in a file (base64 text or raw bytes)."""
+    spec = f"file:{os.fspath(path)}"
+    try:
+        check_private_file(path, strict=strict)
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SecretError(f"secret {spec} not found") from None
+    except OSError as exc:
+        raise SecretError(f"secret {spec} cannot be read: {exc.strerror}") from None
+    return _checked(_decode(raw), spec, min_bytes)
+
+
+def resolve_secret(spec: str, *, min_bytes: int = MIN_SECRET_BYTES, strict: bool = False) -> Secret:
+    """The secret named by ``env:NAME`` or ``file:PATH``."""
+    scheme, _, where = spec.partition(":")
+    if not where or scheme not in ("env", "file"):
+        raise SecretError(f"secret source {spec!r} is not of the form env:NAME or file:PATH")
+    if scheme == "env":
+        return from_env(where, min_bytes=min_bytes)
+    return from_file(where, min_bytes=min_bytes, strict=strict)
+
+
+def owner_secret(config: KeyConfig | None = None) -> Secret:
+    """The owner secret from the configured source (default ``env:IMAMBIG_OWNER_SECRET``)."""
+    config = config or KeyConfig()
+    return resolve_secret(config.owner_secret_spec, min_bytes=config.min_secret_bytes)
+
+
+# ---------------------------------------------------------------------------
+# Deterministic decoy noise
+# ---------------------------------------------------------------------------
+
+
+def noise_seed(owner_secret: Secret | bytes, model_id: str, item_id: str) -> bytes:
+    """HMAC-SHA256(owner secret, ``imambig/noise/v1 NUL model NUL item``): the same for
+    the same (secret, model, item), unpredictable without the secret."""
+    key = reveal(owner_secret)
+    if len(key) < MIN_SECRET_BYTES:
+        raise SecretError(
+            f"owner secret is {len(key)} bytes; at least {MIN_SECRET_BYTES} are required"
+        )
+    if "\0" in model_id or "\0" in item_id:
+        raise ValueError("model and item ids must not contain NUL (it separates them)")
+    message = b"imambig/noise/v1\0" + model_id.encode() + b"\0" + item_id.encode()
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def noise_rng(owner_secret: Secret | bytes, model_id: str, item_id: str) -> np.random.Generator:
+    """A generator seeded by :func:`noise_seed`: Philox keyed by its first 128 bits,
+    starting at a counter given by the other 128 (so all 256 bits matter)."""
+    seed = noise_seed(owner_secret, model_id, item_id)
+    bit_generator = np.random.Philox(
+        key=int.from_bytes(seed[:16], "little"), counter=int.from_bytes(seed[16:], "little")
+    )
+    return np.random.Generator(bit_generator)
+
+
+# ---------------------------------------------------------------------------
+# Envelope encryption of keystore data keys
+# ---------------------------------------------------------------------------
+
+
+@runtime_checkable
+class KeyProvider(Protocol):
+    """A key service in the style of a cloud KMS.
+
+    A new store asks for its data key, encrypts its chunks with it and keeps only
+    ``wrap(data_key)`` in its metadata; a reader calls ``unwrap`` on that blob. Only the
+    provider holds the master key, so rotating or revoking it never touches the chunks.
+    """
+
+    name: str
+
+    def data_key(self, key_id: str) -> bytes:
+        """A 32-byte data key for the store ``key_id``."""
+        ...
+
+    def wrap(self, data_key: bytes) -> bytes:
+        """``data_key`` encrypted under the master key."""
+        ...
+
+    def unwrap(self, blob: bytes) -> bytes:
+        """The data key inside ``blob``; raises if it was not wrapped by this master key."""
+        ...
+
+
+_WRAP_MAGIC = b"IMAMBIG-KW\x01"
+_FINGERPRINT_BYTES = 8
+
+
+def _hkdf(master: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master)
+
+
+class LocalKeyProvider:
+    """Envelope encryption with a master key held locally (env var or file).
+
+    Data keys are derived from the master key and the store id, so rebuilding a store
+    reproduces its key and its chunks byte for byte (a cloud KMS would draw a random
+    key; the wrapped blob of the first build is then reused). Wrapping is AES-256-GCM
+    with a deterministic nonce (:mod:`imambig.encryption`), for the same reason.
+    """
+
+    def __init__(self, master_key: Secret | bytes, name: str = "local") -> None:
+        master = reveal(master_key)
+        if len(master) < MIN_SECRET_BYTES:
+            raise SecretError(
+                f"keystore master key is {len(master)} bytes; at least {MIN_SECRET_BYTES} "
+                "are required"
+            )
+        self.name = name
+        self._master = Secret(master)
+        self._wrapper = ChunkCipher(_hkdf(master, b"imambig/local-kms/wrap/v1"))
+        self._fingerprint = _hkdf(master, b"imambig/local-kms/fingerprint/v1")[:_FINGERPRINT_BYTES]
+
+    @classmethod
+    def from_spec(cls, spec: str, name: str = "local") -> LocalKeyProvider:
+        return cls(resolve_secret(spec), name)
+
+    @classmethod
+    def from_config(cls, config: KeyConfig | None = None) -> LocalKeyProvider:
+        config = config or KeyConfig()
+        return cls(resolve_secret(config.keystore_key_spec, min_bytes=config.min_secret_bytes))
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the master key (safe to show; reveals nothing usable)."""
+        return self._fingerprint.hex()
+
+    def __repr__(self) -> str:
+        return f"LocalKeyProvider(name={self.name!r}, fingerprint={self.fingerprint!r})"
+
+    def data_key(self, key_id: str) -> bytes:
+        if not key_id:
+            raise ValueError("data key id must not be empty")
+        return _hkdf(
+            self._master.reveal(), b"imambig/local-kms/data-key/v1\0" + key_id.encode("utf-8")
+        )
+
+    def wrap(self, data_key: bytes) -> bytes:
+        if len(data_key) != DATA_KEY_BYTES:
+            raise ValueError(f"data key must be {DATA_KEY_BYTES} bytes, got {len(data_key)}")
+        header = _WRAP_MAGIC + self._fingerprint
+        return header + self._wrapper.seal(data_key, header)
+
+    def unwrap(self, blob: bytes) -> bytes:
+        header_len = len(_WRAP_MAGIC) + _FINGERPRINT_BYTES
+        if not blob.startswith(_WRAP_MAGIC) or len(blob) < header_len:
+            raise TamperedError("wrapped data key is malformed (bad magic or version)")
+        fingerprint = blob[len(_WRAP_MAGIC) : header_len]
+        if fingerprint != self._fingerprint:
+            raise TamperedError(
+                f"data key was wrapped under another master key (fingerprint "
+                f"{fingerprint.hex()}; this provider's is {self.fingerprint})"
+            )
+        return self._wrapper.open(blob[header_len:], blob[:header_len], "wrapped data key")
