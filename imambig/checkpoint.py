@@ -21,7 +21,7 @@ import torch
 
 from imambig.config import ModelConfig
 from imambig.models.autoencoder import SparseAutoencoder
-from imambig.storage import filesystem, join
+from imambig.storage import join, read_bytes, write_bytes
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
@@ -40,27 +40,6 @@ def model_id(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def write_bytes_atomic(url: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Write to a temporary name, then move: a kill never leaves a half-written file
-    (rename on local disks; a single PUT of the final object on S3)."""
-    fs, path = filesystem(url, storage_options)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    if "file" in fs.protocol:
-        tmp = path + ".tmp"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
-
-
-def read_bytes(url: str, storage_options: dict | None = None) -> bytes | None:
-    fs, path = filesystem(url, storage_options)
-    if not fs.exists(path):
-        return None
-    return fs.cat_file(path)
-
-
 def _torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -68,9 +47,9 @@ def _torch_bytes(obj: Any) -> bytes:
 
 
 def save_state(url: str, state: dict[str, Any], storage_options: dict | None = None) -> None:
-    write_bytes_atomic(join(url, STATE_FILE), _torch_bytes(state), storage_options)
+    write_bytes(join(url, STATE_FILE), _torch_bytes(state), storage_options)
     progress = {k: state[k] for k in ("epoch", "step_in_epoch", "global_step") if k in state}
-    write_bytes_atomic(join(url, PROGRESS_FILE), json.dumps(progress).encode(), storage_options)
+    write_bytes(join(url, PROGRESS_FILE), json.dumps(progress).encode(), storage_options)
 
 
 def load_state(url: str, storage_options: dict | None = None) -> dict[str, Any] | None:
@@ -110,7 +89,7 @@ def save_model(
         "metadata": metadata,
         "extras": extras or {},
     }
-    write_bytes_atomic(join(url, MODEL_FILE), _torch_bytes(payload), storage_options)
+    write_bytes(join(url, MODEL_FILE), _torch_bytes(payload), storage_options)
     return mid
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from imambig.config import PRESETS, IngestConfig, TrainConfig
+from imambig.config import PRESETS, EncodeConfig, IngestConfig, KeyConfig, TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -15,6 +15,10 @@ EPILOG = """\
 typical session:
   imambig ingest ../data/celeba --split identity:0.8 --out runs/images
   imambig train --images runs/images --preset small --epochs 20 --out runs/model
+  imambig encode --images runs/images --model runs/model --public runs/public --keys runs/keys
+  imambig keys new-identity --out alice.id          (the user; prints a public key)
+  imambig grant --public runs/public --keys runs/keys --items 000002.jpg --to PUBKEY --out g.bin
+  imambig reveal --grant g.bin --identity alice.id --model runs/model --out revealed/
   imambig --help-all          every sub-command's options
 """
 
@@ -142,6 +146,198 @@ def _run_train(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# encode
+# ---------------------------------------------------------------------------
+
+
+def _add_encode(sub: argparse._SubParsersAction) -> None:
+    d = EncodeConfig()
+    p = sub.add_parser(
+        "encode",
+        help="encode an image store into a public store + keystore, in parallel on Dask",
+        description=(
+            "Encode every image of --images with the model at --model, ambiguate the codes "
+            "and write them to a versioned public store under --public; the keys go to a "
+            "versioned, encrypted keystore under --keys (a different root). Re-running "
+            "resumes an interrupted run and encodes only images added since. Secrets come "
+            "from the environment: IMAMBIG_OWNER_SECRET (seeds the noise) and "
+            "IMAMBIG_KEYSTORE_KEY (encrypts the keystore), base64 of >= 32 bytes, or "
+            "--owner-secret / --keystore-key specs such as file:/run/secrets/owner."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--images", required=True, help="image store URL")
+    p.add_argument("--model", required=True, help="model folder URL (from `imambig train`)")
+    p.add_argument("--public", required=True, help="public root URL (publishable)")
+    p.add_argument("--keys", required=True, help="keystore root URL (private)")
+    p.add_argument("--k-public", type=int, default=d.k_public,
+                   help="public non-zeros per map, k' (default: 2k)")
+    p.add_argument("--chunk-items", type=int, default=d.chunk_items,
+                   help="items per chunk = per Dask task")
+    p.add_argument("--workers", type=int, default=None,
+                   help="LocalCluster worker processes (default: one per core)")
+    p.add_argument("--dask-address", default=None,
+                   help="use an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
+    p.add_argument("--owner-secret", default=None, help="owner secret spec (env:NAME|file:PATH)")
+    p.add_argument("--keystore-key", default=None, help="keystore key spec (env:NAME|file:PATH)")
+    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild a store version built with other settings")
+    p.set_defaults(handler=_run_encode)
+
+
+def _key_config(a: argparse.Namespace) -> KeyConfig:
+    return KeyConfig(owner_secret_source=getattr(a, "owner_secret", None),
+                     keystore_key_source=getattr(a, "keystore_key", None))
+
+
+def _run_encode(a: argparse.Namespace) -> int:
+    from imambig.bulk_encode import run_encode
+    from imambig.encode import EncodeJob
+
+    job = EncodeJob(
+        images=a.images, model=a.model, public_root=a.public, keys_root=a.keys,
+        config=EncodeConfig(k_public=a.k_public, chunk_items=a.chunk_items),
+        keys=_key_config(a), storage_options=json.dumps(_storage_options(a.storage_options)),
+    )
+    report = run_encode(job, dask_address=a.dask_address, n_workers=a.workers,
+                        overwrite=a.overwrite)
+    print(report.summary())
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check a store against its versioned layout; lists every violation",
+        description="Exit status 0 when every store is valid, 1 otherwise.",
+    )
+    p.add_argument("urls", nargs="+", help="store URLs (image, public or keystore)")
+    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
+    p.set_defaults(handler=_run_validate)
+
+
+def _run_validate(a: argparse.Namespace) -> int:
+    from storage_schemas.validate import validate
+
+    ok = True
+    for url in a.urls:
+        report = validate(url, _storage_options(a.storage_options))
+        print(report.summary())
+        ok &= report.ok
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------
+# keys / grant / reveal
+# ---------------------------------------------------------------------------
+
+
+def _add_keys(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keys", help="identities of data users")
+    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    n = ksub.add_parser(
+        "new-identity",
+        help="create an X25519 identity; prints the public key to hand to the owner",
+        description="Writes the private identity to --out (mode 0600) and prints the "
+                    "public key (imambig-pub-v1:...) that grants are sealed to.",
+    )
+    n.add_argument("--out", required=True, help="file for the private identity")
+    n.add_argument("--force", action="store_true", help="replace an existing file")
+    n.set_defaults(handler=_run_new_identity)
+
+
+def _run_new_identity(a: argparse.Namespace) -> int:
+    from imambig.identity import new_identity, save_identity
+
+    ident = new_identity()
+    save_identity(ident, a.out, overwrite=a.force)
+    print(ident.public_text())
+    return 0
+
+
+def _add_grant(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "grant",
+        help="seal the keys of chosen items to a user's public key",
+        description="Reads the keys of the chosen items from the keystore and seals them "
+                    "to the recipient. The grant file reveals nothing to anyone else.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--public", required=True, help="public store URL or root")
+    p.add_argument("--keys", required=True, help="keystore URL or root")
+    p.add_argument("--to", required=True, help="recipient public key (imambig-pub-v1:...)")
+    p.add_argument("--items", nargs="*", default=[], help="item ids to grant")
+    p.add_argument("--items-file", default=None, help="file with one item id per line")
+    p.add_argument("--k-low", type=int, default=None,
+                   help="lower fidelity: reveal only the k_low largest real entries per map")
+    p.add_argument("--out", required=True, help="grant file to write")
+    p.add_argument("--keystore-key", default=None, help="keystore key spec (env:NAME|file:PATH)")
+    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
+    p.set_defaults(handler=_run_grant)
+
+
+def _run_grant(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from imambig.access import issue_grant
+    from imambig.key_material import LocalKeyProvider
+
+    items = list(a.items)
+    if a.items_file:
+        items += [ln.strip() for ln in Path(a.items_file).read_text().splitlines() if ln.strip()]
+    if not items:
+        raise ValueError("no items to grant: pass --items or --items-file")
+    blob = issue_grant(
+        a.public, a.keys, items, a.to, LocalKeyProvider.from_config(_key_config(a)),
+        _storage_options(a.storage_options), k_low=a.k_low,
+    )
+    Path(a.out).write_bytes(blob)
+    print(f"granted {len(items)} items: {a.out} ({len(blob)} bytes)")
+    return 0
+
+
+def _add_reveal(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reveal",
+        help="reconstruct granted images from the public store, a grant and the model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--grant", required=True, help="grant file")
+    p.add_argument("--identity", required=True, help="your private identity file")
+    p.add_argument("--model", required=True, help="published model URL")
+    p.add_argument("--public", default=None,
+                   help="public store URL, if not the one recorded in the grant")
+    p.add_argument("--out", required=True, help="folder for the PNG images")
+    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
+    p.set_defaults(handler=_run_reveal)
+
+
+def _run_reveal(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from PIL import Image
+
+    from imambig.access import reveal
+    from imambig.identity import load_identity
+
+    out = reveal(Path(a.grant).read_bytes(), load_identity(a.identity), a.model,
+                 _storage_options(a.storage_options), public=a.public)
+    folder = Path(a.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for item, img in zip(out.item_ids, out.images, strict=True):
+        name = item.replace("/", "__").rsplit(".", 1)[0] + ".png"
+        Image.fromarray(img).save(folder / name)
+    print(f"revealed {len(out.item_ids)} images into {folder}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--help-all", action="store_true",
                         help="print the help of every sub-command and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_ingest, _add_train):
+    for add in (_add_ingest, _add_train, _add_encode, _add_validate, _add_keys, _add_grant,
+                _add_reveal):
         add(sub)
     return parser
 
@@ -184,6 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected user errors: one clear line, no traceback.
         print(f"imambig {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from imambig.lease import LeaseHeld
+
+        if not isinstance(exc, LeaseHeld):
+            raise
+        print(f"imambig {args.command}: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

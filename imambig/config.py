@@ -122,6 +122,28 @@ class IngestConfig:
 
 
 # ---------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """How a collection is encoded into the public store and the keystore."""
+
+    k_public: int | None = None  # k': public non-zeros per map; None = 2k (the paper's)
+    chunk_items: int = 512  # items per public-store chunk, keystore row and Dask task
+    # The encoder runs in micro-batches of this fixed size (zero-padded) on one torch
+    # thread: float results then do not depend on batch composition or thread count, so
+    # an item's public bytes are the same whether encoded alone or in a bulk run.
+    micro_batch: int = 8
+    torch_threads: int = 1
+    noise_fit_items: int = 2048  # training images the noise model is fitted on
+
+    def public_count(self, k: int) -> int:
+        return self.k_public or 2 * k
+
+
+# ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from imambig.models.autoencoder import SparseAutoencoder
-from imambig.storage import filesystem
+from imambig.storage import filesystem, write_bytes
 
 N_QUANTILES = 257
 MAX_COMPONENTS = 256
@@ -73,8 +73,7 @@ class NoiseModel:
         return cls(**kw)
 
     def save(self, url: str, storage_options: dict | None = None) -> None:
-        fs, path = filesystem(url, storage_options)
-        fs.pipe_file(path, self.to_bytes())
+        write_bytes(url, self.to_bytes(), storage_options)
 
     @classmethod
     def load(cls, url: str, storage_options: dict | None = None) -> NoiseModel:

@@ -63,3 +63,25 @@ def filesystem(
 def join(url: str, *parts: str) -> str:
     """``url`` with ``parts`` appended, '/'-separated (also for local paths)."""
     return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write a whole small object. Local files go to a temporary name first and are
+    renamed, so a kill never leaves a half-written file; an S3 PUT is atomic already."""
+    fs, path = filesystem(url, storage_options)
+    if "file" in fs.protocol:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.tmp"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes | None:
+    """The object at ``url``, or None when there is none."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None

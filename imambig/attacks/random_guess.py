@@ -1,0 +1,12 @@
+"""Random guess: the paper's only attack, and the floor every other attack must beat."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from imambig.ambiguation import Ambiguated
+
+
+def random_scores(amb: Ambiguated, seed: int = 0) -> np.ndarray:
+    """Uniform random score per public entry (B, L, k'), independent of everything public."""
+    return np.random.default_rng(seed).random(amb.real.shape)
