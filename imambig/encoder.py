@@ -46,6 +46,7 @@ def encode_images(
         if n < micro_batch:
             x = torch.cat([x, x.new_zeros((micro_batch - n, *x.shape[1:]))])
             ids += [f"<pad {i}>" for i in range(micro_batch - n)]  # results discarded
+        x = x.contiguous()
         amb = ambiguate(model, model.bottleneck(x), noise, owner_secret, model_id, ids)
         masks.append(amb.mask[:n])
         values.append(amb.values[:n])

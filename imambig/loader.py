@@ -62,8 +62,13 @@ class ChunkCache:
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    """uint8 (B, H, W, 3) -> contiguous float (B, 3, H, W) in [0, 1].
+
+    Always the same memory layout: CPU convolutions pick their kernel by layout, and
+    kernels round differently, so a layout that depended on the batch would make an
+    item's code depend on its neighbours.
+    """
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
 def iter_batches(

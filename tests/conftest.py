@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.fixtures_model"]
+
 DATA_DIR_ENV = "IMAMBIG_DATA_DIR"
 
 

@@ -1,0 +1,61 @@
+"""Fixtures that build small real artefacts: a synthetic image store, a trained tiny
+model, owner/keystore secrets in the environment, and an encoded collection."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imambig.config import PRESETS, IngestConfig, TrainConfig
+from imambig.ingest import ingest
+from imambig.train import train
+
+N_SYNTHETIC = 300
+
+
+def make_synthetic_images(folder: Path, n: int, size: int = 32, seed: int = 0) -> None:
+    """Smooth colour images with a blob: structured enough for a model to learn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    for i in range(n):
+        a, b, c, cx, cy = rng.uniform(0.1, 1.0, 5)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.05)
+        img = np.stack([a * xx, b * yy, c * blob], axis=-1)
+        Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("synthetic-images")
+    make_synthetic_images(root / "src", N_SYNTHETIC)
+    out = str(root / "images")
+    ingest(str(root / "src"), out, IngestConfig(height=32, width=32, split="random:0.8",
+                                                workers=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic_store: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = str(tmp_path_factory.mktemp("tiny-model") / "model")
+    train(synthetic_store, out,
+          TrainConfig(model=PRESETS["tiny"], epochs=2, batch_size=32, num_threads=1),
+          progress=False)
+    return out
+
+
+@pytest.fixture()
+def owner_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fresh owner secret and keystore master key in the environment."""
+    env = {
+        "IMAMBIG_OWNER_SECRET": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "IMAMBIG_KEYSTORE_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
