@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from imambig.encode import (
-    STATE_DIR,
     EncodeJob,
     Plan,
     RegionManifest,
     encode_region,
     finish,
+    lease_url,
     prepare,
+    target_version,
 )
+from imambig.keystore import assert_separate_roots
 from imambig.lease import Lease
-from imambig.storage import join
 
 
 @dataclass
@@ -75,9 +76,10 @@ def run_encode(
     """Prepare, encode all missing regions in parallel, finish. Re-running after a crash
     redoes only the regions without a done-marker."""
     t0 = time.perf_counter()
-    plan = prepare(job, overwrite=overwrite)
-    lease = Lease(join(plan.keystore_url, STATE_DIR, "lease.json"), job.options, lease_ttl_s)
+    assert_separate_roots(job.public_root, job.keys_root)  # before anything is written
+    lease = Lease(lease_url(job, target_version(job)), job.options, lease_ttl_s)
     with lease:
+        plan = prepare(job, overwrite=overwrite)
         report = EncodeReport(plan)
         if plan.regions:
             from distributed import as_completed

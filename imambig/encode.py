@@ -34,7 +34,6 @@ from imambig.image_store import open_image_store
 from imambig.key_material import LocalKeyProvider, owner_secret
 from imambig.keys import key_bytes
 from imambig.keystore import Keystore, assert_separate_roots
-from imambig.lease import Lease
 from imambig.loader import to_tensor
 from imambig.noise_model import NoiseModel, fit_noise_model
 from imambig.public_store import PublicStore
@@ -145,7 +144,19 @@ def ensure_noise_model(job: EncodeJob) -> str:
     return url
 
 
+def target_version(job: EncodeJob) -> str:
+    """The store version this job writes (model id and k'), known before any work."""
+    model, info, _ = load_model(job.model, job.options)
+    return version_name(info.model_id, job.config.public_count(model.config.k))
+
+
+def lease_url(job: EncodeJob, version: str) -> str:
+    """Beside the versioned stores, not inside them: creating a store clears its folder."""
+    return join(job.keys_root, "_leases", f"{version}.json")
+
+
 def prepare(job: EncodeJob, overwrite: bool = False) -> Plan:
+    """Lay out or reopen the stores; call while holding the version's lease."""
     assert_separate_roots(job.public_root, job.keys_root)
     model, info, _ = load_model(job.model, job.options)
     c, cfg = model.config, job.config
@@ -231,6 +242,7 @@ def _extend(job: EncodeJob, public: PublicStore, keystore: Keystore, n: int) -> 
     for obj in (public, keystore):
         obj.group.attrs.update({"n_items": n, "complete": False})
         obj.attrs.update({"n_items": n, "complete": False})
+    public.consolidate()  # readers must not see the old shape
     # The old last chunk was partial; it is rewritten whole (with identical bytes for its
     # old items), so its marker no longer means done.
     last = (old // public.chunk_items) * public.chunk_items
@@ -297,5 +309,5 @@ def current_version(root: str, storage_options: dict | None = None) -> str:
     return join(root, json.loads(fs.cat_file(path))["version"])
 
 
-__all__ = ["EncodeJob", "Lease", "Plan", "RegionManifest", "current_version",
-           "encode_region", "ensure_noise_model", "finish", "prepare"]
+__all__ = ["EncodeJob", "Plan", "RegionManifest", "current_version", "encode_region",
+           "ensure_noise_model", "finish", "lease_url", "prepare", "target_version"]

@@ -51,6 +51,22 @@ def _create_exclusive(fs: Any, path: str, data: bytes) -> bool:
     return True
 
 
+def _holder_dead(held: dict[str, Any]) -> bool:
+    """True when the holder ran on this host and its process is gone (a killed run):
+    its lease need not be waited out."""
+    host, _, rest = str(held.get("owner", "")).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Lease:
     def __init__(
         self, url: str, storage_options: dict | None = None, ttl_s: float = 120.0,
@@ -79,7 +95,7 @@ class Lease:
             self._start_renewing()
             return self
         held = self.holder()
-        if held and held.get("expires", 0) > time.time():
+        if held and held.get("expires", 0) > time.time() and not _holder_dead(held):
             since = time.strftime("%H:%M:%S", time.localtime(held.get("acquired", 0)))
             raise LeaseHeld(
                 f"another encode run ({held.get('owner')}, since {since}) is writing this "

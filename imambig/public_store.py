@@ -108,7 +108,10 @@ class PublicStore:
         cls, url: str, storage_options: dict[str, Any] | None = None, mode: str = "r"
     ) -> PublicStore:
         try:
-            group = zarr.open_group(open_store(url, storage_options, mode), mode=mode)
+            # Writers read the live metadata; consolidated metadata is a snapshot for
+            # readers, refreshed by ``finish``.
+            group = zarr.open_group(open_store(url, storage_options, mode), mode=mode,
+                                    use_consolidated=None if mode == "r" else False)
         except FileNotFoundError:
             raise FileNotFoundError(f"no public store at {url}") from None
         return cls(group, url)
@@ -164,6 +167,9 @@ class PublicStore:
     def finish(self) -> None:
         self.group.attrs["complete"] = True
         self.attrs["complete"] = True
+        self.consolidate()
+
+    def consolidate(self) -> None:
         with warnings.catch_warnings():
             # Consolidated metadata is a widely read extension (xarray, zarr-python) that
             # saves one request per array when opening from object storage.

@@ -26,6 +26,7 @@ from scipy.optimize import linprog
 
 from imambig.ambiguation import Ambiguated
 from imambig.attacks.magnitude import largest_scores
+from imambig.attacks.scoring import subset
 from imambig.models.autoencoder import SparseAutoencoder
 
 
@@ -203,7 +204,7 @@ def least_squares_scores(
     out = np.empty(amb.values.shape)
     for s in range(0, len(amb.values), chunk_items):
         part = slice(s, s + chunk_items)
-        sub = Ambiguated(amb.mask[part], amb.values[part], amb.real[part])
+        sub = subset(amb, part)
         p = _Problems(w, sub)
         robust = _robust_fit(p)
         inits = [robust, -robust, torch.from_numpy(largest_scores(sub)).reshape(robust.shape)]

@@ -1,0 +1,279 @@
+"""Bulk encoding on Dask into real stores: parallel, resumable, idempotent, incremental,
+exclusive; on local disk and on a real S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imambig.bulk_encode import run_encode
+from imambig.checkpoint import load_model
+from imambig.config import EncodeConfig
+from imambig.encode import EncodeJob, lease_url, target_version
+from imambig.encoder import encode_images
+from imambig.image_store import ImageStoreWriter, open_image_store
+from imambig.key_material import LocalKeyProvider, owner_secret
+from imambig.keystore import Keystore
+from imambig.lease import Lease, LeaseHeld
+from imambig.noise_model import NoiseModel
+from imambig.public_store import PublicStore
+from imambig.storage import filesystem, join
+from storage_schemas.validate import validate
+
+CHUNK = 64  # 300 synthetic items -> 5 regions
+
+
+@pytest.fixture(params=["local", "s3"])
+def roots(request: pytest.FixtureRequest, tmp_path: Path, owner_env) -> tuple[str, str, dict]:
+    """(public root, keys root, storage options) on the chosen backend."""
+    if request.param == "local":
+        return str(tmp_path / "public"), str(tmp_path / "keys"), {}
+    server = request.getfixturevalue("s3_server")
+    public, keys = server.new_bucket("pub"), server.new_bucket("keys")
+    return f"s3://{public}/celeba", f"s3://{keys}/celeba", server.storage_options()
+
+
+def _job(images: str, model: str, roots, **cfg) -> EncodeJob:
+    public, keys, opts = roots
+    return EncodeJob(images=images, model=model, public_root=public, keys_root=keys,
+                     config=EncodeConfig(chunk_items=CHUNK, **cfg),
+                     storage_options=json.dumps(opts))
+
+
+def tree_digest(root: str, opts: dict) -> dict[str, str]:
+    """sha256 of every file under ``root`` except run state (markers hold timings)."""
+    fs, path = filesystem(root, opts)
+    fs.invalidate_cache()
+    out = {}
+    for f in sorted(fs.find(path)):
+        rel = f[len(path) :].lstrip("/")
+        if "_state/" in rel or "_leases/" in rel:
+            continue
+        out[rel] = hashlib.sha256(fs.cat_file(f)).hexdigest()
+    return out
+
+
+def test_encode_two_workers_matches_single_item_encoding(synthetic_store, tiny_model, roots):
+    job = _job(synthetic_store, tiny_model, roots)
+    report = run_encode(job, n_workers=2, progress=False)
+    assert report.encoded == 300 and report.workers == 2
+    opts = job.options
+    for url in (report.plan.public_url, report.plan.keystore_url):
+        assert validate(url, opts).ok, validate(url, opts).summary()
+
+    # every item's public record and key equal those of encoding it alone
+    model, info, _ = load_model(tiny_model)
+    noise = NoiseModel.load(join(tiny_model, "noise_k32.npz"))
+    store = open_image_store(synthetic_store)
+    public = PublicStore.open(report.plan.public_url, opts)
+    keystore = Keystore.open(report.plan.keystore_url, LocalKeyProvider.from_config(), opts)
+    ids = store.item_ids()
+    secret = owner_secret().reveal()
+    for i in (0, 63, 64, 150, 299):
+        alone = encode_images(model, noise, secret, info.model_id, store.read(slice(i, i + 1)),
+                              [str(ids[i])])
+        mask, values = public.read(np.array([i]))
+        assert np.array_equal(mask[0], alone.mask[0])
+        assert values[0].tobytes() == alone.values[0].tobytes()
+        assert keystore.keys([i])[0] == alone.keys[0]
+    assert list(public.item_ids()) == list(ids)
+
+
+def test_rerun_is_a_no_op_with_identical_bytes(synthetic_store, tiny_model, roots):
+    job = _job(synthetic_store, tiny_model, roots)
+    first = run_encode(job, n_workers=1, progress=False)
+    before = tree_digest(job.public_root, job.options), tree_digest(job.keys_root, job.options)
+    again = run_encode(job, n_workers=1, progress=False)
+    assert again.encoded == 0 and again.plan.done == 5
+    after = tree_digest(job.public_root, job.options), tree_digest(job.keys_root, job.options)
+    assert before == after
+    assert first.plan.public_url == again.plan.public_url
+
+
+def test_killed_run_resumes_to_identical_bytes(synthetic_store, tiny_model, roots, tmp_path):
+    public, keys, opts = roots
+    clean = _job(synthetic_store, tiny_model, (public + "-clean", keys + "-clean", opts))
+    run_encode(clean, n_workers=1, progress=False)
+
+    job = _job(synthetic_store, tiny_model, roots)
+    cmd = [sys.executable, "-m", "imambig.cli", "encode", "--images", synthetic_store,
+           "--model", tiny_model, "--public", public, "--keys", keys, "--workers", "1",
+           "--chunk-items", str(CHUNK), "--storage-options", json.dumps(opts)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    version = target_version(job)
+    fs, regions = filesystem(join(keys, version, "_state", "regions"), opts)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            fs.invalidate_cache()
+            if fs.exists(regions) and len(fs.ls(regions)) >= 2:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its Dask workers
+        proc.wait()
+    fs.invalidate_cache()
+    assert 2 <= len(fs.ls(regions)) < 5, "the kill did not land mid-run"
+
+    # The dead run's lease is still there; its process is gone, so it is taken over.
+    assert Lease(lease_url(job, version), opts).holder() is not None
+    resumed = run_encode(job, n_workers=1, progress=False)
+    assert resumed.plan.done >= 2 and resumed.encoded < 300
+    assert tree_digest(public, opts) == tree_digest(public + "-clean", opts)
+    assert tree_digest(keys, opts) == tree_digest(keys + "-clean", opts)
+
+
+def test_worker_killed_mid_run_still_completes(synthetic_store, tiny_model, roots):
+    from distributed import Client, LocalCluster
+
+    public, keys, opts = roots
+    clean = _job(synthetic_store, tiny_model, (public + "-clean", keys + "-clean", opts))
+    run_encode(clean, n_workers=1, progress=False)
+    job = _job(synthetic_store, tiny_model, roots)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                      host="127.0.0.1") as cluster, Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        killed: list[int] = []
+
+        def kill_one(manifest, done, total) -> None:
+            if not killed:
+                killed.append(pids[0])
+                os.kill(pids[0], signal.SIGKILL)
+
+        report = run_encode(job, dask_address=cluster.scheduler_address, progress=False,
+                            on_region=kill_one)
+    assert killed and report.plan.n_items == 300
+    assert validate(report.plan.public_url, opts).ok
+    assert tree_digest(public, opts) == tree_digest(public + "-clean", opts)
+    assert tree_digest(keys, opts) == tree_digest(keys + "-clean", opts)
+
+
+def test_second_run_on_the_same_target_is_refused(synthetic_store, tiny_model, roots):
+    job = _job(synthetic_store, tiny_model, roots)
+    holder = Lease(lease_url(job, target_version(job)), job.options).acquire()
+    try:
+        with pytest.raises(LeaseHeld, match="another encode run"):
+            run_encode(job, n_workers=1, progress=False)
+    finally:
+        holder.release()
+    assert run_encode(job, n_workers=1, progress=False).encoded == 300
+
+
+def test_concurrent_cli_runs_one_proceeds_one_refuses(synthetic_store, tiny_model, tmp_path,
+                                                      owner_env):
+    public, keys = str(tmp_path / "public"), str(tmp_path / "keys")
+    cmd = [sys.executable, "-m", "imambig.cli", "encode", "--images", synthetic_store,
+           "--model", tiny_model, "--public", public, "--keys", keys, "--workers", "1",
+           "--chunk-items", str(CHUNK)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 3], outs
+    refused = next(err for p, (_, err) in zip(procs, outs, strict=True) if p.returncode == 3)
+    assert "another encode run" in refused
+    assert validate(join(public, json.loads(Path(public, "current.json").read_text())["version"])).ok
+
+
+def test_new_images_are_encoded_without_touching_old_ones(synthetic_store, tiny_model, tmp_path,
+                                                          owner_env):
+    # A store with the first 200 images, later grown to all 300.
+    full = open_image_store(synthetic_store)
+    grown = str(tmp_path / "grown")
+    w = ImageStoreWriter.create(grown, n_items=200, height=32, width=32, chunk_items=100,
+                                attrs={"source": "synthetic"})
+    w.write_images(0, full.read(slice(0, 200)))
+    w.write_labels(list(full.item_ids()[:200]), full.splits()[:200], full.identities()[:200])
+    w.finish()
+    roots = (str(tmp_path / "public"), str(tmp_path / "keys"), {})
+    job = _job(grown, tiny_model, roots)
+    first = run_encode(job, n_workers=1, progress=False)
+    assert first.encoded == 200
+    old = tree_digest(first.plan.public_url, {})
+
+    w = ImageStoreWriter.open(grown)
+    w.resize(300)
+    w.write_images(200, full.read(slice(200, 300)))
+    w.write_labels(list(full.item_ids()), full.splits(), full.identities())
+    w.finish()
+    second = run_encode(job, n_workers=1, progress=False)
+    # chunks 0..2 (items 0..191) were complete and stay untouched; 192..299 are (re)done
+    assert second.encoded == 300 - 192
+    new = tree_digest(second.plan.public_url, {})
+    for name in ("support/c/0/0/0", "values/c/0/0/0", "support/c/2/0/0"):
+        assert new[name] == old[name]
+    assert validate(second.plan.public_url).ok
+
+    # ... and the result equals encoding all 300 from scratch
+    scratch = _job(grown, tiny_model, (str(tmp_path / "p2"), str(tmp_path / "k2"), {}))
+    third = run_encode(scratch, n_workers=1, progress=False)
+    a, b = tree_digest(second.plan.public_url, {}), tree_digest(third.plan.public_url, {})
+    assert {k: v for k, v in a.items() if "/c/" in k} == {k: v for k, v in b.items() if "/c/" in k}
+
+
+def test_public_store_and_keystore_must_not_share_a_root(synthetic_store, tiny_model, tmp_path,
+                                                         owner_env):
+    job = _job(synthetic_store, tiny_model,
+               (str(tmp_path / "stores"), str(tmp_path / "stores" / "keys"), {}))
+    with pytest.raises(ValueError, match="share a root"):
+        run_encode(job, n_workers=1, progress=False)
+    assert not (tmp_path / "stores").exists()
+
+
+def test_public_store_opens_without_imambig(synthetic_store, tiny_model, tmp_path, owner_env):
+    job = _job(synthetic_store, tiny_model, (str(tmp_path / "pub"), str(tmp_path / "keys"), {}))
+    url = run_encode(job, n_workers=1, progress=False).plan.public_url
+    code = f"""
+import sys, numpy as np, zarr, xarray as xr
+g = zarr.open_group({url!r}, mode="r")
+assert g.attrs["schema"] == "imambig.public-store/1"
+bits = np.unpackbits(g["support"][:2], axis=-1)
+assert (bits.sum(-1) == g.attrs["k_public"]).all()
+ds = xr.open_zarr({url!r}, consolidated=True)
+assert ds["values"].shape == (300, g.attrs["n_maps"], g.attrs["k_public"])
+assert not any(m.startswith("imambig") for m in sys.modules)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_validator_reports_unwritten_chunks_and_foreign_attributes(synthetic_store, tiny_model,
+                                                                   tmp_path, owner_env):
+    job = _job(synthetic_store, tiny_model, (str(tmp_path / "pub"), str(tmp_path / "keys"), {}))
+    url = run_encode(job, n_workers=1, progress=False).plan.public_url
+    os.remove(Path(url, "support", "c", "1", "0", "0"))
+    store = PublicStore.open(url, mode="r+")
+    store.group.attrs["owner_secret_hint"] = "nope"
+    report = validate(url)
+    text = report.summary()
+    assert not report.ok
+    assert "64 items have no public record" in text
+    assert "unexpected attribute 'owner_secret_hint'" in text
+
+
+def test_lease_renewal_keeps_a_long_run_exclusive(tmp_path):
+    url = str(tmp_path / "lease.json")
+    with Lease(url, ttl_s=0.6):
+        time.sleep(1.0)  # longer than the TTL: renewal must keep it alive
+        with pytest.raises(LeaseHeld):
+            Lease(url, ttl_s=0.6).acquire()
+    assert not Path(url).exists()
+    # an expired lease of a dead holder is taken over
+    Path(url).write_text(json.dumps({"owner": "dead", "acquired": 0, "expires": 1}))
+    lease = Lease(url, ttl_s=5).acquire()
+    assert lease.holder()["owner"] == lease.owner
+    lease.release()
+    assert threading.active_count() >= 1
