@@ -161,7 +161,7 @@ class PublicStore:
         lookup = {v: i for i, v in enumerate(ids.tolist())}
         missing = [i for i in item_ids if i not in lookup]
         if missing:
-            raise KeyError(f"{len(missing)} items are not in {self.url}: {missing[:5]}")
+            raise ValueError(f"{len(missing)} items are not in {self.url}: {missing[:5]}")
         return np.array([lookup[i] for i in item_ids], dtype=np.int64)
 
     def finish(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,27 @@ def tiny_model(synthetic_store: str, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
-@pytest.fixture()
-def owner_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Fresh owner secret and keystore master key in the environment."""
-    env = {
+def _fresh_secrets() -> dict[str, str]:
+    return {
         "IMAMBIG_OWNER_SECRET": base64.b64encode(secrets.token_bytes(32)).decode(),
         "IMAMBIG_KEYSTORE_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
     }
+
+
+@pytest.fixture()
+def owner_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fresh owner secret and keystore master key in the environment."""
+    env = _fresh_secrets()
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
+
+
+@pytest.fixture(scope="module")
+def module_owner_env() -> Iterator[dict[str, str]]:
+    """Like ``owner_env``, shared by a module's tests (for module-scoped stores)."""
+    env = _fresh_secrets()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield env
