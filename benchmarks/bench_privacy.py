@@ -1,0 +1,85 @@
+"""What ambiguation and key coding add to encoding, per image, on this CPU.
+
+    python benchmarks/bench_privacy.py [--preset paper] [--items 32] [--threads 1]
+
+Times, on the same images and thread count: the encoder's forward pass (images -> top-k
+code), ambiguation (decoys, fakes, quantization), key coding, and the full
+``encode_images`` path. The noise model is fitted on random images: its cost does not
+depend on what it learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from imambig.ambiguation import ambiguate
+from imambig.config import preset
+from imambig.encoder import encode_images
+from imambig.keys import encode_keys
+from imambig.loader import to_tensor
+from imambig.models.autoencoder import SparseAutoencoder
+from imambig.noise_model import fit_noise_model
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--items", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--micro-batch", type=int, default=8)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = SparseAutoencoder(preset(a.preset)).eval()
+    c = model.config
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (a.items, c.image_height, c.image_width, 3), dtype=np.uint8)
+    ids = [f"item-{i}" for i in range(a.items)]
+    with torch.no_grad():
+        noise = fit_noise_model(model, "bench", [to_tensor(images)], k_public=2 * c.k)
+        x = to_tensor(images)
+        mb = a.micro_batch
+
+        def forward() -> None:
+            for s in range(0, a.items, mb):
+                model.encode(x[s : s + mb])
+
+        hs = [model.bottleneck(x[s : s + mb]) for s in range(0, a.items, mb)]
+
+        def amb() -> list:
+            return [ambiguate(model, h, noise, b"k" * 32, "bench", ids[i * mb : (i + 1) * mb])
+                    for i, h in enumerate(hs)]
+
+        reals = np.concatenate([r.real for r in amb()])
+        t_fwd = best_of(forward)
+        t_amb = best_of(amb)
+        t_key = best_of(lambda: encode_keys(reals))
+        t_all = best_of(lambda: encode_images(model, noise, b"k" * 32, "bench", images, ids, mb))
+    n = a.items
+    print(f"preset={a.preset} items={n} threads={a.threads} micro_batch={mb} "
+          f"L={c.n_maps} m={c.code_length} k={c.k} k'={2 * c.k}")
+    print("| step | ms / image | share of encoder forward |")
+    print("|---|---|---|")
+    for name, t in (("encoder forward (top-k code)", t_fwd), ("ambiguation", t_amb),
+                    ("key coding", t_key), ("encode_images (all of it)", t_all)):
+        print(f"| {name} | {1e3 * t / n:.2f} | {100 * t / t_fwd:.1f} % |")
+    extra = t_amb + t_key
+    print(f"\nambiguation + key coding: {100 * extra / t_fwd:.1f} % of the encoder's time "
+          "(the ambiguation's own dense code W h is counted in both, so this overstates)")
+
+
+if __name__ == "__main__":
+    main()
