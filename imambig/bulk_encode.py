@@ -26,7 +26,7 @@ from imambig.encode import (
     target_version,
 )
 from imambig.keystore import assert_separate_roots
-from imambig.lease import Lease
+from imambig.lease import Lease, LeaseHeld
 
 
 @dataclass
@@ -105,6 +105,8 @@ def run_encode(
                 client.close()
                 if cluster is not None:
                     cluster.close()
+        if lease.lost:
+            raise LeaseHeld(f"lost the lease {lease.url} to another run; not finishing")
         finish(job, plan)
     report.seconds = time.perf_counter() - t0
     return report

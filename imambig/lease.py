@@ -1,13 +1,19 @@
 """A lease in the store: one encode run at a time per target.
 
-The lease is an object created only if absent (an exclusive create on local disks, a
-conditional PUT on S3), holding the owner and an expiry. A second run finds it and
-refuses with a clear message; a lease whose holder died expires after ``ttl_s`` and is
-then taken over. The holder renews it while it works.
+The lease is a small object holding its owner and an expiry, changed only by
+compare-and-swap: created only if absent, replaced or deleted only if unchanged since
+it was read (S3 conditional requests: ``If-None-Match: *`` / ``If-Match: <etag>``; on
+local disks an exclusive create and a lock file). A second run finds a live lease and
+refuses with a clear message. A lease whose holder died is taken over: at once when the
+holder ran on this host and its process is gone, otherwise after ``ttl_s``. The holder
+renews it while it works, and knows when it lost it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -23,37 +29,130 @@ class LeaseHeld(RuntimeError):
     """Another run holds the lease."""
 
 
-def _create_exclusive(fs: Any, path: str, data: bytes) -> bool:
-    """Create ``path`` only if it does not exist; False if it does."""
-    if "file" in fs.protocol:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+# ---------------------------------------------------------------------------
+# Compare-and-swap on one object. A token identifies the version read (S3: ETag).
+# ---------------------------------------------------------------------------
+
+
+def precondition_failed(err: BaseException) -> bool:
+    """Whether ``err`` is S3's 412 Precondition Failed. s3fs turns it into
+    FileExistsError only when the reply names the condition (AWS does); otherwise it is a
+    plain OSError whose ``__cause__`` carries botocore's response."""
+    if isinstance(err, FileExistsError):
+        return True
+    response = getattr(err.__cause__, "response", None) or {}
+    return (response.get("Error", {}).get("Code") == "PreconditionFailed"
+            or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412)
+
+
+class _S3:
+    def __init__(self, fs: Any, path: str) -> None:
+        self.fs = fs
+        self.bucket, self.key = path.split("/", 1)
+
+    def _call(self, op: str, **kw: Any) -> Any:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            return self.fs.call_s3(op, Bucket=self.bucket, Key=self.key, **kw)
+        except OSError as err:
+            if precondition_failed(err):
+                return None
+            raise
+        finally:
+            self.fs.invalidate_cache(f"{self.bucket}/{self.key}")
+
+    def create(self, data: bytes) -> str | None:
+        reply = self._call("put_object", Body=data, IfNoneMatch="*")
+        return reply and reply["ETag"]
+
+    def read(self) -> tuple[bytes, str] | None:
+        # ETag first, body second: if the object changes in between, the token is the
+        # older one and any swap based on it fails safely.
+        path = f"{self.bucket}/{self.key}"
+        self.fs.invalidate_cache(path)
+        try:
+            token = self.fs.info(path)["ETag"]
+            return self.fs.cat_file(path), token
+        except FileNotFoundError:
+            return None
+
+    def replace(self, data: bytes, token: str) -> str | None:
+        reply = self._call("put_object", Body=data, IfMatch=token)
+        return reply and reply["ETag"]
+
+    def delete(self, token: str) -> bool:
+        return self._call("delete_object", IfMatch=token) is not None
+
+
+class _Local:
+    """Local disk: exclusive create; replace/delete under an exclusive lock file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    @staticmethod
+    def _token(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    def create(self, data: bytes) -> str | None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
-            return False
+            return None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return True
-    if "s3" in fs.protocol or "s3a" in fs.protocol:
+        return self._token(data)
+
+    def read(self) -> tuple[bytes, str] | None:
         try:
-            fs.call_s3("put_object", Bucket=path.split("/", 1)[0], Key=path.split("/", 1)[1],
-                       Body=data, IfNoneMatch="*")
-        except Exception as exc:  # botocore wraps 412 Precondition Failed
-            if "PreconditionFailed" in repr(exc) or "412" in repr(exc):
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data, self._token(data)
+
+    def replace(self, data: bytes, token: str) -> str | None:
+        with self._locked():
+            now = self.read()
+            if now is None or now[1] != token:
+                return None
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+            return self._token(data)
+
+    def delete(self, token: str) -> bool:
+        with self._locked():
+            now = self.read()
+            if now is None or now[1] != token:
                 return False
-            raise
-        fs.invalidate_cache(path)
-        return True
-    # Other file systems: best effort (check, then write).
-    if fs.exists(path):
-        return False
-    fs.pipe_file(path, data)
-    return True
+            os.remove(self.path)
+            return True
+
+
+def _backend(url: str, storage_options: dict | None) -> Any:
+    fs, path = filesystem(url, storage_options)
+    if "file" in fs.protocol:
+        return _Local(path)
+    if "s3" in fs.protocol:
+        return _S3(fs, path)
+    raise ValueError(f"leases need a local path or s3:// URL, not {url}")
+
+
+# ---------------------------------------------------------------------------
+# The lease
+# ---------------------------------------------------------------------------
 
 
 def _holder_dead(held: dict[str, Any]) -> bool:
-    """True when the holder ran on this host and its process is gone (a killed run):
-    its lease need not be waited out."""
+    """True when the holder ran on this host and its process is gone (a killed run)."""
     host, _, rest = str(held.get("owner", "")).partition(":")
     pid = rest.partition(":")[0]
     if host != socket.gethostname() or not pid.isdigit():
@@ -73,11 +172,13 @@ class Lease:
         owner: str | None = None,
     ) -> None:
         self.url = url
-        self.fs, self.path = filesystem(url, storage_options)
         self.ttl_s = ttl_s
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._cas = _backend(url, storage_options)
+        self._token: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost = False
 
     def _record(self) -> bytes:
         now = time.time()
@@ -85,47 +186,51 @@ class Lease:
                            "expires": now + self.ttl_s}).encode()
 
     def holder(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.fs.cat_file(self.path))
-        except (FileNotFoundError, ValueError):
+        got = self._cas.read()
+        if got is None:
             return None
+        try:
+            return json.loads(got[0])
+        except ValueError:
+            return {"owner": "unreadable", "expires": 0}
 
     def acquire(self) -> Lease:
-        if _create_exclusive(self.fs, self.path, self._record()):
-            self._start_renewing()
-            return self
-        held = self.holder()
-        if held and held.get("expires", 0) > time.time() and not _holder_dead(held):
-            since = time.strftime("%H:%M:%S", time.localtime(held.get("acquired", 0)))
-            raise LeaseHeld(
-                f"another encode run ({held.get('owner')}, since {since}) is writing this "
-                f"store (lease {self.url}); wait for it to finish, or if it died, retry "
-                f"after its lease expires in {held['expires'] - time.time():.0f} s"
-            )
-        # Expired (its holder died): remove and race for a fresh one.
-        self.fs.rm(self.path)
-        if not _create_exclusive(self.fs, self.path, self._record()):
-            raise LeaseHeld(f"another encode run took the expired lease {self.url} first")
-        self._start_renewing()
+        self._token = self._cas.create(self._record())
+        if self._token is None:
+            got = self._cas.read()
+            held = json.loads(got[0]) if got else None
+            if held and held.get("expires", 0) > time.time() and not _holder_dead(held):
+                since = time.strftime("%H:%M:%S", time.localtime(held.get("acquired", 0)))
+                raise LeaseHeld(
+                    f"another encode run ({held.get('owner')}, since {since}) is writing this "
+                    f"store (lease {self.url}); wait for it to finish, or if it died on "
+                    f"another host, retry after its lease expires in "
+                    f"{held['expires'] - time.time():.0f} s"
+                )
+            # Dead or expired holder: take over, unless another run did so first.
+            self._token = (self._cas.replace(self._record(), got[1]) if got
+                           else self._cas.create(self._record()))
+            if self._token is None:
+                raise LeaseHeld(f"another encode run took over the lease {self.url} first")
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="imambig-lease")
+        self._thread.start()
         return self
 
-    def _start_renewing(self) -> None:
-        def renew() -> None:
-            while not self._stop.wait(self.ttl_s / 3):
-                held = self.holder()
-                if held and held.get("owner") == self.owner:
-                    self.fs.pipe_file(self.path, self._record())
-
-        self._thread = threading.Thread(target=renew, daemon=True, name="imambig-lease")
-        self._thread.start()
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            token = self._cas.replace(self._record(), self._token)
+            if token is None:  # someone took it over: stop pretending to hold it
+                self.lost = True
+                return
+            self._token = token
 
     def release(self) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        held = self.holder()
-        if held and held.get("owner") == self.owner:
-            self.fs.rm(self.path)
+        if self._token and not self.lost:
+            self._cas.delete(self._token)
+        self._token = None
 
     def __enter__(self) -> Lease:
         return self.acquire()

@@ -29,7 +29,9 @@ def ssim(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> np.ndarr
     x = torch.as_tensor(a).to(torch.float64)
     y = torch.as_tensor(b).to(torch.float64)
     if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"expected two (B, C, H, W) batches of one shape, got {x.shape}, {y.shape}")
+        raise ValueError(
+            f"expected two (B, C, H, W) batches of one shape, got {x.shape}, {y.shape}"
+        )
     size, sigma, data_range = 11, 1.5, 255.0
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma**2))

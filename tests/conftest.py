@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_model"]
+pytest_plugins = ["tests.fixtures_model", "tests.fixtures_s3"]
 
 DATA_DIR_ENV = "IMAMBIG_DATA_DIR"
 

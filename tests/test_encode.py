@@ -3,6 +3,7 @@ exclusive; on local disk and on a real S3 server."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +36,19 @@ CHUNK = 64  # 300 synthetic items -> 5 regions
 
 
 @pytest.fixture(params=["local", "s3"])
-def roots(request: pytest.FixtureRequest, tmp_path: Path, owner_env) -> tuple[str, str, dict]:
+def roots(request: pytest.FixtureRequest, tmp_path: Path, owner_env):
     """(public root, keys root, storage options) on the chosen backend."""
     if request.param == "local":
-        return str(tmp_path / "public"), str(tmp_path / "keys"), {}
+        yield str(tmp_path / "public"), str(tmp_path / "keys"), {}
+        return
     server = request.getfixturevalue("s3_server")
-    public, keys = server.new_bucket("pub"), server.new_bucket("keys")
-    return f"s3://{public}/celeba", f"s3://{keys}/celeba", server.storage_options()
+    server.start()  # a test that restarted the server may have left it stopped
+    tag = uuid.uuid4().hex[:12]
+    public, keys = server.create_bucket(f"pub-{tag}"), server.create_bucket(f"keys-{tag}")
+    yield f"{public}/celeba", f"{keys}/celeba", server.storage_options()
+    server.start()
+    server.delete_bucket(f"pub-{tag}")
+    server.delete_bucket(f"keys-{tag}")
 
 
 def _job(images: str, model: str, roots, **cfg) -> EncodeJob:
@@ -277,3 +285,29 @@ def test_lease_renewal_keeps_a_long_run_exclusive(tmp_path):
     assert lease.holder()["owner"] == lease.owner
     lease.release()
     assert threading.active_count() >= 1
+
+
+def test_s3_server_restart_mid_run_then_rerun_is_byte_identical(synthetic_store, tiny_model,
+                                                                 s3_server, owner_env):
+    tag = uuid.uuid4().hex[:12]
+    opts = s3_server.storage_options()
+    pub, keys = s3_server.create_bucket(f"pub-{tag}"), s3_server.create_bucket(f"keys-{tag}")
+    clean = _job(synthetic_store, tiny_model, (f"{pub}/clean", f"{keys}/clean", opts))
+    run_encode(clean, n_workers=1, progress=False)
+
+    job = _job(synthetic_store, tiny_model, (f"{pub}/x", f"{keys}/x", opts))
+    restarted: list[bool] = []
+
+    def crash_storage(manifest, done, total) -> None:
+        if not restarted:
+            restarted.append(True)
+            s3_server.restart(graceful=False)  # the object store dies and comes back
+
+    # The run may fail while storage is down; re-running must repair it.
+    with contextlib.suppress(Exception):
+        run_encode(job, n_workers=1, progress=False, on_region=crash_storage)
+    assert restarted
+    run_encode(job, n_workers=1, progress=False)
+    assert tree_digest(f"{pub}/x", opts) == tree_digest(f"{pub}/clean", opts)
+    assert tree_digest(f"{keys}/x", opts) == tree_digest(f"{keys}/clean", opts)
+    assert validate(join(f"{pub}/x", target_version(job)), opts).ok

@@ -1,0 +1,1 @@
+"""Deployment tooling: local services for development and tests."""

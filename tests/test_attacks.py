@@ -1,0 +1,260 @@
+"""Attack suite: scoring on hand-made cases, the oversized-fakes bug caught, every attack
+well-formed on a real ambiguated batch (tiny untrained model, synthetic images)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from imambig.ambiguation import Ambiguated, ambiguate, scatter_code
+from imambig.attacks.discriminator import Discriminator
+from imambig.attacks.linear_consistency import least_squares_scores, lp_scores
+from imambig.attacks.magnitude import MagnitudeLikelihood, largest_scores, smallest_scores
+from imambig.attacks.position import PositionFrequency
+from imambig.attacks.random_guess import random_scores
+from imambig.attacks.reencode import reencode_scores
+from imambig.attacks.scoring import (
+    AttackResult,
+    guessed_code,
+    per_map_recall,
+    roc_auc,
+    support_recall,
+)
+from imambig.attacks.suite import attacker_ambiguation, format_table, run_attacks, to_json
+from imambig.config import ModelConfig, preset
+from imambig.metrics import ssim
+from imambig.models.autoencoder import SparseAutoencoder
+from imambig.noise_model import NoiseModel, fit_noise_model
+
+MODEL_ID = "test-model"
+K_PUBLIC = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Small convolutions run far faster on one thread than on contended ones.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smooth_images(n: int, seed: int, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(base, size=size, mode="bilinear").clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[SparseAutoencoder, NoiseModel]:
+    torch.manual_seed(0)
+    model = SparseAutoencoder(preset("tiny")).eval()
+    noise = fit_noise_model(model, MODEL_ID, [smooth_images(64, 1)], k_public=K_PUBLIC)
+    return model, noise
+
+
+@pytest.fixture(scope="module")
+def target(setup: tuple[SparseAutoencoder, NoiseModel]) -> tuple[Ambiguated, torch.Tensor]:
+    model, noise = setup
+    images = smooth_images(12, 3)
+    with torch.no_grad():
+        h = model.bottleneck(images)
+    ids = [f"target/{i}" for i in range(len(images))]
+    return ambiguate(model, h, noise, b"owner secret, 32 bytes or more!!", MODEL_ID, ids), images
+
+
+@pytest.fixture(scope="module")
+def own(setup: tuple[SparseAutoencoder, NoiseModel]) -> Ambiguated:
+    model, noise = setup
+    return attacker_ambiguation(
+        model, noise, smooth_images(48, 2), b"attacker secret of 32 bytes....!"
+    )
+
+
+def with_oversized_fakes(amb: Ambiguated, factor: float = 4.0) -> Ambiguated:
+    """The reference sampler's bug: fakes about m/k = 4x too large."""
+    values = amb.values.astype(np.float32)
+    values = np.where(amb.real, values, values * factor).astype(np.float16)
+    return Ambiguated(amb.mask, values, amb.real)
+
+
+# -- scoring -----------------------------------------------------------------------------
+
+
+def test_recall_and_auc_on_hand_made_scores() -> None:
+    rng = np.random.default_rng(0)
+    real = np.zeros((3, 4, 10), bool)
+    for idx in np.ndindex(3, 4):
+        real[idx][rng.choice(10, 4, replace=False)] = True
+    perfect = real.astype(float) + rng.random(real.shape) * 0.1
+    assert support_recall(perfect, real, 4) == 1.0
+    assert roc_auc(perfect, real) == 1.0
+    assert support_recall(-perfect, real, 4) == 0.0
+    assert roc_auc(-perfect, real) == 0.0
+    assert roc_auc(np.zeros(real.shape), real) == 0.5
+    assert per_map_recall(perfect, real, 4).shape == (3, 4)
+
+
+def test_auc_counts_ties_half() -> None:
+    real = np.array([True, False, True, False])
+    # Pairs (real, fake): (1, 0) wins, (1, 1) tie, (0.5, 0) wins, (0.5, 1) loses.
+    assert roc_auc(np.array([1.0, 0.0, 0.5, 1.0]), real) == pytest.approx(2.5 / 4)
+
+
+def test_random_guess_is_at_chance() -> None:
+    rng = np.random.default_rng(1)
+    real = np.zeros((50, 20, 32), bool)
+    real[..., :16] = True
+    amb = Ambiguated(
+        np.ones((50, 20, 32), bool), np.ones((50, 20, 32), np.float16), rng.permuted(real, axis=-1)
+    )
+    scores = random_scores(amb, seed=3)
+    assert support_recall(scores, amb.real, 16) == pytest.approx(0.5, abs=0.02)
+    assert roc_auc(scores, amb.real) == pytest.approx(0.5, abs=0.02)
+    assert np.array_equal(scores, random_scores(amb, seed=3))
+
+
+def test_guessed_code_keeps_guessed_entries() -> None:
+    mask = np.zeros((1, 1, 6), bool)
+    mask[0, 0, [0, 2, 3, 5]] = True
+    values = np.array([[[1.0, -2.0, 3.0, -4.0]]], np.float16)
+    amb = Ambiguated(mask, values, np.array([[[True, False, True, False]]]))
+    code = guessed_code(amb, np.array([[[0.0, 9.0, 1.0, 5.0]]]), k=2)
+    assert code.tolist() == [[[0.0, 0.0, -2.0, 0.0, 0.0, -4.0]]]
+    assert torch.equal(scatter_code(mask, values), amb.public_code())
+
+
+def test_ssim_matches_an_independent_computation() -> None:
+    rng = np.random.default_rng(0)
+    smooth = smooth_images(2, 5, size=24) * 255
+    a = smooth.round().to(torch.uint8)
+    noisy = smooth + torch.from_numpy(rng.normal(0, 20, smooth.shape))
+    b = noisy.clamp(0, 255).round().to(torch.uint8)
+    assert ssim(a, a) == pytest.approx([1.0, 1.0])
+    assert ssim(b, a) == pytest.approx(ssim(a, b))
+    # Reference: scipy Gaussian filter (radius 5 = an 11-tap window), borders cropped.
+    x, y = a.double().numpy(), b.double().numpy()
+
+    def blur(t: np.ndarray) -> np.ndarray:
+        out = gaussian_filter(t, sigma=(0, 0, 1.5, 1.5), truncate=5 / 1.5)
+        return out[..., 5:-5, 5:-5]
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    ref = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    assert ssim(a, b) == pytest.approx(ref.mean(axis=(1, 2, 3)), rel=1e-6)
+    assert np.all(ssim(a, b) < 0.9)
+
+
+# -- the bug the suite must catch -----------------------------------------------------------
+
+
+def test_oversized_fakes_are_caught(
+    target: tuple[Ambiguated, torch.Tensor], own: Ambiguated
+) -> None:
+    amb = with_oversized_fakes(target[0])
+    k = int(amb.real[0, 0].sum())
+    lr = MagnitudeLikelihood.fit(with_oversized_fakes(own))
+    assert support_recall(lr.scores(amb), amb.real, k) > 0.9
+    assert support_recall(smallest_scores(amb), amb.real, k) > 0.9
+    assert support_recall(largest_scores(amb), amb.real, k) < 0.1
+
+
+def test_least_squares_finds_the_linearly_consistent_entries() -> None:
+    # n = 16 < k = 32: the real values lie in a 16-dim subspace; independent fakes do not.
+    config = ModelConfig(
+        image_height=32,
+        image_width=32,
+        filters=(10, 10, 10, 10, 10, 5),
+        n_maps=2,
+        code_length=64,
+        k=32,
+    )
+    torch.manual_seed(0)
+    model = SparseAutoencoder(config).eval()
+    rng = np.random.default_rng(0)
+    B, L, m, k, kp = 4, 2, 64, 32, 48
+    with torch.no_grad():
+        dense = model.linear(torch.randn(B, L, config.bottleneck_size)).double().numpy()
+    mask = np.zeros((B, L, m), bool)
+    real = np.zeros((B, L, m), bool)
+    code = np.zeros((B, L, m))
+    for b, l_ in np.ndindex(B, L):
+        real_pos = np.argsort(-np.abs(dense[b, l_]))[:k]
+        fake_pos = rng.choice(np.setdiff1d(np.arange(m), real_pos), kp - k, replace=False)
+        code[b, l_, real_pos] = dense[b, l_, real_pos]
+        signs = rng.choice([-1.0, 1.0], kp - k)
+        code[b, l_, fake_pos] = np.abs(rng.choice(dense[b, l_, real_pos], kp - k)) * signs
+        real[b, l_, real_pos] = True
+        mask[b, l_, real_pos] = mask[b, l_, fake_pos] = True
+    amb = Ambiguated(
+        mask, code[mask].reshape(B, L, kp).astype(np.float16), real[mask].reshape(B, L, kp)
+    )
+    assert support_recall(least_squares_scores(model, amb, k), amb.real, k) > 0.95
+    assert support_recall(lp_scores(model, amb, max_items=2), amb.real[:2], k) > 0.7
+
+
+# -- every attack on a real ambiguated batch --------------------------------------------------
+
+
+def test_trained_attacks_are_well_formed(
+    setup: tuple[SparseAutoencoder, NoiseModel],
+    target: tuple[Ambiguated, torch.Tensor],
+    own: Ambiguated,
+) -> None:
+    amb = target[0]
+    for scores in (
+        MagnitudeLikelihood.fit(own).scores(amb),
+        PositionFrequency.fit(own).scores(amb),
+        Discriminator.fit(own, seed=0, epochs=1).scores(amb),
+    ):
+        assert scores.shape == amb.real.shape
+        assert np.isfinite(scores).all()
+
+
+def test_model_attacks_are_well_formed(
+    setup: tuple[SparseAutoencoder, NoiseModel], target: tuple[Ambiguated, torch.Tensor]
+) -> None:
+    model, _ = setup
+    amb = target[0]
+    k = model.config.k
+    for scores in (
+        reencode_scores(model, amb, k, iterations=1),
+        least_squares_scores(model, amb, k),
+    ):
+        assert scores.shape == amb.real.shape
+        assert np.isfinite(scores).all()
+    lp = lp_scores(model, amb, max_items=2, max_maps=3)
+    assert lp.shape == (2, 3, amb.real.shape[-1])
+    assert np.isfinite(lp).all()
+
+
+def test_suite_reports_every_row(
+    setup: tuple[SparseAutoencoder, NoiseModel],
+    target: tuple[Ambiguated, torch.Tensor],
+    own: Ambiguated,
+) -> None:
+    model, noise = setup
+    amb, images = target
+    names = ["random", "largest", "smallest", "magnitude", "position", "lp"]
+    results = run_attacks(
+        model, noise, amb, images, None, names, attacker_amb=own, max_items_lp=2, max_maps_lp=2
+    )
+    assert [r.name for r in results[:2]] == ["authorized", "public as is"]
+    assert results[0].recall is None and results[0].psnr is not None
+    assert len(results) == 2 + len(names)
+    for r in results[2:]:
+        assert isinstance(r, AttackResult)
+        assert 0 <= r.recall <= 1 and 0 <= r.auc <= 1 and r.chance == 0.5
+    assert results[-1].psnr is None  # the LP saw 2 of 8 maps: no image to decode
+    assert all(r.psnr is not None for r in results[2:-1])
+    table = format_table(results)
+    assert table.count("\n") == len(results) + 1
+    rows = json.loads(to_json(results))
+    assert rows[2]["name"] == "random guess" and isinstance(rows[2]["recall"], float)
