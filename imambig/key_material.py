@@ -26,6 +26,7 @@ import re
 import secrets
 import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -148,14 +149,32 @@ def from_file(
     return _checked(_decode(raw), spec, min_bytes)
 
 
+# Extra secret sources by scheme (e.g. "prefect" for Prefect Secret blocks), registered
+# by the layer that knows them, so this library never imports an orchestrator.
+_SCHEMES: dict[str, Callable[[str], str | bytes]] = {}
+
+
+def register_secret_scheme(scheme: str, fetch: Callable[[str], str | bytes]) -> None:
+    """Let specs ``<scheme>:<name>`` resolve through ``fetch(name)``."""
+    _SCHEMES[scheme] = fetch
+
+
 def resolve_secret(spec: str, *, min_bytes: int = MIN_SECRET_BYTES, strict: bool = False) -> Secret:
-    """The secret named by ``env:NAME`` or ``file:PATH``."""
+    """The secret named by ``env:NAME``, ``file:PATH`` or a registered ``scheme:NAME``."""
     scheme, _, where = spec.partition(":")
-    if not where or scheme not in ("env", "file"):
-        raise SecretError(f"secret source {spec!r} is not of the form env:NAME or file:PATH")
+    if not where or scheme not in ("env", "file", *_SCHEMES):
+        known = ", ".join(["env:NAME", "file:PATH", *(f"{s}:NAME" for s in _SCHEMES)])
+        raise SecretError(f"secret source {spec!r} is not one of {known}")
     if scheme == "env":
         return from_env(where, min_bytes=min_bytes)
-    return from_file(where, min_bytes=min_bytes, strict=strict)
+    if scheme == "file":
+        return from_file(where, min_bytes=min_bytes, strict=strict)
+    try:
+        raw = _SCHEMES[scheme](where)
+    except Exception as exc:  # the source's own error, without any secret in it
+        raise SecretError(f"secret source {spec!r} failed: {type(exc).__name__}") from None
+    value = raw.encode() if isinstance(raw, str) else raw
+    return _checked(_decode(value), spec, min_bytes)
 
 
 def owner_secret(config: KeyConfig | None = None) -> Secret:
