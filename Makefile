@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,7 +20,13 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/imambig demo
 
-test: install
+# Debian's Chromium for the Prefect UI test; without root it is skipped (the test too).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null; } || echo "chromium not installed: the browser test will skip"
+
+test: install browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -78,7 +78,8 @@ def ambiguate(
     rngs = [noise_rng(owner_secret, model_id, item) for item in item_ids]
     decoys = torch.from_numpy(noise.sample_decoys(rngs)).view_as(h)
     decoy_dense = model.linear(decoys)
-    fake_idx = decoy_dense.abs().masked_fill(support, -1.0).topk(kp - k, dim=-1).indices
+    weights = torch.from_numpy(noise.position_weights).float()
+    fake_idx = (decoy_dense.abs() * weights).masked_fill(support, -1.0).topk(kp - k, dim=-1).indices
     fake_raw = decoy_dense.gather(-1, fake_idx)
     real_vals = dense.gather(-1, real_idx)
     scale = real_vals.abs().median(-1, keepdim=True).values / fake_raw.abs().median(

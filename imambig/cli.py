@@ -354,7 +354,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="imambig-demo", help="folder for everything the demo makes")
     p.add_argument("--images", type=int, default=400, help="demo images to draw")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     p.set_defaults(handler=_run_demo)
 

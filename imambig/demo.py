@@ -38,7 +38,7 @@ def _owner_secrets(out: Path) -> dict[str, str]:
     return values
 
 
-def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 8,
+def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
              workers: int = 2) -> dict:
     from imambig.identity import load_identity, new_identity, save_identity
     from infra.prefect_server import PrefectServer

@@ -76,6 +76,8 @@ class RegionManifest:
     items: int
     public_sha256: str  # of the region's public bytes: a cheap identity check
     seconds: float
+    started: float = 0.0  # wall clock (epoch s), for throughput without start-up costs
+    finished: float = 0.0
     skipped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,7 +264,7 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionMa
     fs, mpath = filesystem(marker, job.options)
     if fs.exists(mpath):
         return RegionManifest(**{**json.loads(fs.cat_file(mpath)), "skipped": True})
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     model, model_id, noise, secret, provider = _resources(job)
     store = open_image_store(job.images, job.options)
     images = store.read(slice(start, stop))
@@ -274,7 +276,7 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionMa
     keystore.write_row(start // plan.chunk_items, enc.keys)
     digest = hashlib.sha256(np.packbits(enc.mask).tobytes() + enc.values.tobytes())
     manifest = RegionManifest(start, stop, stop - start, digest.hexdigest(),
-                              time.perf_counter() - t0)
+                              time.perf_counter() - t0, started, time.time())
     # Written last: its presence means both the public chunk and the key row are in.
     write_bytes(marker, json.dumps(manifest.to_dict()).encode(), job.options)
     return manifest

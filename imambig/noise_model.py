@@ -42,6 +42,9 @@ class NoiseModel:
     probs: np.ndarray  # (Q,) quantile levels
     real_quantiles: np.ndarray  # (L, Q) of |real non-zero|
     position_freq: np.ndarray  # (L, m) P(position in real support)
+    # (L, m) multipliers of |W a| when choosing fake positions, fitted so that fakes land
+    # on each position as often as real entries do: P(real | position) stays flat.
+    position_weights: np.ndarray
 
     @property
     def n_maps(self) -> int:
@@ -118,9 +121,48 @@ def fit_noise_model(
 
     probs = np.linspace(0.0, 1.0, N_QUANTILES)
     real_q = np.quantile(torch.cat(mags, 1).numpy(), probs, axis=1).T
+    position_freq = (support / n_items).float()
+    weights = fit_position_weights(
+        model, H.float().view(n_items, c.n_maps, c.bottleneck_size), mean.float(),
+        components, residual_std, position_freq, c.k, k_public - c.k,
+    )
     return NoiseModel(
         model_id=model_id, k=c.k, k_public=k_public, mean=mean.float().numpy(),
         components=components.numpy(), residual_std=residual_std.numpy(), probs=probs,
         real_quantiles=real_q,
-        position_freq=(support / n_items).numpy(),
+        position_freq=position_freq.numpy(), position_weights=weights.numpy(),
     )
+
+
+def fit_position_weights(
+    model: SparseAutoencoder,
+    h: torch.Tensor,
+    mean: torch.Tensor,
+    components: torch.Tensor,
+    residual_std: torch.Tensor,
+    position_freq: torch.Tensor,
+    k: int,
+    n_fake: int,
+    iterations: int = 30,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Weights w (L, m) such that choosing fakes as the largest ``w * |W a|`` outside the
+    real support puts fakes on each position with the real frequency. Without them, the
+    positions real codes use most are the ones most often taken by the real support,
+    hence least often free for fakes, and position alone tells real from fake."""
+    gen = torch.Generator().manual_seed(seed)
+    n, L, nb = h.shape
+    g = torch.randn(n, components.shape[0], generator=gen)
+    decoys = mean + g @ components + torch.randn(n, L * nb, generator=gen) * residual_std
+    support_dense = model.linear(h)
+    support = torch.zeros_like(support_dense, dtype=torch.bool).scatter(
+        -1, support_dense.abs().topk(k, dim=-1).indices, True)
+    score = model.linear(decoys.view(n, L, nb)).abs()
+    target = position_freq.clamp_min(1.0 / n)  # fakes per position we want, per item
+    w = torch.ones_like(position_freq)
+    for _ in range(iterations):
+        idx = (score * w).masked_fill(support, -1.0).topk(n_fake, dim=-1).indices
+        freq = torch.zeros_like(score).scatter(-1, idx, 1.0).mean(0) * (k / n_fake)
+        w = w * (target / freq.clamp_min(0.5 / n)).pow(0.5)
+        w = w / w.mean(-1, keepdim=True)
+    return w

@@ -97,9 +97,9 @@ def test_missing_or_short_secret_names_the_source_not_the_value(
     assert short not in str(info.value)
     with pytest.raises(SecretError, match=r"file:.*nope not found"):
         resolve_secret(f"file:{tmp_path / 'nope'}")
-    with pytest.raises(SecretError, match="env:NAME or file:PATH"):
+    with pytest.raises(SecretError, match="env:NAME, file:PATH"):
         resolve_secret("vault:whatever")
-    with pytest.raises(SecretError, match="env:NAME or file:PATH"):
+    with pytest.raises(SecretError, match="env:NAME, file:PATH"):
         resolve_secret("env:")
 
 

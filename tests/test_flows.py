@@ -1,0 +1,168 @@
+"""The pipeline through a real Prefect server and a real S3 server, read back through
+the Prefect API; secrets never reach Prefect; bad parameters fail before any work."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imambig.demo_images import write_demo_images
+from infra.prefect_server import PrefectServer
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    with PrefectServer(tmp_path_factory.mktemp("prefect")) as server:
+        yield server
+
+
+def api(server: PrefectServer, path: str, body: dict | None = None) -> list | dict:
+    req = urllib.request.Request(f"{server.api_url}{path}", method="POST",
+                                 data=json.dumps(body or {}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def run_flow(module: str, params: dict, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, "--params", json.dumps(params)],
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(prefect_server, s3_server, tmp_path_factory, celeba_dir_or_none):
+    root = tmp_path_factory.mktemp("pipeline")
+    secret_values = {n: base64.b64encode(secrets.token_bytes(32)).decode()
+                     for n in ("IMAMBIG_OWNER_SECRET", "IMAMBIG_KEYSTORE_KEY")}
+    env = {**os.environ, **prefect_server.env(), **s3_server.env(), **secret_values}
+    if celeba_dir_or_none is not None:
+        source, crop, limit = str(celeba_dir_or_none), 178, 300
+    else:
+        source, crop, limit = str(write_demo_images(root / "faces", 300)), None, None
+    tag = secrets.token_hex(4)
+    pub, keys = s3_server.create_bucket(f"pub-{tag}"), s3_server.create_bucket(f"keys-{tag}")
+    params = {"source": source, "workdir": str(root / "work"), "public_root": f"{pub}/faces",
+              "keys_root": f"{keys}/faces", "publish_root": str(root / "published"),
+              "model_preset": "tiny", "epochs": 3, "crop": crop, "limit": limit,
+              "chunk_items": 64, "eval_items": 48, "dask_workers": 2,
+              "grant_to": "imambig-pub-v1:" + base64.urlsafe_b64encode(
+                  secrets.token_bytes(32)).decode().rstrip("="),
+              "attacks": ["random", "magnitude", "position"]}
+    proc = run_flow("flows.pipeline", params, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{\n") :])
+    return summary, secret_values, root
+
+
+@pytest.fixture(scope="module")
+def celeba_dir_or_none() -> Path | None:
+    from tests.conftest import shared_data_dir
+
+    path = shared_data_dir() / "celeba-6k"
+    return path if (path / "img_align_celeba").is_dir() else None
+
+
+def test_pipeline_runs_and_tasks_completed_with_artifacts(pipeline_run, prefect_server):
+    summary, _, _ = pipeline_run
+    flows = api(prefect_server, "/flow_runs/filter", {"limit": 200})
+    names = {f["name"]: f for f in flows}
+    assert len(flows) >= 7, [f["name"] for f in flows]
+    assert all(f["state_type"] == "COMPLETED" for f in flows), [
+        (f["name"], f["state_type"]) for f in flows]
+    tasks = api(prefect_server, "/task_runs/filter", {"limit": 500})
+    assert tasks and all(t["state_type"] == "COMPLETED" for t in tasks)
+    regions = [t for t in tasks if t["name"].startswith("encode region")]
+    assert len(regions) == 5  # 300 items in chunks of 64
+    artifacts = {a["key"]: a for a in api(prefect_server, "/artifacts/filter", {"limit": 200})
+                 if a.get("key")}
+    for key in ("ingest-report", "training-report", "encode-progress", "encode-summary",
+                "publication", "evaluation-metrics", "evaluation-report", "pipeline-summary"):
+        assert key in artifacts, sorted(artifacts)
+    assert float(artifacts["encode-progress"]["data"]) == pytest.approx(100.0)
+    table = artifacts["evaluation-metrics"]["data"]
+    rows = json.loads(table) if isinstance(table, str) else table
+    by_name = {r["name"]: r for r in rows}
+    assert {"authorized", "public as is", "random guess"} <= set(by_name)
+    assert by_name["random guess"]["recall"] == pytest.approx(0.5, abs=0.1)
+    assert by_name["authorized"]["n_items"] == 48
+    assert summary["written"] == 300 and summary["public_store"].startswith("s3://")
+    assert "pipeline" in names
+
+
+def test_secrets_never_reach_prefect(pipeline_run, prefect_server):
+    _, secret_values, _ = pipeline_run
+    dumps = [json.dumps(api(prefect_server, path, {"limit": 500})) for path in (
+        "/flow_runs/filter", "/task_runs/filter", "/artifacts/filter", "/logs/filter",
+        "/deployments/filter", "/block_documents/filter")]
+    database = prefect_server.database.read_bytes()
+    for value in secret_values.values():
+        raw = base64.b64decode(value)
+        for text in dumps:
+            assert value not in text
+            assert raw.hex() not in text
+        assert value.encode() not in database and raw not in database
+
+
+def test_bad_parameters_fail_before_any_work(prefect_server, tmp_path):
+    env = {**os.environ, **prefect_server.env(),
+           "IMAMBIG_OWNER_SECRET": base64.b64encode(secrets.token_bytes(32)).decode(),
+           "IMAMBIG_KEYSTORE_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+    code = f"""
+from flows.encode import encode_flow
+state = encode_flow(images={str(tmp_path / 'nope')!r}, model={str(tmp_path / 'm')!r},
+                    public_root={str(tmp_path / 'stores')!r},
+                    keys_root={str(tmp_path / 'stores' / 'keys')!r}, return_state=True)
+print("STATE", state.type.value, state.message)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert "STATE FAILED" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "share a root" in out.stdout + out.stderr
+    assert not (tmp_path / "stores").exists()
+
+
+def _run_id(server: PrefectServer, flow_name: str) -> str:
+    flows = api(server, "/flows/filter", {"flows": {"name": {"any_": [flow_name]}}})
+    runs = api(server, "/flow_runs/filter", {"flows": {"id": {"any_": [flows[0]["id"]]}},
+                                             "limit": 1})
+    return runs[0]["id"]
+
+
+def test_prefect_ui_shows_the_run_its_tasks_and_the_metrics_table(pipeline_run,
+                                                                   prefect_server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian's chromium is not installed")
+    ui = prefect_server.ui_url
+    shots = Path(os.environ.get("IMAMBIG_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui}/runs/flow-run/{_run_id(prefect_server, 'pipeline')}")
+        page.get_by_text("encode", exact=False).first.wait_for(timeout=90_000)
+        page.screenshot(path=str(shots / "pipeline-run.png"), full_page=True)
+
+        page.goto(f"{ui}/runs/flow-run/{_run_id(prefect_server, 'encode')}")
+        page.get_by_text("encode region", exact=False).first.wait_for(timeout=90_000)
+        page.screenshot(path=str(shots / "encode-run.png"), full_page=True)
+
+        page.goto(f"{ui}/artifacts/key/evaluation-metrics")
+        page.get_by_text("random guess", exact=False).first.wait_for(timeout=90_000)
+        assert page.get_by_text("public as is", exact=False).count() >= 1
+        page.screenshot(path=str(shots / "evaluation-metrics.png"), full_page=True)
+        browser.close()
+    assert (shots / "evaluation-metrics.png").stat().st_size > 10_000
