@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -18,6 +17,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.params import check_exists, check_secret_spec, check_storage_options
 from imambig import encode as enc
+from imambig.bulk_encode import local_cluster
 from imambig.config import EncodeConfig, KeyConfig
 from imambig.keystore import assert_separate_roots
 from imambig.lease import Lease, LeaseHeld
@@ -49,10 +49,7 @@ def dask_runner(address: str | None = None, workers: int | None = None) -> DaskT
     """An existing cluster, or a LocalCluster of one single-threaded worker per core."""
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": workers or os.cpu_count() or 1, "threads_per_worker": 1,
-        "processes": True, "dashboard_address": None, "host": "127.0.0.1",
-    })
+    return DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs={"n_workers": workers})
 
 
 @flow(name="encode", log_prints=True, task_runner=dask_runner())

@@ -52,14 +52,30 @@ class EncodeReport:
         ])
 
 
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536. Setting it turns off
+# glibc's adaptive mmap threshold, so every large convolution buffer is mmapped and
+# unmapped again: torch encodes ~35 % slower (measured: 8.2 vs 12.8 images/s, paper
+# preset, one thread). Workers we start get no such variable.
+WORKER_DASK_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
+def local_cluster(n_workers: int | None = None):
+    """One single-threaded worker process per core (or ``n_workers``), on 127.0.0.1."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set(WORKER_DASK_CONFIG):
+        return LocalCluster(n_workers=n_workers or max(1, os.cpu_count() or 1),
+                            threads_per_worker=1, processes=True, dashboard_address=None,
+                            host="127.0.0.1")
+
+
 def _client(dask_address: str | None, n_workers: int | None):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if dask_address:
         return Client(dask_address), None
-    n = n_workers or max(1, (os.cpu_count() or 1))
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=None, host="127.0.0.1")
+    cluster = local_cluster(n_workers)
     return Client(cluster), cluster
 
 

@@ -338,6 +338,38 @@ def _run_reveal(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the scheduled nightly re-encode and the manual full re-encode",
+        description="Registers two Prefect deployments of the encode flow for one collection "
+                    "and runs their flows from this process: nightly-reencode (cron "
+                    "schedule; encodes only new images) and full-reencode (by hand). Needs "
+                    "PREFECT_API_URL pointing at a Prefect server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--images", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--public", required=True)
+    p.add_argument("--keys", required=True)
+    p.add_argument("--chunk-items", type=int, default=512)
+    p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (UTC)")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(a: argparse.Namespace) -> int:
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", "flows.serve", "--images", a.images,
+                            "--model", a.model, "--public", a.public, "--keys", a.keys,
+                            "--chunk-items", str(a.chunk_items), "--cron", a.cron])
+
+
+# ---------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------
 
@@ -383,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--help-all", action="store_true",
                         help="print the help of every sub-command and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_ingest, _add_train, _add_encode, _add_validate, _add_keys,
+    for add in (_add_demo, _add_serve, _add_ingest, _add_train, _add_encode, _add_validate, _add_keys,
                 _add_grant, _add_reveal):
         add(sub)
     return parser

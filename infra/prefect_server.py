@@ -36,12 +36,13 @@ def _prefect_bin() -> str:
 
 class PrefectServer:
     def __init__(self, home: str | Path | None = None, port: int | None = None,
-                 start_timeout: float = 180.0) -> None:
+                 start_timeout: float = 180.0, settings: dict[str, str] | None = None) -> None:
         self._tmp = None if home else tempfile.TemporaryDirectory(prefix="imambig-prefect-")
         self.home = Path(home or self._tmp.name)  # type: ignore[union-attr]
         self.port = port or free_port()
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
+        self.settings = settings or {}  # extra server settings (PREFECT_SERVER_...)
 
     @property
     def api_url(self) -> str:
@@ -68,6 +69,7 @@ class PrefectServer:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
             f"sqlite+aiosqlite:///{self.home / 'prefect.db'}")
         env["PREFECT_UI_API_URL"] = self.api_url
+        env.update(self.settings)
         return env
 
     @property

@@ -8,8 +8,10 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,11 +77,10 @@ def celeba_dir_or_none() -> Path | None:
 def test_pipeline_runs_and_tasks_completed_with_artifacts(pipeline_run, prefect_server):
     summary, _, _ = pipeline_run
     flows = api(prefect_server, "/flow_runs/filter", {"limit": 200})
-    names = {f["name"]: f for f in flows}
     assert len(flows) >= 7, [f["name"] for f in flows]
     assert all(f["state_type"] == "COMPLETED" for f in flows), [
         (f["name"], f["state_type"]) for f in flows]
-    tasks = api(prefect_server, "/task_runs/filter", {"limit": 500})
+    tasks = api(prefect_server, "/task_runs/filter", {"limit": 200})
     assert tasks and all(t["state_type"] == "COMPLETED" for t in tasks)
     regions = [t for t in tasks if t["name"].startswith("encode region")]
     assert len(regions) == 5  # 300 items in chunks of 64
@@ -94,14 +95,16 @@ def test_pipeline_runs_and_tasks_completed_with_artifacts(pipeline_run, prefect_
     by_name = {r["name"]: r for r in rows}
     assert {"authorized", "public as is", "random guess"} <= set(by_name)
     assert by_name["random guess"]["recall"] == pytest.approx(0.5, abs=0.1)
-    assert by_name["authorized"]["n_items"] == 48
+    assert 20 <= by_name["authorized"]["n_items"] <= 48  # the test split, capped at 48
+    assert by_name["authorized"]["psnr"] > by_name["public as is"]["psnr"]
     assert summary["written"] == 300 and summary["public_store"].startswith("s3://")
-    assert "pipeline" in names
+    flow_names = {f["name"] for f in api(prefect_server, "/flows/filter")}
+    assert {"pipeline", "ingest", "train", "encode", "publish", "grant", "evaluate"} <= flow_names
 
 
 def test_secrets_never_reach_prefect(pipeline_run, prefect_server):
     _, secret_values, _ = pipeline_run
-    dumps = [json.dumps(api(prefect_server, path, {"limit": 500})) for path in (
+    dumps = [json.dumps(api(prefect_server, path, {"limit": 200})) for path in (
         "/flow_runs/filter", "/task_runs/filter", "/artifacts/filter", "/logs/filter",
         "/deployments/filter", "/block_documents/filter")]
     database = prefect_server.database.read_bytes()
@@ -153,16 +156,58 @@ def test_prefect_ui_shows_the_run_its_tasks_and_the_metrics_table(pipeline_run,
             "--disable-component-update", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{ui}/runs/flow-run/{_run_id(prefect_server, 'pipeline')}")
-        page.get_by_text("encode", exact=False).first.wait_for(timeout=90_000)
+        page.get_by_text("Completed").first.wait_for(timeout=90_000)
+        page.get_by_text("Subflow Runs", exact=True).first.click()
+        page.get_by_text("encode", exact=False).first.wait_for(timeout=60_000)
         page.screenshot(path=str(shots / "pipeline-run.png"), full_page=True)
 
         page.goto(f"{ui}/runs/flow-run/{_run_id(prefect_server, 'encode')}")
+        page.get_by_text("Task Runs", exact=True).first.click()
         page.get_by_text("encode region", exact=False).first.wait_for(timeout=90_000)
-        page.screenshot(path=str(shots / "encode-run.png"), full_page=True)
+        page.screenshot(path=str(shots / "encode-task-runs.png"), full_page=True)
 
-        page.goto(f"{ui}/artifacts/key/evaluation-metrics")
+        metrics = api(prefect_server, "/artifacts/filter",
+                      {"artifacts": {"key": {"any_": ["evaluation-metrics"]}}})[0]
+        page.goto(f"{ui}/artifacts/artifact/{metrics['id']}")
         page.get_by_text("random guess", exact=False).first.wait_for(timeout=90_000)
         assert page.get_by_text("public as is", exact=False).count() >= 1
         page.screenshot(path=str(shots / "evaluation-metrics.png"), full_page=True)
         browser.close()
     assert (shots / "evaluation-metrics.png").stat().st_size > 10_000
+
+
+def test_scheduled_deployment_runs_end_to_end(synthetic_store, tiny_model, tmp_path):
+    # A server of its own: scheduled runs must not mix with the pipeline test's runs.
+    server = PrefectServer(tmp_path / "prefect",
+                           settings={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"})
+    env = {**os.environ, **{n: base64.b64encode(secrets.token_bytes(32)).decode()
+                            for n in ("IMAMBIG_OWNER_SECRET", "IMAMBIG_KEYSTORE_KEY")},
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    with server:
+        env.update(server.env())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.serve", "--images", synthetic_store, "--model",
+             tiny_model, "--public", str(tmp_path / "public"), "--keys",
+             str(tmp_path / "keys"), "--chunk-items", "128", "--cron", "* * * * *"],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            deadline, done = time.monotonic() + 420, None
+            while time.monotonic() < deadline and proc.poll() is None and done is None:
+                time.sleep(2)
+                deps = {d["name"]: d for d in api(server, "/deployments/filter")}
+                if "nightly-reencode" not in deps:
+                    continue
+                runs = api(server, "/flow_runs/filter", {"deployments": {"id": {
+                    "any_": [deps["nightly-reencode"]["id"]]}}})
+                done = next((r for r in runs if r["state_type"] in ("COMPLETED", "FAILED",
+                                                                   "CRASHED")), None)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        assert deps["nightly-reencode"]["schedules"], "the nightly deployment has a schedule"
+        assert "full-reencode" in deps and not deps["full-reencode"]["schedules"]
+        assert done is not None, "no scheduled run finished"
+        assert done["state_type"] == "COMPLETED", done["state"]
+        assert done["auto_scheduled"] or done["state_name"] in ("Completed",)
+    assert (tmp_path / "public" / "current.json").exists()

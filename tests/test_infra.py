@@ -474,7 +474,10 @@ def test_dockerfile() -> None:
 def test_prefect_deployments_target_the_pools() -> None:
     config = load_all(INFRA / "prefect" / "prefect.yaml")[0]
     deployments = {d["name"]: d for d in config["deployments"]}
-    nightly, train = deployments["nightly"], deployments["train-gpu"]
+    nightly, train = deployments["nightly-reencode"], deployments["train-gpu"]
+    assert nightly["entrypoint"] == "flows/encode.py:encode_flow"
+    assert deployments["full-reencode"]["parameters"]["overwrite"] is True
+    assert "schedules" not in deployments["full-reencode"]
     assert nightly["work_pool"]["name"] == "cpu"
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
     assert nightly["concurrency_limit"] == 1

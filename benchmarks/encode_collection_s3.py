@@ -1,0 +1,110 @@
+"""A whole collection onto real S3 with 2 Dask workers, validated and spot-checked.
+
+    python benchmarks/encode_collection_s3.py --source ../shared/data/celeba-6k \
+        --model runs/small-model [--workers 2] [--check 64]
+
+Starts SeaweedFS on 127.0.0.1, ingests the source into an image store on S3 at the
+model's image size, encodes it with ``--workers`` single-threaded Dask workers, runs the
+store validator on the public store and the keystore, and re-encodes ``--check`` random
+items one at a time to confirm each one's public record and key equal those of the bulk
+run. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imambig.bulk_encode import run_encode
+from imambig.checkpoint import load_model
+from imambig.config import EncodeConfig, IngestConfig
+from imambig.encode import EncodeJob, noise_url
+from imambig.encoder import encode_images
+from imambig.image_store import open_image_store
+from imambig.ingest import ingest
+from imambig.key_material import LocalKeyProvider, owner_secret
+from imambig.keystore import Keystore
+from imambig.noise_model import NoiseModel
+from imambig.public_store import PublicStore
+from imambig.storage import filesystem
+from infra.seaweedfs import SeaweedS3
+from storage_schemas.validate import validate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--source", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--chunk-items", type=int, default=256)
+    p.add_argument("--check", type=int, default=64)
+    p.add_argument("--crop", type=int, default=None)
+    a = p.parse_args()
+    for k in ("IMAMBIG_OWNER_SECRET", "IMAMBIG_KEYSTORE_KEY"):
+        os.environ.setdefault(k, base64.b64encode(secrets.token_bytes(32)).decode())
+    model, info, _ = load_model(a.model)
+    c = model.config
+    tmp = Path(tempfile.mkdtemp(prefix="imambig-collection-"))
+    rows = []
+    with SeaweedS3(tmp / "s3") as s3:
+        opts = s3.storage_options()
+        imgs, pub, keys = (s3.create_bucket(b) for b in ("images", "public", "keys"))
+        images = f"{imgs}/collection"
+        t = time.perf_counter()
+        rep = ingest(a.source, images, IngestConfig(height=c.image_height, width=c.image_width,
+                                                    crop=a.crop, split="identity:0.8",
+                                                    workers=1), storage_options=opts)
+        rows.append(("ingest to S3", rep.written, time.perf_counter() - t))
+        job = EncodeJob(images=images, model=a.model, public_root=f"{pub}/collection",
+                        keys_root=f"{keys}/collection",
+                        config=EncodeConfig(chunk_items=a.chunk_items),
+                        storage_options=json.dumps(opts))
+        t = time.perf_counter()
+        report = run_encode(job, n_workers=a.workers, progress=False)
+        rows.append((f"encode to S3, {report.workers} workers x 1 thread", report.encoded,
+                     time.perf_counter() - t))
+        checks = {u: validate(u, opts) for u in (report.plan.public_url,
+                                                  report.plan.keystore_url)}
+
+        torch.set_num_threads(1)
+        store = open_image_store(images, opts)
+        noise = NoiseModel.load(noise_url(job, c.k))
+        public = PublicStore.open(report.plan.public_url, opts)
+        ks = Keystore.open(report.plan.keystore_url, LocalKeyProvider.from_config(), opts)
+        ids = store.item_ids()
+        secret = owner_secret().reveal()
+        picks = np.sort(np.random.default_rng(0).choice(store.n_items, a.check, replace=False))
+        equal = 0
+        for i in picks.tolist():
+            alone = encode_images(model, noise, secret, info.model_id,
+                                  store.read(slice(i, i + 1)), [str(ids[i])])
+            mask, values = public.read(np.array([i]))
+            equal += int(np.array_equal(mask[0], alone.mask[0])
+                         and values[0].tobytes() == alone.values[0].tobytes()
+                         and ks.keys([i])[0] == alone.keys[0])
+        fs, ppath = filesystem(report.plan.public_url, opts)
+        pub_bytes = sum(fs.du(ppath, total=False).values())
+
+    print(f"model {info.model_id} ({c.image_height}x{c.image_width}, L={c.n_maps}, m={c.code_length},"
+          f" k={c.k}, k'={2 * c.k}); {store.n_items} items; cores={os.cpu_count()}")
+    print("| step | items | seconds | images/s |")
+    print("|---|---|---|---|")
+    for name, n, s in rows:
+        print(f"| {name} | {n} | {s:.1f} | {n / s:.1f} |")
+    for v in checks.values():
+        print(f"validator: {v.summary()}")
+    print(f"items encoded alone equal to the bulk run (record and key): {equal}/{len(picks)}")
+    print(f"public store: {pub_bytes / store.n_items:,.0f} bytes/image")
+
+
+if __name__ == "__main__":
+    main()
