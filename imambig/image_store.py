@@ -28,8 +28,9 @@ from zarr.codecs import ZstdCodec
 
 from imambig.splits import SPLIT_NAMES, UNKNOWN_IDENTITY, split_code
 from imambig.storage import filesystem, join, open_store
+from storage_schemas import image_store_v1
 
-SCHEMA = "imambig.image-store/1"
+SCHEMA = image_store_v1.SCHEMA
 
 # Plain zstd rather than Blosc: Blosc's gain over zstd comes from byte shuffling, which
 # does nothing for 1-byte pixels, and plain zstd is the simplest codec every Zarr v3

@@ -23,12 +23,14 @@ def has_protocol(url: str) -> bool:
     return "://" in url
 
 
-def _options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+def _options(url: str, storage_options: dict[str, Any] | None, for_zarr: bool = False
+             ) -> dict[str, Any]:
     opts = dict(storage_options or {})
-    if has_protocol(url):
+    if has_protocol(url) and for_zarr:
         # Zarr drives its file system from its own event loop; a cached fsspec instance
         # bound to another loop (e.g. an s3fs used synchronously before) fails with
-        # "attached to a different loop". A fresh instance per store avoids that.
+        # "attached to a different loop". A fresh instance per store avoids that. Plain
+        # synchronous use shares cached instances (and their connection pools).
         opts.setdefault("skip_instance_cache", True)
     return opts
 
@@ -47,7 +49,8 @@ def open_store(
         url = fsspec.core.strip_protocol(url)
     if has_protocol(url):
         return FsspecStore.from_url(
-            url, storage_options=_options(url, storage_options), read_only=read_only
+            url, storage_options=_options(url, storage_options, for_zarr=True),
+            read_only=read_only
         )
     return LocalStore(url, read_only=read_only)
 
