@@ -76,11 +76,18 @@ def own(setup: tuple[SparseAutoencoder, NoiseModel]) -> Ambiguated:
     )
 
 
-def with_oversized_fakes(amb: Ambiguated, factor: float = 4.0) -> Ambiguated:
-    """The reference sampler's bug: fakes about m/k = 4x too large."""
+def with_oversized_fakes(amb: Ambiguated, factor: float = 4.0, seed: int = 0) -> Ambiguated:
+    """The reference sampler's bug: fake magnitudes drawn from the real (tail)
+    distribution of the map, then multiplied by m/k = 4; random signs."""
+    rng = np.random.default_rng(seed)
     values = amb.values.astype(np.float32)
-    values = np.where(amb.real, values, values * factor).astype(np.float16)
-    return Ambiguated(amb.mask, values, amb.real)
+    out = values.copy()
+    for idx in np.ndindex(*values.shape[:2]):
+        real = np.abs(values[idx][amb.real[idx]])
+        fake = ~amb.real[idx]
+        draws = rng.choice(real, fake.sum()) * factor
+        out[idx][fake] = draws * rng.choice([-1.0, 1.0], fake.sum())
+    return Ambiguated(amb.mask, out.astype(np.float16), amb.real)
 
 
 # -- scoring -----------------------------------------------------------------------------

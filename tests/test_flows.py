@@ -98,6 +98,11 @@ def test_pipeline_runs_and_tasks_completed_with_artifacts(pipeline_run, prefect_
     assert 20 <= by_name["authorized"]["n_items"] <= 48  # the test split, capped at 48
     assert by_name["authorized"]["psnr"] > by_name["public as is"]["psnr"]
     assert summary["written"] == 300 and summary["public_store"].startswith("s3://")
+    # logs written inside the Dask workers' tasks reach the API (and so the UI)
+    region_ids = [t["id"] for t in regions]
+    logs = api(prefect_server, "/logs/filter",
+               {"logs": {"task_run_id": {"any_": region_ids}}, "limit": 200})
+    assert any("encoded in" in entry["message"] for entry in logs), logs[:3]
     flow_names = {f["name"] for f in api(prefect_server, "/flows/filter")}
     assert {"pipeline", "ingest", "train", "encode", "publish", "grant", "evaluate"} <= flow_names
 
