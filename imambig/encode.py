@@ -127,10 +127,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def ensure_noise_model(job: EncodeJob) -> str:
+def ensure_noise_model(job: EncodeJob, loaded: tuple | None = None) -> str:
     """Load the noise fit stored with the model, fitting it on the image store's
-    training split the first time. Returns its URL."""
-    model, info, _ = load_model(job.model, job.options)
+    training split the first time. Returns its URL. ``loaded``: the (model, info) the
+    caller already has, so model.pt is not read again."""
+    model, info = loaded or load_model(job.model, job.options)[:2]
     url = noise_url(job, model.config.k)
     fs, path = filesystem(url, job.options)
     if fs.exists(path):
@@ -170,7 +171,7 @@ def prepare(job: EncodeJob, overwrite: bool = False) -> Plan:
     # Fail on missing secrets before any work is done.
     owner_secret(job.keys)
     provider = LocalKeyProvider.from_config(job.keys)
-    nurl = ensure_noise_model(job)
+    nurl = ensure_noise_model(job, (model, info))
     fs, npath = filesystem(nurl, job.options)
     noise_fit = {"file": npath.rsplit("/", 1)[-1], "sha256": _sha256(fs.cat_file(npath))}
 

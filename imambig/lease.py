@@ -45,7 +45,9 @@ def precondition_failed(err: BaseException) -> bool:
             or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412)
 
 
-class _S3:
+class S3ObjectCAS:
+    """Compare-and-swap on one S3 object; tokens are ETags."""
+
     def __init__(self, fs: Any, path: str) -> None:
         self.fs = fs
         self.bucket, self.key = path.split("/", 1)
@@ -142,7 +144,7 @@ def _backend(url: str, storage_options: dict | None) -> Any:
     if "file" in fs.protocol:
         return _Local(path)
     if "s3" in fs.protocol:
-        return _S3(fs, path)
+        return S3ObjectCAS(fs, path)
     raise ValueError(f"leases need a local path or s3:// URL, not {url}")
 
 

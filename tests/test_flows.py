@@ -167,6 +167,7 @@ def test_prefect_ui_shows_the_run_its_tasks_and_the_metrics_table(pipeline_run,
         page.screenshot(path=str(shots / "pipeline-run.png"), full_page=True)
 
         page.goto(f"{ui}/runs/flow-run/{_run_id(prefect_server, 'encode')}")
+        page.get_by_text("Completed").first.wait_for(timeout=90_000)  # page rendered
         page.get_by_text("Task Runs", exact=True).first.click()
         page.get_by_text("encode region", exact=False).first.wait_for(timeout=90_000)
         page.screenshot(path=str(shots / "encode-task-runs.png"), full_page=True)

@@ -18,7 +18,7 @@ import pytest
 import s3fs
 import zarr
 
-from imambig.lease import Lease, LeaseHeld, precondition_failed
+from imambig.lease import Lease, LeaseHeld, S3ObjectCAS, precondition_failed
 from imambig.storage import filesystem, join, open_store
 from infra.seaweedfs import PORT_FLAGS, SeaweedError, SeaweedS3, free_ports
 
@@ -36,43 +36,18 @@ def _path(url: str) -> str:
 # -- conditional writes ---------------------------------------------------------------
 
 
+# The project's compare-and-swap primitives (the lease is built on them), tested here
+# against the real server.
 def create_if_absent(fs: s3fs.S3FileSystem, path: str, data: bytes) -> str | None:
-    """Atomically create ``path``; its ETag, or None when it already exists."""
-    bucket, key = path.split("/", 1)
-    try:
-        reply = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-    except OSError as err:
-        if precondition_failed(err):
-            return None
-        raise
-    fs.invalidate_cache(path)
-    return reply["ETag"]
+    return S3ObjectCAS(fs, path).create(data)
 
 
 def replace_if_unchanged(fs: s3fs.S3FileSystem, path: str, data: bytes, etag: str) -> str | None:
-    """Overwrite ``path`` only while its ETag is still ``etag``; the new ETag, or None."""
-    bucket, key = path.split("/", 1)
-    try:
-        reply = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=etag)
-    except OSError as err:
-        if precondition_failed(err):
-            return None
-        raise
-    fs.invalidate_cache(path)
-    return reply["ETag"]
+    return S3ObjectCAS(fs, path).replace(data, etag)
 
 
 def delete_if_unchanged(fs: s3fs.S3FileSystem, path: str, etag: str) -> bool:
-    """Delete ``path`` only while its ETag is still ``etag``."""
-    bucket, key = path.split("/", 1)
-    try:
-        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
-    except OSError as err:
-        if precondition_failed(err):
-            return False
-        raise
-    fs.invalidate_cache(path)
-    return True
+    return S3ObjectCAS(fs, path).delete(etag)
 
 
 def _race(clients: list[s3fs.S3FileSystem], attempts: int, attempt: Any) -> list[Any]:
