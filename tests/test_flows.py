@@ -146,6 +146,22 @@ def _run_id(server: PrefectServer, flow_name: str) -> str:
     return runs[0]["id"]
 
 
+def _show(page, url: str, text: str, server: PrefectServer, console: list[str],
+          tries: int = 4, wait_ms: int = 45_000) -> None:
+    """Open ``url`` until ``text`` shows; a page that came up half-rendered (a slow first
+    bundle load on a busy machine) is loaded again. Failing, say what the page showed."""
+    for _ in range(tries):
+        page.goto(url, wait_until="load", timeout=wait_ms)
+        try:
+            page.get_by_text(text, exact=False).first.wait_for(timeout=wait_ms)
+            return
+        except Exception:  # retried, then reported with the page's text
+            continue
+    body = page.locator("body").inner_text(timeout=5_000)[:2000]
+    raise AssertionError(f"{text!r} never showed on {url}\npage: {body!r}\n"
+                         f"console: {console[-20:]}\nserver log:\n{server.log_tail(20)}")
+
+
 def test_prefect_ui_shows_the_run_its_tasks_and_the_metrics_table(pipeline_run,
                                                                    prefect_server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -155,27 +171,31 @@ def test_prefect_ui_shows_the_run_its_tasks_and_the_metrics_table(pipeline_run,
     ui = prefect_server.ui_url
     shots = Path(os.environ.get("IMAMBIG_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
+    console: list[str] = []
     with sync_api.sync_playwright() as p:
+        # --disable-dev-shm-usage: containers often give /dev/shm 64 MB, too little for a
+        # tab rendering the Prefect UI, which then dies blank.
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+            "--disable-dev-shm-usage", "--disable-component-update", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{ui}/runs/flow-run/{_run_id(prefect_server, 'pipeline')}")
-        page.get_by_text("Completed").first.wait_for(timeout=90_000)
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        _show(page, f"{ui}/runs/flow-run/{_run_id(prefect_server, 'pipeline')}", "Completed",
+              prefect_server, console)
         page.get_by_text("Subflow Runs", exact=True).first.click()
         page.get_by_text("encode", exact=False).first.wait_for(timeout=60_000)
         page.screenshot(path=str(shots / "pipeline-run.png"), full_page=True)
 
-        page.goto(f"{ui}/runs/flow-run/{_run_id(prefect_server, 'encode')}")
-        page.get_by_text("Completed").first.wait_for(timeout=90_000)  # page rendered
+        _show(page, f"{ui}/runs/flow-run/{_run_id(prefect_server, 'encode')}", "Completed",
+              prefect_server, console)
         page.get_by_text("Task Runs", exact=True).first.click()
         page.get_by_text("encode region", exact=False).first.wait_for(timeout=90_000)
         page.screenshot(path=str(shots / "encode-task-runs.png"), full_page=True)
 
         metrics = api(prefect_server, "/artifacts/filter",
                       {"artifacts": {"key": {"any_": ["evaluation-metrics"]}}})[0]
-        page.goto(f"{ui}/artifacts/artifact/{metrics['id']}")
-        page.get_by_text("random guess", exact=False).first.wait_for(timeout=90_000)
+        _show(page, f"{ui}/artifacts/artifact/{metrics['id']}", "random guess",
+              prefect_server, console)
         assert page.get_by_text("public as is", exact=False).count() >= 1
         page.screenshot(path=str(shots / "evaluation-metrics.png"), full_page=True)
         browser.close()
