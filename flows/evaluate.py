@@ -18,12 +18,12 @@ from imambig.storage import join, write_bytes
 @task(name="evaluate stores")
 def evaluate(images: str, model: str, public: str, keystore: str, keystore_key: str,
              split: str, max_items: int, attacks: list[str], opts: dict[str, Any],
-             grid_url: str | None) -> str:
+             grid_url: str | None, rd_url: str | None) -> str:
     logger = get_run_logger()
     provider = LocalKeyProvider.from_config(KeyConfig(keystore_key_source=keystore_key))
     ev = evaluate_stores(images, model, public, keystore, provider, opts, split=split,
                          max_items=max_items, attacks=tuple(attacks), log=logger.info,
-                         grid_url=grid_url)
+                         grid_url=grid_url, rd_plot_url=rd_url)
     return ev.to_json()
 
 
@@ -47,7 +47,8 @@ def evaluate_flow(
     public = resolve_store(public_root, opts)
     keystore = resolve_store(keys_root, opts)
     text = evaluate(images, model, public, keystore, keystore_key, split, max_items,
-                    list(attacks or DEFAULT_ATTACKS), opts, join(out, "grid.png") if out else None)
+                    list(attacks or DEFAULT_ATTACKS), opts, join(out, "grid.png") if out else None,
+                    join(out, "rd.png") if out else None)
     ev = load_evaluation(text)
     create_table_artifact(key="evaluation-metrics", table=as_table(ev),
                           description=f"{ev.n_items} {split} items, model {ev.model_id}")

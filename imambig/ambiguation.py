@@ -1,14 +1,13 @@
 """Ambiguation: hide each map's k real non-zeros among k' public ones.
 
-For every item a decoy bottleneck vector ``a`` is drawn from the fitted noise model
-with randomness derived from HMAC(owner secret, model id, item id): re-encoding an item
-publishes identical bytes, and a second release of the same item carries the same fakes
-(fresh noise per release would let anyone diff the releases). The fakes are the
-``k' - k`` largest entries of ``W a`` outside the real support, times one factor per
-map that gives them the median magnitude of that map's real entries. One scalar keeps
-the fakes an exact linear image of one vector (``s a``), as the real entries are of
-``h``; a per-value calibration would break that and hand the fakes to a least-squares
-test.
+For every item the randomness comes from HMAC(owner secret, model id, item id):
+re-encoding an item publishes identical bytes, and a second release of the same item
+carries the same fakes (fresh noise per release would let anyone diff the releases).
+A decoy code is drawn from the noise model (a synthetic code with the real per-position
+marginals, see :mod:`imambig.noise_model`); the fakes sit at its ``k' - k`` largest
+weighted entries outside the real support and carry its signs, and their magnitudes
+come from the per-position magnitude model scaled to this item's own threshold and
+excess, so that P(real | position, sign, magnitude) stays flat.
 
 Nothing public depends on which entries are real: public positions are a sorted mask,
 real and fake values pass through one quantizer.
@@ -23,7 +22,7 @@ import torch
 
 from imambig.key_material import noise_rng
 from imambig.models.autoencoder import SparseAutoencoder
-from imambig.noise_model import NoiseModel
+from imambig.noise_model import NoiseModel, real_support
 from imambig.quantizer import quantize
 
 
@@ -72,20 +71,17 @@ def ambiguate(
         raise ValueError(f"noise model was fitted for model {noise.model_id}, not {model_id}")
     B, k, kp = h.shape[0], c.k, noise.k_public
     dense = model.linear(h.float().cpu())
-    real_idx = dense.abs().topk(k, dim=-1).indices
+    real_idx, real_vals, threshold = real_support(dense, k)
     support = torch.zeros_like(dense, dtype=torch.bool).scatter(-1, real_idx, True)
 
     rngs = [noise_rng(owner_secret, model_id, item) for item in item_ids]
-    decoys = torch.from_numpy(noise.sample_decoys(rngs)).view_as(h)
-    decoy_dense = model.linear(decoys)
+    decoys, u = noise.draw(rngs, kp - k)
+    decoy = noise.decoy_codes(model, decoys)
     weights = torch.from_numpy(noise.position_weights).float()
-    fake_idx = (decoy_dense.abs() * weights).masked_fill(support, -1.0).topk(kp - k, dim=-1).indices
-    fake_raw = decoy_dense.gather(-1, fake_idx)
-    real_vals = dense.gather(-1, real_idx)
-    scale = real_vals.abs().median(-1, keepdim=True).values / fake_raw.abs().median(
-        -1, keepdim=True
-    ).values.clamp_min(1e-12)
-    fake_vals = fake_raw * scale
+    fake_idx = (decoy.abs() * weights).masked_fill(support, -1.0).topk(kp - k, dim=-1).indices
+    excess_scale = (real_vals.abs() - threshold).mean(-1, keepdim=True).clamp_min(1e-12)
+    fake_vals = decoy.gather(-1, fake_idx).sign() * noise.fake_magnitudes(
+        threshold, excess_scale, fake_idx, u)
 
     code = torch.zeros_like(dense)
     code.scatter_(-1, real_idx, real_vals)

@@ -19,6 +19,9 @@ typical session:
   imambig keys new-identity --out alice.id          (the user; prints a public key)
   imambig grant --public runs/public --keys runs/keys --items 000002.jpg --to PUBKEY --out g.bin
   imambig reveal --grant g.bin --identity alice.id --model runs/model --out revealed/
+  imambig evaluate --images runs/images --model runs/model --public runs/public \\
+      --keys runs/keys --out runs/eval      (Table 1, codecs at matched bytes, plots)
+  imambig attack --model runs/model --images runs/images     (attacks across k')
   imambig --help-all          every sub-command's options
 """
 
@@ -142,6 +145,124 @@ def _run_train(a: argparse.Namespace) -> int:
     )
     result = train(a.images, a.out, cfg, storage_options=_storage_options(a.storage_options))
     print(result.summary())
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from imambig.evaluation import DEFAULT_ATTACKS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="quality, privacy and honest rates of encoded stores (the paper's Table 1)",
+        description=(
+            "Read the image store, the model, the public store and the keystore, and "
+            "measure on the test split: authorized reconstructions at k/2 and k, JPEG, "
+            "WebP and AVIF at the same bytes per image, the public code decoded as is, "
+            "and every attack of the suite; bits per pixel from bytes actually stored. "
+            "Writes evaluation.json, evaluation.md, grid.png (originals, authorized, "
+            "public as is, attacker) and rd.png (rate-distortion curves) to --out."
+        ),
+        epilog=("example:\n  imambig evaluate --images runs/images --model runs/model "
+                "--public runs/public --keys runs/keys --out runs/eval"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--images", required=True, help="image store (its test split is used)")
+    p.add_argument("--model", required=True, help="checkpoint folder the stores were encoded with")
+    p.add_argument("--public", required=True, help="public store (root or version URL)")
+    p.add_argument("--keys", required=True, help="keystore (root or version URL)")
+    p.add_argument("--out", required=True, help="folder URL for the report files")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-items", type=int, default=200, help="evaluate at most this many")
+    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="comma list")
+    p.add_argument("--codecs", default="jpeg,webp,avif", help="comma list of baselines")
+    p.add_argument("--rd-items", type=int, default=64,
+                   help="items behind the rate-distortion curves (0: no rd.png)")
+    p.add_argument("--keystore-key", default=None, help="keystore key spec (env:NAME|file:PATH)")
+    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(a: argparse.Namespace) -> int:
+    from imambig.access import resolve_store
+    from imambig.evaluation import evaluate_stores
+    from imambig.key_material import LocalKeyProvider
+    from imambig.storage import join, write_bytes
+
+    opts = _storage_options(a.storage_options)
+    ev = evaluate_stores(
+        a.images, a.model, resolve_store(a.public, opts), resolve_store(a.keys, opts),
+        LocalKeyProvider.from_config(_key_config(a)), opts, split=a.split,
+        max_items=a.max_items, attacks=tuple(x for x in a.attacks.split(",") if x),
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+        grid_url=join(a.out, "grid.png"), codecs=tuple(x for x in a.codecs.split(",") if x),
+        rd_plot_url=join(a.out, "rd.png") if a.rd_items else None, rd_items=a.rd_items)
+    write_bytes(join(a.out, "evaluation.json"), ev.to_json().encode(), opts)
+    write_bytes(join(a.out, "evaluation.md"), ev.markdown().encode(), opts)
+    print(ev.markdown())
+    print(f"wrote evaluation.json, evaluation.md, grid.png{', rd.png' if a.rd_items else ''}"
+          f" to {a.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# attack
+# ---------------------------------------------------------------------------
+
+
+def _add_attack(sub: argparse._SubParsersAction) -> None:
+    from imambig.attacks.suite import ATTACKS
+
+    p = sub.add_parser(
+        "attack",
+        help="run the privacy attacks against a trained model's ambiguation",
+        description=(
+            "Fit the noise model on training images, ambiguate held-out test images with "
+            "an owner secret, and attack them as an outsider who holds other training "
+            "images of its own. Every attack reports support recall (chance = k/k'), "
+            "real-vs-fake ROC AUC and the PSNR/SSIM of its reconstruction, beside the "
+            "authorized decode and the public code decoded as is. Prints a table per k' "
+            "(and writes JSON with --json)."
+        ),
+        epilog=("example:\n  imambig attack --model runs/model --images runs/images "
+                "--k-public 192,256,384 --json attacks.json"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="checkpoint folder of `imambig train`")
+    p.add_argument("--images", required=True, help="image store with train and test splits")
+    p.add_argument("--attacks", default="random,largest,smallest,magnitude,position,"
+                   "discriminator,reencode,least_squares",
+                   help=f"comma list, from: {', '.join(ATTACKS)} (default: all but lp)")
+    p.add_argument("--k-public", default=None,
+                   help="comma list of k' (public non-zeros per map); default 2k")
+    p.add_argument("--fit", type=int, default=2048, help="training images for the noise fit")
+    p.add_argument("--own", type=int, default=500, help="the attacker's own images")
+    p.add_argument("--targets", type=int, default=200, help="test images attacked")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the results here as JSON")
+    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
+    p.set_defaults(handler=_run_attack)
+
+
+def _run_attack(a: argparse.Namespace) -> int:
+    from imambig.attacks.experiment import run_privacy_experiment, to_json
+
+    kps = [int(x) for x in a.k_public.split(",")] if a.k_public else None
+    runs = run_privacy_experiment(
+        a.model, a.images, [x.strip() for x in a.attacks.split(",") if x.strip()], kps,
+        fit_items=a.fit, own_items=a.own, target_items=a.targets, seed=a.seed,
+        storage_options=_storage_options(a.storage_options),
+        log=lambda m: print(m, file=sys.stderr, flush=True))
+    for run in runs:
+        print(run.markdown() + "\n")
+    if a.json:
+        with open(a.json, "w") as f:
+            f.write(to_json(runs))
+        print(f"wrote {a.json}")
     return 0
 
 
@@ -416,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the help of every sub-command and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_demo, _add_serve, _add_ingest, _add_train, _add_encode, _add_validate, _add_keys,
-                _add_grant, _add_reveal):
+                _add_grant, _add_reveal, _add_evaluate, _add_attack):
         add(sub)
     return parser
 

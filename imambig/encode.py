@@ -35,7 +35,7 @@ from imambig.key_material import LocalKeyProvider, owner_secret
 from imambig.keys import key_bytes
 from imambig.keystore import Keystore, assert_separate_roots
 from imambig.loader import to_tensor
-from imambig.noise_model import NoiseModel, fit_noise_model
+from imambig.noise_model import NOISE_DESIGN, NoiseModel, fit_noise_model
 from imambig.public_store import PublicStore
 from imambig.storage import filesystem, join, write_bytes
 
@@ -100,11 +100,12 @@ def _resources(job: EncodeJob) -> tuple[Any, str, NoiseModel, bytes, LocalKeyPro
 
 
 def noise_url(job: EncodeJob, k: int) -> str:
-    return join(job.model, f"noise_k{job.config.public_count(k)}.npz")
+    return join(job.model, f"noise_d{NOISE_DESIGN}_k{job.config.public_count(k)}.npz")
 
 
 def version_name(model_id: str, k_public: int) -> str:
-    return f"v-{model_id}-k{k_public}"
+    # The noise design is part of the name: a store is never finished with other fakes.
+    return f"v-{model_id}-k{k_public}-d{NOISE_DESIGN}"
 
 
 def _marker(keystore_url: str, start: int, stop: int) -> str:

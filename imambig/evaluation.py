@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from imambig import rate_distortion as rd
 from imambig.ambiguation import Ambiguated
 from imambig.attacks.suite import run_attacks
 from imambig.checkpoint import load_model
@@ -24,6 +25,7 @@ from imambig.key_material import KeyProvider
 from imambig.keys import decode_keys
 from imambig.keystore import Keystore
 from imambig.loader import to_tensor
+from imambig.metrics import ms_ssim_scales
 from imambig.noise_model import NoiseModel
 from imambig.public_store import PublicStore
 from imambig.storage import filesystem, join, write_bytes
@@ -34,12 +36,23 @@ DEFAULT_ATTACKS = ("random", "largest", "smallest", "magnitude", "position", "di
 
 @dataclass
 class Evaluation:
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # the attack suite's rows (and its two reference rows)
     rates: dict[str, float]
     n_items: int
     split: str
     model_id: str
     settings: dict[str, Any] = field(default_factory=dict)
+    table: list[dict[str, Any]] = field(default_factory=list)  # Table-1 style rows
+
+    def table_markdown(self) -> str:
+        """The paper's Table 1 shape: settings with PSNR, SSIM, MS-SSIM and honest rates."""
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        head = ("| setting | PSNR (dB) | SSIM | MS-SSIM | bytes/image | bpp | notes |\n"
+                "|---|---|---|---|---|---|---|\n")
+        return head + "".join(
+            f"| {r['name']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {fmt(r.get('ms_ssim'), '.3f')} "
+            f"| {fmt(r.get('bytes_per_image'), '.0f')} | {fmt(r.get('bpp'), '.3f')} "
+            f"| {r.get('notes', '')} |\n" for r in self.table)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -53,7 +66,8 @@ class Evaluation:
             f"{fmt(r['recall'], '.3f')} | {fmt(r['chance'], '.3f')} | {fmt(r['auc'], '.3f')} |\n"
             for r in self.rows)
         rates = "".join(f"| {k} | {v:.3f} |\n" for k, v in self.rates.items())
-        return (f"{head}{body}\n| rate | value |\n|---|---|\n{rates}\n"
+        table = f"{self.table_markdown()}\n" if self.table else ""
+        return (f"{table}{head}{body}\n| rate | value |\n|---|---|\n{rates}\n"
                 f"{self.n_items} {self.split} items, model `{self.model_id}`.\n")
 
 
@@ -76,7 +90,14 @@ def evaluate_stores(
     log: Any = None,
     grid_url: str | None = None,
     grid_items: int = 6,
+    codecs: tuple[str, ...] = rd.CODECS,
+    rd_plot_url: str | None = None,
+    rd_items: int = 64,
 ) -> Evaluation:
+    """Read the stores and measure: Table-1 rows (authorized k=k/2 and k, the codecs at
+    the authorized standalone bytes of each image), the attack rows, the rates, and
+    optionally the grid PNG and the rate-distortion PNG (on the first ``rd_items``)."""
+    say = log or (lambda _m: None)
     # no torch.no_grad() here: the learned attacks train their own classifiers
     net, info, _ = load_model(model, storage_options)
     store = open_image_store(images, storage_options)
@@ -99,19 +120,46 @@ def evaluate_stores(
     results = run_attacks(net, noise, amb, x, to_tensor(store.read(own)), list(attacks),
                           log=log)
     rows = [r.to_dict() for r in results]
+    k = int(pub.attrs["k"])
     if grid_url:
         # the attacker column: a random guess, the paper's attack (the trained attacks
         # do no better on this design; see the table)
         rng = np.random.default_rng(0)
         g = amb.real[:grid_items]
         scores = rng.random(g.shape)
-        k = int(pub.attrs["k"])
         top = np.argsort(-scores, -1)[..., :k]
         guess = np.zeros_like(g)
         np.put_along_axis(guess, top, True, -1)
         sub = Ambiguated(amb.mask[:grid_items], amb.values[:grid_items], g)
         png = comparison_grid(net, x[:grid_items], sub, guess)
         write_bytes(grid_url, png, storage_options)
+
+    table: list[dict[str, Any]] = []
+    alone = None
+    for k_low in (k // 2, k):
+        say(f"authorized reconstructions, k={k_low}")
+        with_key, alone = rd.authorized(net, amb, x, k_low)
+        table += [asdict(with_key), asdict(alone)]
+    assert alone is not None
+    budgets = [alone.bytes_per_image] * len(x)
+    for codec in codecs:
+        say(f"{codec} at the authorized k={k} standalone bytes")
+        table.append(asdict(rd.codec_at_bytes(x, codec, budgets)))
+    by_name = {r["name"]: r for r in rows}
+    for name in ("public as is", "random guess"):
+        if name in by_name:
+            r = by_name[name]
+            table.append({"name": name, "psnr": r["psnr"], "ssim": r["ssim"], "ms_ssim": None,
+                          "bytes_per_image": None, "bpp": None, "notes": "from the attack suite"})
+    if rd_plot_url:
+        say(f"rate-distortion curves on {min(rd_items, len(x))} items")
+        sub_x = x[:rd_items]
+        sub = Ambiguated(amb.mask[:rd_items], amb.values[:rd_items], amb.real[:rd_items])
+        curves = rd.our_curves(net, sub, sub_x)
+        for codec in codecs:
+            curves[codec.upper()] = rd.codec_curve(sub_x, codec)
+        title = f"{len(sub_x)} {split} images, {x.shape[2]}x{x.shape[3]}, model {info.model_id[:12]}"
+        write_bytes(rd_plot_url, rd.plot_rd(curves, title), storage_options)
 
     hw = pub.attrs["image_height"] * pub.attrs["image_width"]
     n = pub.n_items
@@ -128,8 +176,10 @@ def evaluate_stores(
         "key bpp": key_bytes * 8 / hw,
         "authorized (key + true values) bpp": (key_bytes + true_value_bytes) * 8 / hw,
     }
-    return Evaluation(rows, rates, len(target), split, info.model_id,
-                      {"attacker_items": len(own), "attacks": list(attacks)})
+    settings = {"attacker_items": len(own), "attacks": list(attacks), "codecs": list(codecs),
+                "ssim": "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 255",
+                "ms_ssim_scales": ms_ssim_scales(x.shape[2], x.shape[3])}
+    return Evaluation(rows, rates, len(target), split, info.model_id, settings, table)
 
 
 def as_table(ev: Evaluation) -> list[dict[str, Any]]:

@@ -1,18 +1,24 @@
 """The noise model: what real codes look like, fitted on training images.
 
-Fakes come from a *decoy*: a synthetic bottleneck vector ``a`` drawn from the fitted
-distribution of real ones. Its fakes are the largest entries of ``W a`` outside the real
-support, scaled by one factor per map so their magnitudes match the real ones. So the
-fakes, like the real entries, are exactly a linear image of one plausible bottleneck
-vector (a linear-consistency attack finds two explanations, not one), their magnitudes
-follow the real distribution, and the public code decodes to a blend with a synthetic
-face rather than to the image. Fitted here, per model:
+An entry of a public map is (position, sign, magnitude). A fake must be drawn so that
+none of these, alone or together, says whether it is real; the attack suite's
+discriminator finds any joint difference. Fitted here, per model:
 
-- the distribution of bottleneck vectors over all maps jointly: mean, top principal
-  directions and a residual per-coordinate spread (a low-rank Gaussian), so a decoy is
-  one coherent synthetic face, never another person's code;
-- per code-map, quantiles of real non-zero magnitudes and how often each position is in
-  the real support (for reports and for the attacks that test the design).
+- a *decoy* generator: a low-rank Gaussian over bottleneck vectors (mean, principal
+  directions, residual spread), pushed through the encoder's last linear layer and then,
+  per (map, position), through a Gaussian copula onto the real codes' own marginal at
+  that position (``dense_quantiles``). The decoy is one coherent synthetic code, so the
+  public code decodes to a blend with a synthetic face rather than to the image, and
+  its signs and relative sizes follow the real per-position distributions;
+- ``position_weights``: multipliers of the decoy's magnitudes when choosing fake
+  positions, fitted so that fakes land on each position as often as real entries do
+  (P(real | position) stays flat where that is possible at all);
+- a per-position magnitude model: real magnitudes written as threshold + item excess
+  scale * exp(location[position] + residual), with the residual's quantiles per map. A
+  fake's magnitude is drawn from it, so magnitudes depend on position and on the item's
+  own scale exactly as real ones do, and never fall below the item's threshold;
+- per code-map quantiles of real non-zero magnitudes and how often each position is in
+  the real support (for reports).
 """
 
 from __future__ import annotations
@@ -27,8 +33,14 @@ import torch
 from imambig.models.autoencoder import SparseAutoencoder
 from imambig.storage import filesystem, write_bytes
 
+# Bumped whenever fakes are drawn differently: noise files and store versions carry it.
+NOISE_DESIGN = 2
 N_QUANTILES = 257
 MAX_COMPONENTS = 256
+GRID = np.linspace(-3.1, 3.1, 101)  # normal scores of the copula (quantiles 0.1%..99.9%)
+RESIDUAL_LEVELS = np.linspace(0.0005, 0.9995, 101)
+SHRINK = 10.0  # pseudo-items pulling a rarely real position's location to its map's
+DECOY_FIT_ITEMS = 2048
 
 
 @dataclass(frozen=True)
@@ -42,22 +54,42 @@ class NoiseModel:
     probs: np.ndarray  # (Q,) quantile levels
     real_quantiles: np.ndarray  # (L, Q) of |real non-zero|
     position_freq: np.ndarray  # (L, m) P(position in real support)
-    # (L, m) multipliers of |W a| when choosing fake positions, fitted so that fakes land
-    # on each position as often as real entries do: P(real | position) stays flat.
-    position_weights: np.ndarray
+    decoy_mean: np.ndarray  # (L, m) mean of W a over decoys a
+    decoy_std: np.ndarray  # (L, m) its spread: standardizes W a into normal scores
+    dense_quantiles: np.ndarray  # (L, m, G) real dense code at the normal scores GRID
+    position_weights: np.ndarray  # (L, m) see the module docstring
+    excess_location: np.ndarray  # (L, m) mean log normalized excess of real entries
+    excess_residual: np.ndarray  # (L, R) quantiles of the residual, levels RESIDUAL_LEVELS
 
     @property
     def n_maps(self) -> int:
         return self.real_quantiles.shape[0]
 
-    def sample_decoys(self, rngs: list[np.random.Generator]) -> np.ndarray:
-        """One decoy bottleneck (L*n,) per generator, float32 (B, L*n)."""
+    def draw(self, rngs: list[np.random.Generator], n_fake: int) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+        """Per item, from its own generator: a decoy bottleneck (B, L*n) and uniforms
+        (B, L, n_fake) for the fakes' magnitudes. Only the drawing walks the items (each
+        has its own keyed generator); the arithmetic is batched."""
         r, d = self.components.shape
-        out = np.empty((len(rngs), d), np.float32)
-        for i, rng in enumerate(rngs):
-            g = rng.standard_normal(r + d, dtype=np.float32)
-            out[i] = self.mean + g[:r] @ self.components + g[r:] * self.residual_std
-        return out
+        g = np.stack([rng.standard_normal(r + d, dtype=np.float32) for rng in rngs])
+        u = np.stack([rng.random((self.n_maps, n_fake), dtype=np.float32) for rng in rngs])
+        decoys = self.mean + g[:, :r] @ self.components + g[:, r:] * self.residual_std
+        return torch.from_numpy(decoys), torch.from_numpy(u)
+
+    def decoy_codes(self, model: SparseAutoencoder, decoys: torch.Tensor) -> torch.Tensor:
+        """(B, L*n) decoys -> (B, L, m) synthetic dense codes with the real marginals."""
+        zd = model.linear(decoys.view(len(decoys), self.n_maps, -1).float())
+        return copula(zd, torch.from_numpy(self.decoy_mean), torch.from_numpy(self.decoy_std),
+                      torch.from_numpy(self.dense_quantiles))
+
+    def fake_magnitudes(self, threshold: torch.Tensor, excess_scale: torch.Tensor,
+                        positions: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Magnitudes for fakes at ``positions`` (B, L, f), from uniforms ``u`` (B, L, f);
+        ``threshold`` and ``excess_scale`` (B, L, 1) are the item's own."""
+        B = positions.shape[0]
+        loc = torch.from_numpy(self.excess_location).expand(B, -1, -1).gather(-1, positions)
+        resid = interpolate(torch.from_numpy(self.excess_residual).expand(B, -1, -1), u)
+        return threshold + excess_scale * torch.exp(loc + resid)
 
     # -- persistence ------------------------------------------------------------------
 
@@ -86,6 +118,34 @@ class NoiseModel:
         return cls.from_bytes(fs.cat_file(path))
 
 
+def interpolate(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear lookup: ``table`` (..., T) at fractional positions ``u`` in [0, 1]
+    along its last axis, for every leading index (``u`` is (..., f))."""
+    t = table.shape[-1]
+    x = u.clamp(0.0, 1.0) * (t - 1)
+    lo = x.floor().long().clamp_max(t - 2)
+    frac = x - lo
+    return table.gather(-1, lo) * (1 - frac) + table.gather(-1, lo + 1) * frac
+
+
+def copula(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+           quantiles: torch.Tensor) -> torch.Tensor:
+    """Map Gaussian decoy codes ``z`` (B, L, m) onto the real marginal of each position:
+    standardize to a normal score, read the real quantile at that score."""
+    score = ((z - mean) / std).clamp(float(GRID[0]), float(GRID[-1]))
+    u = (score - float(GRID[0])) / float(GRID[-1] - GRID[0])
+    B = z.shape[0]
+    return interpolate(quantiles.expand(B, -1, -1, -1), u.unsqueeze(-1)).squeeze(-1)
+
+
+def real_support(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k of a dense code: (indices (B, L, k), values there, threshold (B, L, 1) = the
+    largest magnitude left out). Real entries are threshold + a positive excess."""
+    top = z.abs().topk(k + 1, dim=-1)
+    idx = top.indices[..., :k]
+    return idx, z.gather(-1, idx), top.values[..., k:]
+
+
 @torch.no_grad()
 def fit_noise_model(
     model: SparseAutoencoder,
@@ -99,70 +159,84 @@ def fit_noise_model(
     if not c.k < k_public <= c.code_length:
         raise ValueError(f"k_public must be in ({c.k}, {c.code_length}], got {k_public}")
     model.eval()
-    hs, mags, support = [], [], torch.zeros(c.n_maps, c.code_length, dtype=torch.float64)
-    for x in batches:
-        h = model.bottleneck(x)
-        z = model.linear(h)
-        idx = z.abs().topk(c.k, dim=-1).indices
-        hs.append(h.flatten(1).double())
-        mags.append(z.gather(-1, idx).abs().transpose(0, 1).reshape(c.n_maps, -1))
-        support += torch.zeros_like(z, dtype=torch.float64).scatter(-1, idx, 1.0).sum(0)
+    hs = [model.bottleneck(x) for x in batches]
     if not hs:
         raise ValueError("no training images to fit the noise model on")
-    H = torch.cat(hs)
-    n_items = len(H)
+    h = torch.cat(hs)
+    n_items, L, m, k = len(h), c.n_maps, c.code_length, c.k
+    z = model.linear(h)
+    idx, vals, thr = real_support(z, k)
+    support = torch.zeros_like(z, dtype=torch.bool).scatter(-1, idx, True)
+
+    # Decoy generator: low-rank Gaussian over bottleneck vectors.
+    H = h.flatten(1).double()
     mean = H.mean(0)
     centred = H - mean
     r = max(1, min(max_components, n_items - 1))
-    _, s, v = torch.linalg.svd(centred, full_matrices=False)
-    components = (v[:r] * (s[:r, None] / max(1, n_items - 1) ** 0.5)).float()
+    _, sv, v = torch.linalg.svd(centred, full_matrices=False)
+    r = min(r, len(v))
+    components = (v[:r] * (sv[:r, None] / max(1, n_items - 1) ** 0.5)).float()
     residual = centred - (centred @ v[:r].T) @ v[:r]
     residual_std = residual.std(0).float()
+    gen = torch.Generator().manual_seed(0)  # fitting is deterministic, like the rest
+    n_dec = max(DECOY_FIT_ITEMS, n_items)
+    decoys = (mean.float() + torch.randn(n_dec, r, generator=gen) @ components
+              + torch.randn(n_dec, len(mean), generator=gen) * residual_std)
+    zd = model.linear(decoys.view(n_dec, L, -1))
+    decoy_mean, decoy_std = zd.mean(0), zd.std(0).clamp_min(1e-8)
+    levels = torch.distributions.Normal(0.0, 1.0).cdf(torch.from_numpy(GRID)).numpy()
+    dense_q = np.quantile(z.numpy(), levels, axis=0).transpose(1, 2, 0)  # (L, m, G)
+    zc = copula(zd, decoy_mean, decoy_std, torch.from_numpy(dense_q).float())
 
+    # Per-position magnitude model of real entries.
+    excess = vals.abs() - thr
+    log_x = torch.log((excess / excess.mean(-1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-4))
+    maps = torch.arange(L)[None, :, None].expand_as(idx)
+    total = torch.zeros(L, m, dtype=torch.float64).index_put_(
+        (maps.reshape(-1), idx.reshape(-1)), log_x.reshape(-1).double(), accumulate=True)
+    count = support.sum(0).double()
+    map_mean = log_x.double().mean((0, 2))[:, None]
+    location = ((total + SHRINK * map_mean) / (count + SHRINK)).float()
+    resid = (log_x - location[maps, idx]).transpose(0, 1).reshape(L, -1).numpy()
+    resid_q = np.quantile(resid, RESIDUAL_LEVELS, axis=1).T
+
+    position_freq = (count / n_items).float()
+    weights = fit_position_weights(zc[:n_dec], support, position_freq, k, k_public - k)
     probs = np.linspace(0.0, 1.0, N_QUANTILES)
-    real_q = np.quantile(torch.cat(mags, 1).numpy(), probs, axis=1).T
-    position_freq = (support / n_items).float()
-    weights = fit_position_weights(
-        model, H.float().view(n_items, c.n_maps, c.bottleneck_size), mean.float(),
-        components, residual_std, position_freq, c.k, k_public - c.k,
-    )
+    mags = vals.abs().transpose(0, 1).reshape(L, -1).numpy()
     return NoiseModel(
-        model_id=model_id, k=c.k, k_public=k_public, mean=mean.float().numpy(),
+        model_id=model_id, k=k, k_public=k_public, mean=mean.float().numpy(),
         components=components.numpy(), residual_std=residual_std.numpy(), probs=probs,
-        real_quantiles=real_q,
-        position_freq=position_freq.numpy(), position_weights=weights.numpy(),
+        real_quantiles=np.quantile(mags, probs, axis=1).T,
+        position_freq=position_freq.numpy(), decoy_mean=decoy_mean.numpy(),
+        decoy_std=decoy_std.numpy(), dense_quantiles=dense_q.astype(np.float32),
+        position_weights=weights.numpy(), excess_location=location.numpy(),
+        excess_residual=resid_q.astype(np.float32),
     )
 
 
 def fit_position_weights(
-    model: SparseAutoencoder,
-    h: torch.Tensor,
-    mean: torch.Tensor,
-    components: torch.Tensor,
-    residual_std: torch.Tensor,
+    decoy_codes: torch.Tensor,
+    support: torch.Tensor,
     position_freq: torch.Tensor,
     k: int,
     n_fake: int,
-    iterations: int = 30,
-    seed: int = 0,
+    iterations: int = 60,
 ) -> torch.Tensor:
-    """Weights w (L, m) such that choosing fakes as the largest ``w * |W a|`` outside the
-    real support puts fakes on each position with the real frequency. Without them, the
-    positions real codes use most are the ones most often taken by the real support,
-    hence least often free for fakes, and position alone tells real from fake."""
-    gen = torch.Generator().manual_seed(seed)
-    n, L, nb = h.shape
-    g = torch.randn(n, components.shape[0], generator=gen)
-    decoys = mean + g @ components + torch.randn(n, L * nb, generator=gen) * residual_std
-    support_dense = model.linear(h)
-    support = torch.zeros_like(support_dense, dtype=torch.bool).scatter(
-        -1, support_dense.abs().topk(k, dim=-1).indices, True)
-    score = model.linear(decoys.view(n, L, nb)).abs()
-    target = position_freq.clamp_min(1.0 / n)  # fakes per position we want, per item
+    """Weights w (L, m) such that choosing fakes as the largest ``w * |decoy code|``
+    outside the real support puts fakes on each position with the real frequency.
+    Without them, the positions real codes use most are the ones most often taken by the
+    real support, hence least often free for fakes, and position alone tells real from
+    fake. A position real in more than half the items cannot get as many fakes (it is
+    free too rarely); its target is capped there and the rest spread over the others."""
+    n = min(len(decoy_codes), len(support))
+    score, taken = decoy_codes[:n].abs(), support[:n]
+    target = torch.minimum(position_freq, 1 - position_freq).clamp_min(1.0 / n)
+    target = target * (n_fake / target.sum(-1, keepdim=True))
     w = torch.ones_like(position_freq)
     for _ in range(iterations):
-        idx = (score * w).masked_fill(support, -1.0).topk(n_fake, dim=-1).indices
-        freq = torch.zeros_like(score).scatter(-1, idx, 1.0).mean(0) * (k / n_fake)
+        idx = (score * w).masked_fill(taken, -1.0).topk(n_fake, dim=-1).indices
+        freq = torch.zeros_like(score).scatter(-1, idx, 1.0).mean(0)
         w = w * (target / freq.clamp_min(0.5 / n)).pow(0.5)
         w = w / w.mean(-1, keepdim=True)
     return w

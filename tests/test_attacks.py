@@ -265,3 +265,35 @@ def test_suite_reports_every_row(
     assert table.count("\n") == len(results) + 1
     rows = json.loads(to_json(results))
     assert rows[2]["name"] == "random guess" and isinstance(rows[2]["recall"], float)
+
+
+def test_attack_command_reports_every_k_public(synthetic_store, tiny_model, tmp_path) -> None:
+    from imambig.cli import main
+    from imambig.keys import key_bytes
+
+    out = tmp_path / "attacks.json"
+    code = main(["attack", "--model", tiny_model, "--images", synthetic_store, "--fit", "60",
+                 "--own", "40", "--targets", "20", "--attacks", "random,magnitude,position",
+                 "--k-public", "24,32", "--json", str(out)])
+    assert code == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["k_public"] for r in runs] == [24, 32]
+    for run in runs:
+        assert run["key_bytes"] == key_bytes(8, run["k_public"], 16)
+        assert 0.0 <= run["ks_pass_fraction"] <= 1.0
+        rows = {r["name"]: r for r in run["results"]}
+        assert {"authorized", "public as is", "random guess", "magnitude LR",
+                "position"} == set(rows)
+        assert rows["random guess"]["chance"] == pytest.approx(16 / run["k_public"])
+        assert rows["authorized"]["recall"] is None and rows["authorized"]["psnr"] > 5
+        for name in ("random guess", "magnitude LR", "position"):
+            assert 0.0 <= rows[name]["recall"] <= 1.0 and 0.0 <= rows[name]["auc"] <= 1.0
+
+
+def test_attack_command_explains_a_store_too_small(synthetic_store, tiny_model, capsys) -> None:
+    from imambig.cli import main
+
+    code = main(["attack", "--model", tiny_model, "--images", synthetic_store,
+                 "--fit", "5000", "--attacks", "random"])
+    assert code == 2
+    assert "training items" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from imambig.image_store import ImageStoreWriter, open_image_store
 from imambig.key_material import LocalKeyProvider, owner_secret
 from imambig.keystore import Keystore
 from imambig.lease import Lease, LeaseHeld
-from imambig.noise_model import NoiseModel
+from imambig.noise_model import NOISE_DESIGN, NoiseModel
 from imambig.public_store import PublicStore
 from imambig.storage import filesystem, join
 from storage_schemas.validate import validate
@@ -80,7 +80,7 @@ def test_encode_two_workers_matches_single_item_encoding(synthetic_store, tiny_m
 
     # every item's public record and key equal those of encoding it alone
     model, info, _ = load_model(tiny_model)
-    noise = NoiseModel.load(join(tiny_model, "noise_k32.npz"))
+    noise = NoiseModel.load(join(tiny_model, f"noise_d{NOISE_DESIGN}_k32.npz"))
     store = open_image_store(synthetic_store)
     public = PublicStore.open(report.plan.public_url, opts)
     keystore = Keystore.open(report.plan.keystore_url, LocalKeyProvider.from_config(), opts)

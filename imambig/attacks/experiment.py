@@ -1,0 +1,122 @@
+"""A privacy experiment on an image store, the work behind ``imambig attack``.
+
+The owner fits the noise model on training images and ambiguates held-out (test)
+images with its secret; the attacker holds *other* training images, which it ambiguates
+itself through the public mechanism with a secret of its own (so it knows the labels of
+its entries), and attacks the owner's records. One run per k'; each reports the attack
+rows, the per-map KS test between real and fake values, and the key size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import ks_2samp
+
+from imambig.ambiguation import Ambiguated, ambiguate
+from imambig.attacks.scoring import AttackResult
+from imambig.attacks.suite import attacker_ambiguation, format_table, run_attacks
+from imambig.checkpoint import load_model
+from imambig.image_store import open_image_store
+from imambig.keys import key_bound_bits, key_bytes
+from imambig.loader import to_tensor
+from imambig.noise_model import fit_noise_model
+
+BATCH = 64
+KS_ALPHA = 0.01
+
+
+@dataclass
+class PrivacyRun:
+    """Everything measured at one k'."""
+
+    k: int
+    k_public: int
+    key_bytes: int
+    key_bound_bytes: float
+    ks_pass_fraction: float  # maps whose real-vs-fake KS p-value exceeds KS_ALPHA
+    results: list[AttackResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["results"] = [r.to_dict() for r in self.results]
+        return d
+
+    def markdown(self) -> str:
+        head = (f"k' = {self.k_public} (k'/k = {self.k_public / self.k:g}): key "
+                f"{self.key_bytes} B (bound {self.key_bound_bytes:.1f} B); maps with KS "
+                f"p > {KS_ALPHA}: {self.ks_pass_fraction:.2f}")
+        return head + "\n\n" + format_table(self.results)
+
+
+def ks_pass_fraction(amb: Ambiguated, alpha: float = KS_ALPHA) -> float:
+    """Per map, a two-sample KS test of real against fake public values."""
+    v = amb.values.astype(np.float64)
+    passed = [ks_2samp(v[:, m][amb.real[:, m]], v[:, m][~amb.real[:, m]]).pvalue > alpha
+              for m in range(v.shape[1])]
+    return float(np.mean(passed))
+
+
+def _split(store, fit: int, own: int, targets: int, seed: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train = rng.permutation(store.indices("train"))
+    test = store.indices("test")
+    if len(test) == 0:
+        raise ValueError("the image store has no 'test' items to attack")
+    if len(train) < fit + own:
+        raise ValueError(f"the image store has {len(train)} training items; the noise fit "
+                         f"({fit}) and the attacker's own images ({own}) need {fit + own}")
+    return (np.sort(train[:fit]), np.sort(train[fit : fit + own]),
+            np.sort(rng.permutation(test)[:targets]))
+
+
+def run_privacy_experiment(
+    model_url: str,
+    images_url: str,
+    attacks: Sequence[str],
+    k_publics: Sequence[int] | None = None,
+    fit_items: int = 2048,
+    own_items: int = 500,
+    target_items: int = 200,
+    seed: int = 0,
+    storage_options: dict | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[PrivacyRun]:
+    say = log or (lambda _m: None)
+    model, info, _ = load_model(model_url, storage_options)
+    c = model.config
+    store = open_image_store(images_url, storage_options)
+    fit_idx, own_idx, tgt_idx = _split(store, fit_items, own_items, target_items, seed)
+    ids = [str(i) for i in store.item_ids()[tgt_idx]]
+    fit = to_tensor(store.read(fit_idx))
+    targets = to_tensor(store.read(tgt_idx))
+    own_images = to_tensor(store.read(own_idx))
+    with torch.no_grad():
+        h = torch.cat([model.bottleneck(targets[s : s + BATCH])
+                       for s in range(0, len(targets), BATCH)])
+    owner = hashlib.sha256(b"imambig experiment owner" + seed.to_bytes(4, "little")).digest()
+    attacker = hashlib.sha256(b"imambig experiment attacker" + seed.to_bytes(4, "little")).digest()
+    runs = []
+    for kp in k_publics or [2 * c.k]:
+        say(f"k'={kp}: fitting the noise model on {len(fit_idx)} training images")
+        noise = fit_noise_model(model, info.model_id,
+                                [fit[s : s + BATCH] for s in range(0, len(fit), BATCH)], kp)
+        amb = ambiguate(model, h, noise, owner, info.model_id, ids)
+        own = attacker_ambiguation(model, noise, own_images, attacker)
+        results = run_attacks(model, noise, amb, targets, own_images, list(attacks),
+                              attacker_amb=own, seed=seed, log=say)
+        runs.append(PrivacyRun(
+            k=c.k, k_public=kp, key_bytes=key_bytes(c.n_maps, kp, c.k),
+            key_bound_bytes=key_bound_bits(c.n_maps, kp, c.k) / 8,
+            ks_pass_fraction=ks_pass_fraction(amb), results=results))
+    return runs
+
+
+def to_json(runs: list[PrivacyRun], model_id: str | None = None) -> str:
+    return json.dumps({"model_id": model_id, "runs": [r.to_dict() for r in runs]}, indent=2)
