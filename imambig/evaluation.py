@@ -43,6 +43,7 @@ class Evaluation:
     model_id: str
     settings: dict[str, Any] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)  # Table-1 style rows
+    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # (bpp, PSNR)
 
     def table_markdown(self) -> str:
         """The paper's Table 1 shape: settings with PSNR, SSIM, MS-SSIM and honest rates."""
@@ -135,6 +136,7 @@ def evaluate_stores(
         write_bytes(grid_url, png, storage_options)
 
     table: list[dict[str, Any]] = []
+    curves: dict[str, list[tuple[float, float]]] = {}
     alone = None
     for k_low in (k // 2, k):
         say(f"authorized reconstructions, k={k_low}")
@@ -179,7 +181,7 @@ def evaluate_stores(
     settings = {"attacker_items": len(own), "attacks": list(attacks), "codecs": list(codecs),
                 "ssim": "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 255",
                 "ms_ssim_scales": ms_ssim_scales(x.shape[2], x.shape[3])}
-    return Evaluation(rows, rates, len(target), split, info.model_id, settings, table)
+    return Evaluation(rows, rates, len(target), split, info.model_id, settings, table, curves)
 
 
 def as_table(ev: Evaluation) -> list[dict[str, Any]]:

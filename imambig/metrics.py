@@ -30,10 +30,13 @@ def _ssim_parts(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
                   / (2 * SIGMA**2))
     g = g / g.sum()
     channels = x.shape[1]
-    window = (g[:, None] * g[None, :]).expand(channels, 1, WINDOW, WINDOW)
+    # The Gaussian window is separable: two 1-D passes, 11x fewer multiplications.
+    rows = g.view(1, 1, WINDOW, 1).expand(channels, 1, WINDOW, 1)
+    cols = g.view(1, 1, 1, WINDOW).expand(channels, 1, 1, WINDOW)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.conv2d(t, window, groups=channels)
+        conv = torch.nn.functional.conv2d
+        return conv(conv(t, rows, groups=channels), cols, groups=channels)
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2

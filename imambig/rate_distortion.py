@@ -107,11 +107,14 @@ def _hwc(images: torch.Tensor) -> np.ndarray:
     return to_uint8(images).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _codec_quality(ref: np.ndarray, decoded: np.ndarray) -> tuple[float, float, float]:
+def _codec_quality(ref: np.ndarray, decoded: np.ndarray,
+                   psnr_only: bool = False) -> tuple[float, float, float]:
     a = torch.from_numpy(decoded).permute(0, 3, 1, 2)
     b = torch.from_numpy(ref).permute(0, 3, 1, 2)
-    return (float(psnr_uint8(a, b).mean()), float(ssim(a, b).mean()),
-            float(ms_ssim(a, b).mean()))
+    p = float(psnr_uint8(a, b).mean())
+    if psnr_only:
+        return p, float("nan"), float("nan")
+    return p, float(ssim(a, b).mean()), float(ms_ssim(a, b).mean())
 
 
 def codec_at_bytes(images: torch.Tensor, codec: str, budgets: Sequence[float]) -> Row:
@@ -134,7 +137,7 @@ def codec_curve(images: torch.Tensor, codec: str,
     points = []
     for q in qualities:
         coded = [at_quality(im, codec, q) for im in ref]
-        p, _, _ = _codec_quality(ref, np.stack([c.image for c in coded]))
+        p, _, _ = _codec_quality(ref, np.stack([c.image for c in coded]), psnr_only=True)
         points.append((float(np.mean([c.n_bytes for c in coded])) * 8 / hw, p))
     return points
 

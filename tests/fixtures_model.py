@@ -74,3 +74,18 @@ def module_owner_env() -> Iterator[dict[str, str]]:
         for k, v in env.items():
             mp.setenv(k, v)
         yield env
+
+
+@pytest.fixture(scope="module")
+def encoded(synthetic_store, tiny_model, tmp_path_factory, module_owner_env):
+    """The synthetic store encoded into local stores: (job, plan)."""
+    from imambig.bulk_encode import run_encode
+    from imambig.config import EncodeConfig
+    from imambig.encode import EncodeJob
+
+    root = tmp_path_factory.mktemp("encoded")
+    job = EncodeJob(images=synthetic_store, model=tiny_model,
+                    public_root=str(root / "public"), keys_root=str(root / "keys"),
+                    config=EncodeConfig(chunk_items=64))
+    report = run_encode(job, n_workers=1, progress=False)
+    return job, report.plan

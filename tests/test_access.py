@@ -10,11 +10,8 @@ import torch
 
 from imambig.access import issue_grant, reveal
 from imambig.ambiguation import scatter_code
-from imambig.bulk_encode import run_encode
 from imambig.checkpoint import load_model
 from imambig.cli import main
-from imambig.config import EncodeConfig
-from imambig.encode import EncodeJob
 from imambig.encryption import TamperedError
 from imambig.grant import GrantError, open_grant
 from imambig.identity import new_identity
@@ -23,16 +20,6 @@ from imambig.keys import decode_keys
 from imambig.keystore import Keystore
 from imambig.metrics import to_uint8
 from imambig.public_store import PublicStore
-
-
-@pytest.fixture(scope="module")
-def encoded(synthetic_store, tiny_model, tmp_path_factory, module_owner_env):
-    root = tmp_path_factory.mktemp("access")
-    job = EncodeJob(images=synthetic_store, model=tiny_model,
-                    public_root=str(root / "public"), keys_root=str(root / "keys"),
-                    config=EncodeConfig(chunk_items=64))
-    report = run_encode(job, n_workers=1, progress=False)
-    return job, report.plan
 
 
 def test_grant_reveals_exactly_the_granted_items(encoded, tiny_model) -> None:

@@ -142,15 +142,17 @@ def test_killed_run_resumes_to_identical_bytes(synthetic_store, tiny_model, root
 
 
 def test_worker_killed_mid_run_still_completes(synthetic_store, tiny_model, roots):
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
 
     public, keys, opts = roots
     clean = _job(synthetic_store, tiny_model, (public + "-clean", keys + "-clean", opts))
     run_encode(clean, n_workers=1, progress=False)
     job = _job(synthetic_store, tiny_model, roots)
+    # Worker pids from the nannies: a second Client in this process (besides run_encode's)
+    # can bind distributed's events to another event loop.
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                      host="127.0.0.1") as cluster, Client(cluster) as client:
-        pids = list(client.run(os.getpid).values())
+                      host="127.0.0.1") as cluster:
+        pids = [nanny.process.pid for nanny in cluster.workers.values()]
         killed: list[int] = []
 
         def kill_one(manifest, done, total) -> None:

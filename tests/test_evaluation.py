@@ -10,11 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imambig.bulk_encode import run_encode
 from imambig.cli import main
 from imambig.codecs import at_budget, available
-from imambig.config import EncodeConfig
-from imambig.encode import EncodeJob
 from imambig.keys import key_bytes
 from imambig.metrics import ms_ssim, ms_ssim_scales, ssim
 from imambig.rate_distortion import round_mantissa, value_bytes
@@ -63,20 +60,11 @@ def test_codec_at_budget_fits_and_uses_it(codec: str) -> None:
     assert not tiny.fits and tiny.n_bytes > 10
 
 
-@pytest.fixture(scope="module")
-def encoded(synthetic_store, tiny_model, tmp_path_factory, module_owner_env):
-    root = tmp_path_factory.mktemp("evaluate")
-    job = EncodeJob(images=synthetic_store, model=tiny_model,
-                    public_root=str(root / "public"), keys_root=str(root / "keys"),
-                    config=EncodeConfig(chunk_items=64))
-    run_encode(job, n_workers=1, progress=False)
-    return job, root
-
-
 def test_evaluate_command_writes_table_plots_and_honest_rates(encoded, synthetic_store,
-                                                              tiny_model, capsys) -> None:
-    job, root = encoded
-    out = root / "eval"
+                                                              tiny_model, tmp_path,
+                                                              capsys) -> None:
+    job, _ = encoded
+    out = tmp_path / "eval"
     code = main(["evaluate", "--images", synthetic_store, "--model", tiny_model,
                  "--public", job.public_root, "--keys", job.keys_root, "--out", str(out),
                  "--max-items", "24", "--attacks", "random,magnitude", "--rd-items", "8"])
@@ -96,6 +84,9 @@ def test_evaluate_command_writes_table_plots_and_honest_rates(encoded, synthetic
     jpeg = next(r for r in ev["table"] if r["name"] == "JPEG")
     assert "matched per image" in jpeg["notes"]
     assert jpeg["bytes_per_image"] <= alone["bytes_per_image"] or "over budget" in jpeg["notes"]
+    assert {"ours, 10-bit mantissa", "ours, 3-bit mantissa", "JPEG"} <= set(ev["curves"])
+    ours = sorted(ev["curves"]["ours, 10-bit mantissa"])
+    assert len(ours) == 5 and ours[0][0] < ours[-1][0]  # k/8 .. k: more bytes
     for png in ("grid.png", "rd.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert Image.open(out / png).size[0] > 200
