@@ -140,9 +140,14 @@ print("STATE", state.type.value, state.message)
 
 
 def _run_id(server: PrefectServer, flow_name: str) -> str:
+    """The pipeline's completed run of ``flow_name`` (other tests on this server leave
+    failed runs of the same flows behind)."""
     flows = api(server, "/flows/filter", {"flows": {"name": {"any_": [flow_name]}}})
-    runs = api(server, "/flow_runs/filter", {"flows": {"id": {"any_": [flows[0]["id"]]}},
-                                             "limit": 1})
+    runs = api(server, "/flow_runs/filter", {
+        "flows": {"id": {"any_": [flows[0]["id"]]}},
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+        "sort": "START_TIME_DESC", "limit": 1})
+    assert runs, f"no completed {flow_name} run"
     return runs[0]["id"]
 
 
