@@ -59,7 +59,28 @@ class NoiseModel:
     dense_quantiles: np.ndarray  # (L, m, G) real dense code at the normal scores GRID
     position_weights: np.ndarray  # (L, m) see the module docstring
     excess_location: np.ndarray  # (L, m) mean log normalized excess of real entries
-    excess_residual: np.ndarray  # (L, R) quantiles of the residual, levels RESIDUAL_LEVELS
+    excess_spread: np.ndarray  # (L, m) scale of the residual per position
+    excess_residual: np.ndarray  # (L, R) quantiles of residual / spread, RESIDUAL_LEVELS
+    # Where fakes cannot be as frequent as real entries (positions real in most items),
+    # other positions get the surplus; a fake there borrows, with probability
+    # ``borrow[position]``, the magnitude location of a position drawn from
+    # ``borrow_cdf`` (the shortfall), so each map's magnitude mix still matches.
+    borrow: np.ndarray  # (L, m)
+    borrow_cdf: np.ndarray  # (L, m)
+    # Decoy signs are right on average but not once selected; flipping a few per
+    # position (+ to - with flip_pos, - to + with flip_neg) makes P(+ | fake, position)
+    # that of real entries there.
+    flip_pos: np.ndarray  # (L, m)
+    flip_neg: np.ndarray  # (L, m)
+
+    def fake_signs(self, decoy_signs: torch.Tensor, positions: torch.Tensor,
+                   u: torch.Tensor) -> torch.Tensor:
+        """Signs (B, L, f) for fakes at ``positions`` from the decoy's, uniforms ``u``."""
+        B = positions.shape[0]
+        p = torch.from_numpy(self.flip_pos).expand(B, -1, -1).gather(-1, positions)
+        q = torch.from_numpy(self.flip_neg).expand(B, -1, -1).gather(-1, positions)
+        flip = torch.where(decoy_signs > 0, u < p, u < q)
+        return torch.where(flip, -decoy_signs, decoy_signs)
 
     @property
     def n_maps(self) -> int:
@@ -68,11 +89,11 @@ class NoiseModel:
     def draw(self, rngs: list[np.random.Generator], n_fake: int) -> tuple[torch.Tensor,
                                                                           torch.Tensor]:
         """Per item, from its own generator: a decoy bottleneck (B, L*n) and uniforms
-        (B, L, n_fake) for the fakes' magnitudes. Only the drawing walks the items (each
+        (B, L, 4 n_fake) for the fakes' magnitudes (3 per fake) and signs (1 per fake). Only the drawing walks the items (each
         has its own keyed generator); the arithmetic is batched."""
         r, d = self.components.shape
         g = np.stack([rng.standard_normal(r + d, dtype=np.float32) for rng in rngs])
-        u = np.stack([rng.random((self.n_maps, n_fake), dtype=np.float32) for rng in rngs])
+        u = np.stack([rng.random((self.n_maps, 4 * n_fake), dtype=np.float32) for rng in rngs])
         decoys = self.mean + g[:, :r] @ self.components + g[:, r:] * self.residual_std
         return torch.from_numpy(decoys), torch.from_numpy(u)
 
@@ -84,11 +105,18 @@ class NoiseModel:
 
     def fake_magnitudes(self, threshold: torch.Tensor, excess_scale: torch.Tensor,
                         positions: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Magnitudes for fakes at ``positions`` (B, L, f), from uniforms ``u`` (B, L, f);
+        """Magnitudes for fakes at ``positions`` (B, L, f), from uniforms ``u`` (B, L, 3f);
         ``threshold`` and ``excess_scale`` (B, L, 1) are the item's own."""
-        B = positions.shape[0]
-        loc = torch.from_numpy(self.excess_location).expand(B, -1, -1).gather(-1, positions)
-        resid = interpolate(torch.from_numpy(self.excess_residual).expand(B, -1, -1), u)
+        B, _, f = positions.shape
+        u_resid, u_borrow, u_from = u[..., :f], u[..., f : 2 * f], u[..., 2 * f : 3 * f]
+        borrow = torch.from_numpy(self.borrow).expand(B, -1, -1).gather(-1, positions)
+        cdf = torch.from_numpy(self.borrow_cdf).contiguous()
+        lender = torch.searchsorted(cdf.expand(B, -1, -1).contiguous(), u_from.contiguous())
+        source = torch.where(u_borrow < borrow, lender.clamp_max(cdf.shape[-1] - 1), positions)
+        loc = torch.from_numpy(self.excess_location).expand(B, -1, -1).gather(-1, source)
+        spread = torch.from_numpy(self.excess_spread).expand(B, -1, -1).gather(-1, source)
+        resid = spread * interpolate(torch.from_numpy(self.excess_residual).expand(B, -1, -1),
+                                     u_resid)
         return threshold + excess_scale * torch.exp(loc + resid)
 
     # -- persistence ------------------------------------------------------------------
@@ -197,11 +225,29 @@ def fit_noise_model(
     count = support.sum(0).double()
     map_mean = log_x.double().mean((0, 2))[:, None]
     location = ((total + SHRINK * map_mean) / (count + SHRINK)).float()
-    resid = (log_x - location[maps, idx]).transpose(0, 1).reshape(L, -1).numpy()
+    raw = log_x - location[maps, idx]
+    # Positions differ in spread too: a robust scale per position (mean absolute
+    # residual), shrunk to its map's like the location.
+    abs_total = torch.zeros(L, m, dtype=torch.float64).index_put_(
+        (maps.reshape(-1), idx.reshape(-1)), raw.abs().reshape(-1).double(), accumulate=True)
+    map_spread = raw.abs().double().mean((0, 2))[:, None]
+    spread = ((abs_total + SHRINK * map_spread) / (count + SHRINK)).float()
+    resid = (raw / spread[maps, idx]).transpose(0, 1).reshape(L, -1).numpy()
     resid_q = np.quantile(resid, RESIDUAL_LEVELS, axis=1).T
 
     position_freq = (count / n_items).float()
-    weights = fit_position_weights(zc[:n_dec], support, position_freq, k, k_public - k)
+    weights, fake_freq, fake_pos = fit_position_weights(zc[:n_dec], support, position_freq,
+                                                        k, k_public - k)
+    # P(+) of real entries per position, and of the decoy's selected fakes there.
+    real_pos = ((z > 0) & support).sum(0).double() / count.clamp_min(1)
+    real_pos = torch.where(count > 0, real_pos, torch.full_like(real_pos, 0.5)).float()
+    flip_pos = ((fake_pos - real_pos).clamp_min(0) / fake_pos.clamp_min(1e-6)).clamp(0, 1)
+    flip_neg = ((real_pos - fake_pos).clamp_min(0) / (1 - fake_pos).clamp_min(1e-6)).clamp(0, 1)
+    real_share = position_freq / position_freq.sum(-1, keepdim=True)
+    fake_share = fake_freq / fake_freq.sum(-1, keepdim=True).clamp_min(1e-12)
+    borrow = ((fake_share - real_share).clamp_min(0) / fake_share.clamp_min(1e-12)).clamp(0, 1)
+    shortfall = (real_share - fake_share).clamp_min(0) + 1e-12
+    borrow_cdf = (shortfall / shortfall.sum(-1, keepdim=True)).cumsum(-1)
     probs = np.linspace(0.0, 1.0, N_QUANTILES)
     mags = vals.abs().transpose(0, 1).reshape(L, -1).numpy()
     return NoiseModel(
@@ -211,7 +257,9 @@ def fit_noise_model(
         position_freq=position_freq.numpy(), decoy_mean=decoy_mean.numpy(),
         decoy_std=decoy_std.numpy(), dense_quantiles=dense_q.astype(np.float32),
         position_weights=weights.numpy(), excess_location=location.numpy(),
-        excess_residual=resid_q.astype(np.float32),
+        excess_spread=spread.numpy(), excess_residual=resid_q.astype(np.float32), borrow=borrow.float().numpy(),
+        borrow_cdf=borrow_cdf.float().numpy(), flip_pos=flip_pos.numpy(),
+        flip_neg=flip_neg.numpy(),
     )
 
 
@@ -222,15 +270,17 @@ def fit_position_weights(
     k: int,
     n_fake: int,
     iterations: int = 60,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weights w (L, m) such that choosing fakes as the largest ``w * |decoy code|``
     outside the real support puts fakes on each position with the real frequency.
     Without them, the positions real codes use most are the ones most often taken by the
     real support, hence least often free for fakes, and position alone tells real from
     fake. A position real in more than half the items cannot get as many fakes (it is
-    free too rarely); its target is capped there and the rest spread over the others."""
+    free too rarely); its target is capped there and the rest spread over the others.
+    Returns the weights, the fake frequencies they reach and the fraction of those fakes
+    that are positive, each (L, m)."""
     n = min(len(decoy_codes), len(support))
-    score, taken = decoy_codes[:n].abs(), support[:n]
+    score, taken, signs = decoy_codes[:n].abs(), support[:n], decoy_codes.sign()
     target = torch.minimum(position_freq, 1 - position_freq).clamp_min(1.0 / n)
     target = target * (n_fake / target.sum(-1, keepdim=True))
     w = torch.ones_like(position_freq)
@@ -239,4 +289,8 @@ def fit_position_weights(
         freq = torch.zeros_like(score).scatter(-1, idx, 1.0).mean(0)
         w = w * (target / freq.clamp_min(0.5 / n)).pow(0.5)
         w = w / w.mean(-1, keepdim=True)
-    return w
+    idx = (score * w).masked_fill(taken, -1.0).topk(n_fake, dim=-1).indices
+    chosen = torch.zeros_like(score).scatter(-1, idx, 1.0)
+    positive = (chosen * (signs[:n] > 0)).sum(0) / chosen.sum(0).clamp_min(1)
+    positive = torch.where(chosen.sum(0) > 0, positive, torch.full_like(positive, 0.5))
+    return w, chosen.mean(0), positive
