@@ -130,6 +130,10 @@ class NoiseModel:
     @classmethod
     def from_bytes(cls, data: bytes) -> NoiseModel:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            missing = [f.name for f in fields(cls) if f.name not in z.files]
+            if missing:
+                raise ValueError(f"noise model file lacks {', '.join(missing)}: it was "
+                                 "written by another noise design; delete it to refit")
             kw = {f.name: z[f.name] for f in fields(cls)}
         kw["model_id"] = str(kw["model_id"])
         kw["k"], kw["k_public"] = int(kw["k"]), int(kw["k_public"])
@@ -142,8 +146,12 @@ class NoiseModel:
     def load(cls, url: str, storage_options: dict | None = None) -> NoiseModel:
         fs, path = filesystem(url, storage_options)
         if not fs.exists(path):
-            raise FileNotFoundError(f"no noise model at {url} (fit one with `imambig fit-noise`)")
-        return cls.from_bytes(fs.cat_file(path))
+            raise FileNotFoundError(f"no noise model at {url} (`imambig encode` fits one on "
+                                    "the image store's training split)")
+        try:
+            return cls.from_bytes(fs.cat_file(path))
+        except ValueError as exc:
+            raise ValueError(f"{url}: {exc}") from None
 
 
 def interpolate(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

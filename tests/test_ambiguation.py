@@ -104,6 +104,13 @@ def test_noise_model_round_trip_and_model_binding(setup, tmp_path) -> None:
     back = NoiseModel.load(url)
     assert back.model_id == noise.model_id and back.k_public == noise.k_public
     assert np.array_equal(back.components, noise.components)
+    # a file from another noise design is refused by name, not with a KeyError
+    with np.load(url) as z:
+        old = {k: z[k] for k in z.files if k != "flip_pos"}
+    old_url = tmp_path / "old.npz"
+    np.savez(old_url, **old)
+    with pytest.raises(ValueError, match="old.npz.*flip_pos.*delete it to refit"):
+        NoiseModel.load(str(old_url))
     with pytest.raises(ValueError, match="fitted for model"):
         ambiguate(model, torch.zeros(1, model.config.n_maps, model.config.bottleneck_size),
                   back, SECRET, "another-model", ["x"])
