@@ -109,7 +109,7 @@ def test_noise_model_round_trip_and_model_binding(setup, tmp_path) -> None:
         old = {k: z[k] for k in z.files if k != "flip_pos"}
     old_url = tmp_path / "old.npz"
     np.savez(old_url, **old)
-    with pytest.raises(ValueError, match="old.npz.*flip_pos.*delete it to refit"):
+    with pytest.raises(ValueError, match=r"old\.npz.*flip_pos.*delete it to refit"):
         NoiseModel.load(str(old_url))
     with pytest.raises(ValueError, match="fitted for model"):
         ambiguate(model, torch.zeros(1, model.config.n_maps, model.config.bottleneck_size),
