@@ -96,6 +96,7 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
         f"  grant         {grant_path}  -> revealed by alice into {revealed}",
         f"  report        {report / 'evaluation.json'}",
         f"  sample grid   {report / 'grid.png'}",
+        f"  RD curves     {report / 'rd.png'}",
         f"  Prefect runs  python -m infra.prefect_server --home {root / 'prefect'}",
     ]))
     return summary
