@@ -14,6 +14,7 @@ from typing import Any
 from prefect import serve
 
 from flows.encode import encode_flow
+from imambig.cli import add_serve_arguments
 
 
 def deployments(params: dict[str, Any], cron: str | None = "0 2 * * *",
@@ -33,12 +34,7 @@ def deployments(params: dict[str, Any], cron: str | None = "0 2 * * *",
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--images", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--public", required=True)
-    p.add_argument("--keys", required=True)
-    p.add_argument("--chunk-items", type=int, default=512)
-    p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (UTC)")
+    add_serve_arguments(p)
     p.add_argument("--interval", type=float, default=None,
                    help="seconds between runs instead of --cron (testing)")
     a = p.parse_args()

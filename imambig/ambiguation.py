@@ -80,10 +80,8 @@ def ambiguate(
     weights = torch.from_numpy(noise.position_weights).float()
     fake_idx = (decoy.abs() * weights).masked_fill(support, -1.0).topk(kp - k, dim=-1).indices
     excess_scale = (real_vals.abs() - threshold).mean(-1, keepdim=True).clamp_min(1e-12)
-    n_fake = kp - k
-    signs = noise.fake_signs(decoy.gather(-1, fake_idx).sign(), fake_idx, u[..., 3 * n_fake :])
-    fake_vals = signs * noise.fake_magnitudes(threshold, excess_scale, fake_idx,
-                                              u[..., : 3 * n_fake])
+    fake_vals = noise.fake_values(decoy.gather(-1, fake_idx).sign(), threshold, excess_scale,
+                                  fake_idx, u)
 
     code = torch.zeros_like(dense)
     code.scatter_(-1, real_idx, real_vals)

@@ -162,7 +162,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         description=(
             "Read the image store, the model, the public store and the keystore, and "
             "measure on the test split: authorized reconstructions at k/2 and k, JPEG, "
-            "WebP and AVIF at the same bytes per image, the public code decoded as is, "
+            "WebP and AVIF within the authorized bytes per image, the public code decoded as is, "
             "and every attack of the suite; bits per pixel from bytes actually stored. "
             "Writes evaluation.json, evaluation.md, grid.png (originals, authorized, "
             "public as is, attacker) and rd.png (rate-distortion curves) to --out."
@@ -473,13 +473,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                     "PREFECT_API_URL pointing at a Prefect server.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--images", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--public", required=True)
-    p.add_argument("--keys", required=True)
-    p.add_argument("--chunk-items", type=int, default=512)
-    p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (UTC)")
+    add_serve_arguments(p)
     p.set_defaults(handler=_run_serve)
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `imambig serve`, shared with `python -m flows.serve`."""
+    p.add_argument("--images", required=True, help="image store to re-encode")
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--public", required=True, help="public store root")
+    p.add_argument("--keys", required=True, help="keystore root")
+    p.add_argument("--chunk-items", type=int, default=EncodeConfig().chunk_items)
+    p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (UTC)")
 
 
 def _run_serve(a: argparse.Namespace) -> int:

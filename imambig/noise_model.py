@@ -73,6 +73,15 @@ class NoiseModel:
     flip_pos: np.ndarray  # (L, m)
     flip_neg: np.ndarray  # (L, m)
 
+    def fake_values(self, decoy_signs: torch.Tensor, threshold: torch.Tensor,
+                    excess_scale: torch.Tensor, positions: torch.Tensor,
+                    u: torch.Tensor) -> torch.Tensor:
+        """Signed values (B, L, f) of fakes at ``positions``, from the uniforms of
+        :meth:`draw` (3 per fake for the magnitude, 1 for the sign)."""
+        f = positions.shape[-1]
+        signs = self.fake_signs(decoy_signs, positions, u[..., 3 * f :])
+        return signs * self.fake_magnitudes(threshold, excess_scale, positions, u[..., : 3 * f])
+
     def fake_signs(self, decoy_signs: torch.Tensor, positions: torch.Tensor,
                    u: torch.Tensor) -> torch.Tensor:
         """Signs (B, L, f) for fakes at ``positions`` from the decoy's, uniforms ``u``."""
@@ -244,7 +253,7 @@ def fit_noise_model(
     resid_q = np.quantile(resid, RESIDUAL_LEVELS, axis=1).T
 
     position_freq = (count / n_items).float()
-    weights, fake_freq, fake_pos = fit_position_weights(zc[:n_dec], support, position_freq,
+    weights, fake_freq, fake_pos = fit_position_weights(zc, support, position_freq,
                                                         k, k_public - k)
     # P(+) of real entries per position, and of the decoy's selected fakes there.
     real_pos = ((z > 0) & support).sum(0).double() / count.clamp_min(1)

@@ -82,8 +82,7 @@ def quality(model: SparseAutoencoder, code: torch.Tensor, images: torch.Tensor,
 def authorized(model: SparseAutoencoder, amb: Ambiguated, images: torch.Tensor, k_low: int,
                precision: int = FULL_MANTISSA) -> tuple[Row, Row]:
     """(key + true values, standalone) rows for the ``k_low`` largest true entries."""
-    keep = amb.real if k_low == amb.real.sum(-1).min() else lower_fidelity(
-        amb.real, amb.values, k_low)
+    keep = lower_fidelity(amb.real, amb.values, k_low)  # all of them at k_low = k
     values = round_mantissa(amb.values, precision)
     code = scatter_code(amb.mask, np.where(keep, values, 0))
     p, s, ms = quality(model, code, images)
@@ -118,7 +117,7 @@ def _codec_quality(ref: np.ndarray, decoded: np.ndarray,
 
 
 def codec_at_bytes(images: torch.Tensor, codec: str, budgets: Sequence[float]) -> Row:
-    """Each image at the best quality that fits its own budget."""
+    """Each image at the best quality that fits its budget (``budgets[i]`` bytes)."""
     ref = _hwc(images)
     coded = [at_budget(im, codec, b) for im, b in zip(ref, budgets, strict=True)]
     p, s, ms = _codec_quality(ref, np.stack([c.image for c in coded]))

@@ -35,6 +35,7 @@ KS_ALPHA = 0.01
 class PrivacyRun:
     """Everything measured at one k'."""
 
+    model_id: str
     k: int
     k_public: int
     key_bytes: int
@@ -112,11 +113,11 @@ def run_privacy_experiment(
         results = run_attacks(model, noise, amb, targets, own_images, list(attacks),
                               attacker_amb=own, seed=seed, log=say)
         runs.append(PrivacyRun(
-            k=c.k, k_public=kp, key_bytes=key_bytes(c.n_maps, kp, c.k),
+            model_id=info.model_id, k=c.k, k_public=kp, key_bytes=key_bytes(c.n_maps, kp, c.k),
             key_bound_bytes=key_bound_bits(c.n_maps, kp, c.k) / 8,
             ks_pass_fraction=ks_pass_fraction(amb), results=results))
     return runs
 
 
-def to_json(runs: list[PrivacyRun], model_id: str | None = None) -> str:
-    return json.dumps({"model_id": model_id, "runs": [r.to_dict() for r in runs]}, indent=2)
+def to_json(runs: list[PrivacyRun]) -> str:
+    return json.dumps({"runs": [r.to_dict() for r in runs]}, indent=2)
