@@ -234,8 +234,7 @@ def _add_attack(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="checkpoint folder of `imambig train`")
     p.add_argument("--images", required=True, help="image store with train and test splits")
-    p.add_argument("--attacks", default="random,largest,smallest,magnitude,position,"
-                   "discriminator,reencode,least_squares",
+    p.add_argument("--attacks", default=",".join(a for a in ATTACKS if a != "lp"),
                    help=f"comma list, from: {', '.join(ATTACKS)} (default: all but lp)")
     p.add_argument("--k-public", default=None,
                    help="comma list of k' (public non-zeros per map); default 2k")

@@ -73,12 +73,21 @@ class ModelConfig:
         return cls(**d)
 
 
-# Presets. `paper` is the published configuration; `small` keeps the paper's code sizes
-# (L=20, m=512, k=128) on 64x64 images so privacy numbers transfer while CPU training
-# stays practical; `tiny` is for tests and the demo.
+# Presets. `paper` is the published configuration; `small` keeps all the paper's code
+# sizes (L=20, m=512, k=128 and the 16x16 bottleneck, n=256) on 64x64 images, with half
+# the filters, so privacy numbers transfer while CPU training stays practical.
+# `small-n64` down-scales once more (n=64 < k): there the k real values over-determine
+# the bottleneck, which the least-squares attack exploits; kept to reproduce that finding.
+# `tiny` is for tests and the demo.
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
     "small": ModelConfig(
+        image_height=64,
+        image_width=64,
+        filters=(20, 20, 20, 20, 20, 10),
+        scales=(1, 2, 1, 2, 1, 1),
+    ),
+    "small-n64": ModelConfig(
         image_height=64, image_width=64, filters=(20, 20, 20, 20, 20, 10)
     ),
     "tiny": ModelConfig(

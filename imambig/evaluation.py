@@ -31,7 +31,7 @@ from imambig.public_store import PublicStore
 from imambig.storage import filesystem, join, write_bytes
 
 DEFAULT_ATTACKS = ("random", "largest", "smallest", "magnitude", "position", "discriminator",
-                   "reencode", "least_squares")
+                   "reencode", "least_squares", "least_squares_reencode")
 
 
 @dataclass

@@ -13,7 +13,12 @@ from scipy.ndimage import gaussian_filter
 
 from imambig.ambiguation import Ambiguated, ambiguate, scatter_code
 from imambig.attacks.discriminator import Discriminator
-from imambig.attacks.linear_consistency import least_squares_scores, lp_scores
+from imambig.attacks.linear_consistency import (
+    _Problems,
+    _solve,
+    least_squares_scores,
+    lp_scores,
+)
 from imambig.attacks.magnitude import MagnitudeLikelihood, largest_scores, smallest_scores
 from imambig.attacks.position import PositionFrequency
 from imambig.attacks.random_guess import random_scores
@@ -205,6 +210,31 @@ def test_least_squares_finds_the_linearly_consistent_entries() -> None:
     )
     assert support_recall(least_squares_scores(model, amb, k), amb.real, k) > 0.95
     assert support_recall(lp_scores(model, amb, max_items=2), amb.real[:2], k) > 0.7
+
+
+@pytest.mark.parametrize("active_rows", [5, 12, 30])
+def test_weighted_solve_matches_the_ridge_normal_equations(active_rows: int) -> None:
+    # Fewer active rows than unknowns (n = 12) takes the a x a route, more the n x n one;
+    # both must give the ridge solution of the full weighted problem.
+    rng = np.random.default_rng(active_rows)
+    n_maps, m, n, items = 3, 40, 12, 2
+    w = torch.from_numpy(rng.normal(size=(n_maps, m, n)))
+    mask = np.zeros((items, n_maps, m), bool)
+    mask[..., :8] = True
+    amb = Ambiguated(mask, np.ones((items, n_maps, 8), np.float16), mask[..., :8].copy())
+    p = _Problems(w, amb)
+    weight = torch.zeros(items * n_maps, m, dtype=torch.float64)
+    for row in weight:
+        row[rng.choice(m, active_rows, replace=False)] = torch.from_numpy(
+            rng.uniform(0.1, 2.0, active_rows))
+    target = torch.from_numpy(rng.normal(size=(items * n_maps, m)))
+    h = _solve(p, target, weight)
+    for i in range(items * n_maps):
+        wi = w[i % n_maps].numpy()
+        gram = wi.T @ (weight[i].numpy()[:, None] * wi)
+        ridge = 1e-9 * np.trace(gram) / n
+        want = np.linalg.solve(gram + ridge * np.eye(n), wi.T @ (weight[i] * target[i]).numpy())
+        np.testing.assert_allclose(h[i].numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 # -- every attack on a real ambiguated batch --------------------------------------------------

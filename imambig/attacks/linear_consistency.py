@@ -9,12 +9,14 @@ smallest real one. Fakes that do not come from one such h stand out as misfits.
   ``max_items`` / ``max_maps``.
 - ``least_squares_scores``: every public entry is either real (equal to W h) or fake (W h
   there below the smallest real magnitude, as on every publicly-zero coordinate). When
-  n < k (the ``small`` preset) k real values in an n-dim column space are a strong
+  n < k (the ``small-n64`` preset) k real values in an n-dim column space are a strong
   constraint: a subset one h explains to within quantization error is almost surely the
-  real one. From a few starting rankings, alternate least-squares fits of h (equalities
-  on the chosen entries, a hinge on all others) with re-choosing the k entries that are
-  cheapest to call real; keep per map the split of least total cost. Vectorized over
-  items and maps, so it runs on many more items than the LP.
+  real one; with n >= k (``paper``, ``small``) any k values fit exactly and only the
+  hinge on the other coordinates is left to tell. From a few starting rankings,
+  alternate least-squares fits of h (equalities on the chosen entries, a hinge on all
+  others) with re-choosing the k entries that are cheapest to call real; keep per map
+  the split of least total cost. Vectorized over items and maps, so it runs on many
+  more items than the LP.
 """
 
 from __future__ import annotations
@@ -101,23 +103,42 @@ def lp_scores(
 
 class _Problems:
     """The (item, map) problems of a chunk of records, flattened to N = items * L rows,
-    in the full m-dim code space (publicly-zero coordinates included)."""
+    in the full m-dim code space (publicly-zero coordinates included). The weights stay
+    one (L, m, n) tensor indexed by each problem's map, never copied per problem."""
 
     def __init__(self, w: torch.Tensor, amb: Ambiguated) -> None:
         b, n_maps, kp = amb.values.shape
-        m, n = w.shape[1:]
+        m = w.shape[1]
         self.shape = (b, n_maps, kp)
         self.k_public = kp
+        self.weights = w
+        self.map = torch.arange(n_maps).repeat(b)
         self.public = torch.from_numpy(amb.mask).reshape(-1, m)
-        vals = torch.from_numpy(amb.values.astype(np.float64)).reshape(-1, kp)
-        self.w = w.unsqueeze(0).expand(b, -1, -1, -1).reshape(-1, m, n)
-        self.v = torch.zeros(len(vals), m, dtype=torch.float64)
+        vals = torch.from_numpy(amb.values.astype(np.float64)).reshape(-1, kp).to(w.dtype)
+        self.v = torch.zeros(len(vals), m, dtype=w.dtype)
         self.v[self.public] = vals.reshape(-1)
         self.scale = vals.abs().median(-1).values.clamp_min(1e-12)[:, None]
         self.tau = vals.abs().min(-1).values[:, None]
 
+    def select(self, rows: torch.Tensor) -> _Problems:
+        """The sub-problems ``rows`` (indices into N)."""
+        sub = object.__new__(_Problems)
+        sub.shape, sub.k_public, sub.weights = self.shape, self.k_public, self.weights
+        for name in ("map", "public", "v", "scale", "tau"):
+            setattr(sub, name, getattr(self, name)[rows])
+        return sub
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Weight rows (N, a, n) of each problem's map at coordinates ``idx`` (N, a)."""
+        return self.weights[self.map[:, None], idx]
+
     def dense(self, h: torch.Tensor) -> torch.Tensor:
-        return (self.w @ h[..., None])[..., 0]
+        """W h (N, m) for bottleneck vectors h (N, n), one matrix product per map."""
+        out = h.new_empty(len(h), self.weights.shape[1])
+        for m in self.map.unique().tolist():
+            sel = self.map == m
+            out[sel] = h[sel] @ self.weights[m].T
+        return out
 
     def at_public(self, x: torch.Tensor) -> torch.Tensor:
         """(N, m) -> (N, k') values at the public positions."""
@@ -135,23 +156,42 @@ class _Problems:
         return self.to_full(torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, True))
 
 
-def _solve(w: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weighted least squares h per problem: w (N, m, n), target and weight (N, m). A
-    relative ridge keeps problems with few weighted rows solvable."""
-    ww = w * weight[..., None]
-    gram = ww.transpose(1, 2) @ w
-    ridge = 1e-9 * gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
-    gram = gram + ridge[:, None, None] * torch.eye(w.shape[-1], dtype=w.dtype)
-    return torch.linalg.solve(gram, ww.transpose(1, 2) @ target[..., None])[..., 0]
+def _solve(p: _Problems, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted least squares h (N, n) per problem; target and weight (N, m). A relative
+    ridge keeps problems with few weighted rows solvable.
+
+    Only rows of non-zero weight enter: in the split fit that is the k chosen entries
+    plus the few violators, so those rows are gathered first, and with fewer rows a
+    than unknowns n the a x a system is solved instead of the n x n one."""
+    active = weight != 0
+    a = int(active.sum(-1).max())
+    idx = active.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :a]
+    w = p.rows(idx)
+    root = torch.gather(weight, 1, idx).sqrt()
+    x, y = w * root[..., None], (torch.gather(target, 1, idx) * root)[..., None]
+    n = w.shape[-1]
+    rel = 1e-9 if w.dtype == torch.float64 else 1e-5  # above the dtype's rounding
+    ridge = rel * x.square().sum((1, 2)) / n + 1e-30
+    if a < n:  # fewer rows than unknowns: the same ridge solution from the a x a system
+        kernel = x @ x.transpose(1, 2)
+        return (x.transpose(1, 2) @ _spd_solve(kernel, ridge, y))[..., 0]
+    return _spd_solve(x.transpose(1, 2) @ x, ridge, x.transpose(1, 2) @ y)[..., 0]
+
+
+def _spd_solve(a: torch.Tensor, ridge: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(a + ridge I)^-1 b, batched. LU, not Cholesky: torch's batched CPU Cholesky is
+    several times slower at these sizes."""
+    a = a + ridge[:, None, None] * torch.eye(a.shape[-1], dtype=a.dtype)
+    return torch.linalg.solve(a, b)
 
 
 def _robust_fit(p: _Problems, iters: int = 40, power: float = 0.5) -> torch.Tensor:
     """Start: h minimizing sum_P |W_P h - v|^power + hinge(|W_Z h| - tau)^2 by iteratively
     reweighted least squares (an L_p robust fit: a minority of inconsistent entries,
     e.g. independent fakes, does not pull it). Returns misfit ranking (N, k')."""
-    weight, target, eps = p.public.double(), p.v.clone(), 1.0
+    weight, target, eps = p.public.to(p.v.dtype), p.v.clone(), 1.0
     for _ in range(iters):
-        d = p.dense(_solve(p.w, target, weight))
+        d = p.dense(_solve(p, target, weight))
         r = (d - p.v) / p.scale
         outside = (d.abs() > p.tau) & ~p.public
         weight = torch.where(p.public, (r.square() + eps**2) ** (power / 2 - 1), outside / eps)
@@ -166,19 +206,29 @@ def _split_fit(
     """From the k best entries of ``start``: fit h so the chosen entries equal W h and
     every other coordinate stays below the chosen ones' smallest magnitude (a squared
     hinge, solved by projection), then re-choose the k entries where being real costs
-    least against being fake; repeat. Returns (margin (N, k'), total cost (N,))."""
+    least against being fake; repeat until the choice stops changing (each problem on
+    its own: settled ones are not solved again). Returns (margin (N, k'), total cost
+    (N,))."""
     chosen = p.top(start, k)
+    cost_real, cost_fake = torch.zeros_like(p.v), torch.zeros_like(p.v)
+    margin = torch.zeros_like(start, dtype=p.v.dtype)
+    live = torch.arange(len(chosen))
     for _ in range(outer):
-        tau = p.v.abs().masked_fill(~chosen, np.inf).min(-1).values[:, None]
-        weight, target = chosen.double(), p.v.clone()
+        q, ch = p.select(live), chosen[live]
+        tau = q.v.abs().masked_fill(~ch, np.inf).min(-1).values[:, None]
+        weight, target = ch.to(q.v.dtype), q.v.clone()
         for _ in range(inner):
-            d = p.dense(_solve(p.w, target, weight))
-            weight = torch.where(chosen, 1.0, lam * ((d.abs() > tau) & ~chosen))
-            target = torch.where(chosen, p.v, d.clamp(-tau, tau))
-        cost_real = (d - p.v).abs() / p.scale
-        cost_fake = (d.abs() - tau).clamp_min(0) / p.scale
-        margin = p.at_public(cost_fake - cost_real)
-        chosen = p.top(margin, k)
+            d = q.dense(_solve(q, target, weight))
+            weight = torch.where(ch, 1.0, lam * ((d.abs() > tau) & ~ch))
+            target = torch.where(ch, q.v, d.clamp(-tau, tau))
+        cost_real[live] = (d - q.v).abs() / q.scale
+        cost_fake[live] = (d.abs() - tau).clamp_min(0) / q.scale
+        margin[live] = q.at_public(cost_fake[live] - cost_real[live])
+        new = q.top(margin[live], k)
+        chosen[live] = new
+        live = live[(new != ch).any(-1)]
+        if not len(live):
+            break
     total = torch.where(chosen, cost_real, cost_fake).sum(-1)
     return margin, total
 
@@ -192,6 +242,7 @@ def least_squares_scores(
     inner: int = 3,
     lam: float = 0.3,
     chunk_items: int = 8,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """Real-vs-fake margins (B, L, k') of the best split fit per map.
 
@@ -200,19 +251,19 @@ def least_squares_scores(
     ``starts`` (B, L, k') given by the caller (e.g. another attack's scores). Each is
     refined by ``_split_fit``; per map the one of least total cost is kept.
     """
-    w = torch.from_numpy(_weights(model))
+    w = torch.from_numpy(_weights(model)).to(dtype)
     out = np.empty(amb.values.shape)
     for s in range(0, len(amb.values), chunk_items):
         part = slice(s, s + chunk_items)
         sub = subset(amb, part)
         p = _Problems(w, sub)
         robust = _robust_fit(p)
-        inits = [robust, -robust, torch.from_numpy(largest_scores(sub)).reshape(robust.shape)]
+        inits = [robust, -robust, torch.from_numpy(largest_scores(sub)).to(dtype).reshape(robust.shape)]
         inits += [
-            torch.from_numpy(np.asarray(x[part], np.float64)).reshape(robust.shape)
+            torch.from_numpy(np.asarray(x[part], np.float64)).to(dtype).reshape(robust.shape)
             for x in (starts or {}).values()
         ]
-        best_cost = torch.full((len(robust),), np.inf, dtype=torch.float64)
+        best_cost = torch.full((len(robust),), np.inf, dtype=dtype)
         best = torch.zeros_like(robust)
         for init in inits:
             margin, cost = _split_fit(p, init, k, outer, inner, lam)
