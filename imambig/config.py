@@ -61,6 +61,15 @@ class ModelConfig:
         h, w = self.bottleneck_hw
         return h * w
 
+    def privacy_warning(self) -> str | None:
+        """Why this shape weakens ambiguation, or None when it does not."""
+        n, k = self.bottleneck_size, self.k
+        if n >= k:
+            return None
+        return (f"bottleneck n={n} < k={k}: a map's k real values over-determine the "
+                "bottleneck vector, so a least-squares fit can tell them from the fakes "
+                "(README, 'Measured privacy'); use a shape with n >= k for published codes")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -164,6 +165,8 @@ def prepare(job: EncodeJob, overwrite: bool = False) -> Plan:
     assert_separate_roots(job.public_root, job.keys_root)
     model, info, _ = load_model(job.model, job.options)
     c, cfg = model.config, job.config
+    if warning := c.privacy_warning():
+        warnings.warn(f"model {info.model_id}: {warning}", stacklevel=2)
     kp = cfg.public_count(c.k)
     store = open_image_store(job.images, job.options)
     if (store.height, store.width) != (c.image_height, c.image_width):

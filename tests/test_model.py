@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from imambig.config import PRESETS, ModelConfig
+from imambig.config import PRESETS, ModelConfig, preset
 from imambig.layers.grouped_linear import GroupedLinear, LoopGroupedLinear
 from imambig.layers.topk import topk_sparsify
 from imambig.models.autoencoder import SparseAutoencoder
@@ -109,3 +109,11 @@ def test_paper_preset_size_matches_the_paper() -> None:
     assert abs(n - 3.28e6) / 3.28e6 < 0.01, n
     c = PRESETS["paper"]
     assert (c.n_maps, c.code_length, c.k, c.bottleneck_hw) == (20, 512, 128, (16, 16))
+
+
+def test_shapes_with_a_bottleneck_under_k_are_flagged() -> None:
+    # n < k lets a least-squares fit tell real entries from fakes (README).
+    assert preset("small-n64").privacy_warning() is not None
+    assert "n=64 < k=128" in preset("small-n64").privacy_warning()
+    for name in ("paper", "small", "tiny"):
+        assert preset(name).privacy_warning() is None, name
