@@ -16,6 +16,13 @@ from imambig.models.autoencoder import SparseAutoencoder
 COLUMNS = ("original", "authorized", "public as is", "attacker")
 
 
+def _label(draw: ImageDraw.ImageDraw, x: float, y: float, text: str, gap: int = 4) -> None:
+    """Word by word: Pillow's default font has 2-pixel spaces, which read as none."""
+    for word in text.split(" "):
+        draw.text((x, y), word, fill="black")
+        x += draw.textlength(word) + gap
+
+
 @torch.no_grad()
 def comparison_grid(
     model: SparseAutoencoder, images: torch.Tensor, amb: Ambiguated, attacker_real: np.ndarray,
@@ -31,7 +38,7 @@ def comparison_grid(
                                head + b * (h * scale + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for j, name in enumerate(COLUMNS):
-        draw.text((pad + j * (w * scale + pad), 2), name, fill="black")
+        _label(draw, pad + j * (w * scale + pad), 2, name)
         for i in range(b):
             tile = Image.fromarray(tiles[j][i]).resize((w * scale, h * scale), Image.NEAREST)
             canvas.paste(tile, (pad + j * (w * scale + pad), head + pad + i * (h * scale + pad)))
