@@ -60,6 +60,9 @@ def filesystem(
 ) -> tuple[AbstractFileSystem, str]:
     """The synchronous fsspec file system of ``url`` and the path inside it."""
     fs, path = fsspec.core.url_to_fs(url, **_options(url, storage_options))
+    # fsspec shares instances, and with them their directory listings; other processes
+    # (Dask workers, another run) write the same stores, so each use starts fresh.
+    fs.invalidate_cache()
     return fs, path.rstrip("/") or path
 
 

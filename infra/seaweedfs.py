@@ -233,8 +233,6 @@ class SeaweedS3:
             "key": self.access_key,
             "secret": self.secret_key,
             "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": REGION},
-            # A cached instance may be bound to a closed event loop (see imambig.storage).
-            "skip_instance_cache": True,
         }
 
     def env(self) -> dict[str, str]:
