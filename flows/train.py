@@ -39,8 +39,6 @@ def train_flow(
     model = preset(model_preset)
     if k is not None:
         model = dataclasses.replace(model, k=k)
-    if warning := model.privacy_warning():
-        print(f"warning: {warning}")
     cfg = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                       max_items=max_items, device=device)
     out_info = train_model(images, out, cfg, opts)

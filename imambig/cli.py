@@ -138,8 +138,6 @@ def _run_train(a: argparse.Namespace) -> int:
     model = preset(a.preset)
     if a.k is not None:
         model = dataclasses.replace(model, k=a.k)
-    if warning := model.privacy_warning():
-        print(f"warning: {warning}", file=sys.stderr)
     cfg = TrainConfig(
         model=model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, loss=a.loss,
         seed=a.seed, max_items=a.max_items, val_items=a.val_items,

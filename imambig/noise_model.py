@@ -98,8 +98,9 @@ class NoiseModel:
     def draw(self, rngs: list[np.random.Generator], n_fake: int) -> tuple[torch.Tensor,
                                                                           torch.Tensor]:
         """Per item, from its own generator: a decoy bottleneck (B, L*n) and uniforms
-        (B, L, 4 n_fake) for the fakes' magnitudes (3 per fake) and signs (1 per fake). Only the drawing walks the items (each
-        has its own keyed generator); the arithmetic is batched."""
+        (B, L, 4 n_fake) for the fakes' magnitudes (3 per fake) and signs (1 per fake).
+        Only the drawing walks the items (each has its own keyed generator); the
+        arithmetic is batched."""
         r, d = self.components.shape
         g = np.stack([rng.standard_normal(r + d, dtype=np.float32) for rng in rngs])
         u = np.stack([rng.random((self.n_maps, 4 * n_fake), dtype=np.float32) for rng in rngs])
@@ -274,9 +275,9 @@ def fit_noise_model(
         position_freq=position_freq.numpy(), decoy_mean=decoy_mean.numpy(),
         decoy_std=decoy_std.numpy(), dense_quantiles=dense_q.astype(np.float32),
         position_weights=weights.numpy(), excess_location=location.numpy(),
-        excess_spread=spread.numpy(), excess_residual=resid_q.astype(np.float32), borrow=borrow.float().numpy(),
-        borrow_cdf=borrow_cdf.float().numpy(), flip_pos=flip_pos.numpy(),
-        flip_neg=flip_neg.numpy(),
+        excess_spread=spread.numpy(), excess_residual=resid_q.astype(np.float32),
+        borrow=borrow.float().numpy(), borrow_cdf=borrow_cdf.float().numpy(),
+        flip_pos=flip_pos.numpy(), flip_neg=flip_neg.numpy(),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +130,8 @@ def train(
     device = pick_device(cfg.device)
     store = open_image_store(images_url, storage_options)
     mc = cfg.model
+    if warning := mc.privacy_warning():
+        warnings.warn(warning, stacklevel=2)
     if (store.height, store.width) != (mc.image_height, mc.image_width):
         raise ValueError(
             f"image store holds {store.height}x{store.width} images but the model expects "

@@ -174,11 +174,11 @@ def _solve(p: _Problems, target: torch.Tensor, weight: torch.Tensor) -> torch.Te
     ridge = rel * x.square().sum((1, 2)) / n + 1e-30
     if a < n:  # fewer rows than unknowns: the same ridge solution from the a x a system
         kernel = x @ x.transpose(1, 2)
-        return (x.transpose(1, 2) @ _spd_solve(kernel, ridge, y))[..., 0]
-    return _spd_solve(x.transpose(1, 2) @ x, ridge, x.transpose(1, 2) @ y)[..., 0]
+        return (x.transpose(1, 2) @ _ridge_solve(kernel, ridge, y))[..., 0]
+    return _ridge_solve(x.transpose(1, 2) @ x, ridge, x.transpose(1, 2) @ y)[..., 0]
 
 
-def _spd_solve(a: torch.Tensor, ridge: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _ridge_solve(a: torch.Tensor, ridge: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(a + ridge I)^-1 b, batched. LU, not Cholesky: torch's batched CPU Cholesky is
     several times slower at these sizes."""
     a = a + ridge[:, None, None] * torch.eye(a.shape[-1], dtype=a.dtype)
@@ -258,11 +258,9 @@ def least_squares_scores(
         sub = subset(amb, part)
         p = _Problems(w, sub)
         robust = _robust_fit(p)
-        inits = [robust, -robust, torch.from_numpy(largest_scores(sub)).to(dtype).reshape(robust.shape)]
-        inits += [
-            torch.from_numpy(np.asarray(x[part], np.float64)).to(dtype).reshape(robust.shape)
-            for x in (starts or {}).values()
-        ]
+        given = [largest_scores(sub), *(np.asarray(x[part]) for x in (starts or {}).values())]
+        inits = [robust, -robust,
+                 *(torch.from_numpy(x).to(dtype).reshape(robust.shape) for x in given)]
         best_cost = torch.full((len(robust),), np.inf, dtype=dtype)
         best = torch.zeros_like(robust)
         for init in inits:
