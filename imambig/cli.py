@@ -112,10 +112,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="model preset; the store's image size must match it")
     p.add_argument("--k", type=int, default=None, help="override the preset's top-k")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--slope", type=float, default=None,
+                   help="override the preset's leaky-ReLU negative slope")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="epochs (an upper bound when --minutes is given)")
+    p.add_argument("--minutes", type=float, default=d.minutes,
+                   help="wall-clock budget: stop after this many minutes of training, with "
+                        "the learning-rate schedule following elapsed time")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="fraction of the run spent warming the learning rate up")
     p.add_argument("--loss", choices=["bce", "mse"], default=d.loss)
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="no random horizontal flips")
+    p.add_argument("--ema", type=float, default=d.ema,
+                   help="decay of the published weight average (e.g. 0.999; 0: none)")
+    p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"],
+                   help="bf16 autocast (CPUs with AVX-512 BF16/AMX, recent GPUs) or fp32; "
+                        "auto picks bf16 where the hardware has it")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-items", type=int, default=d.max_items,
                    help="use at most this many training images")
@@ -138,8 +153,11 @@ def _run_train(a: argparse.Namespace) -> int:
     model = preset(a.preset)
     if a.k is not None:
         model = dataclasses.replace(model, k=a.k)
+    if a.slope is not None:
+        model = dataclasses.replace(model, negative_slope=a.slope)
     cfg = TrainConfig(
-        model=model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, loss=a.loss,
+        model=model, epochs=a.epochs, minutes=a.minutes, batch_size=a.batch_size, lr=a.lr,
+        warmup=a.warmup, loss=a.loss, flip=a.flip, ema=a.ema, precision=a.precision,
         seed=a.seed, max_items=a.max_items, val_items=a.val_items,
         checkpoint_every=a.checkpoint_every, device=a.device, num_threads=a.threads,
     )

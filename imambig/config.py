@@ -155,6 +155,9 @@ class EncodeConfig:
     # an item's public bytes are the same whether encoded alone or in a bulk run.
     micro_batch: int = 8
     torch_threads: int = 1
+    # Records depend on it (about 0.3 % of support entries differ between bf16 and
+    # fp32), so a store version is bound to the resolved precision.
+    precision: str = "auto"  # auto | bf16 | fp32
     noise_fit_items: int = 2048  # training images the noise model is fitted on
 
     def public_count(self, k: int) -> int:
@@ -170,10 +173,18 @@ class EncodeConfig:
 class TrainConfig:
     model: ModelConfig = field(default_factory=lambda: PRESETS["tiny"])
     epochs: int = 10
+    # Wall-clock budget: when set, training stops after this many minutes and the
+    # learning-rate schedule follows elapsed time instead of steps (``epochs`` is then
+    # only an upper bound). Runs are not bit-reproducible under a time budget.
+    minutes: float | None = None
     batch_size: int = 80
     lr: float = 2e-3
+    warmup: float = 0.02  # fraction of the schedule spent warming the learning rate up
     min_lr_ratio: float = 0.05  # cosine schedule ends at lr * min_lr_ratio
     loss: Literal["bce", "mse"] = "bce"
+    flip: bool = True  # random horizontal flips (faces are near-symmetric)
+    ema: float = 0.0  # decay of the weight average validated and published; 0: none
+    precision: str = "auto"  # auto | bf16 | fp32 (imambig.precision)
     seed: int = 0
     max_items: int | None = None  # cap the training split (quick runs)
     val_items: int = 256  # validation images evaluated each epoch

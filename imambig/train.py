@@ -7,7 +7,7 @@ so a killed-and-resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import math
 import time
 import warnings
@@ -25,10 +25,11 @@ from imambig.image_store import ImageStore, open_image_store
 from imambig.loader import epoch_order, iter_batches, to_tensor
 from imambig.metrics import psnr_uint8, to_uint8
 from imambig.models.autoencoder import SparseAutoencoder
+from imambig.precision import autocast, resolve
 from imambig.storage import join
 
 # Settings that may change between a run and its resumption without invalidating it.
-_RESUMABLE_CHANGES = {"epochs", "device", "num_threads"}
+_RESUMABLE_CHANGES = {"epochs", "minutes", "device", "num_threads"}
 
 
 @dataclass
@@ -64,29 +65,52 @@ def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> tor
     return F.mse_loss(torch.sigmoid(logits.float()), x)
 
 
-def lr_factor(step: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up over the first 2 % of steps, then cosine decay to ``min_ratio``."""
-    warmup = max(1, int(0.02 * total))
-    if step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
+def lr_factor(progress: float, warmup: float, min_ratio: float) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1] of the run (steps done over
+    all steps, or minutes spent over the budget): linear warm-up over the first
+    ``warmup`` of it, then cosine decay to ``min_ratio``."""
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    t = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class WeightAverage:
+    """Exponential moving average of the weights (what is validated and published when
+    ``TrainConfig.ema`` > 0). Early steps average with a shorter memory, so the first
+    epochs are not dominated by the random initialisation."""
+
+    def __init__(self, model: SparseAutoencoder, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: SparseAutoencoder, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        mine = list(self.model.parameters())
+        torch._foreach_lerp_(mine, [p.detach() for p in model.parameters()], 1 - d)
+        for b_avg, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            b_avg.copy_(b)
 
 
 @torch.no_grad()
 def validate(
     model: SparseAutoencoder, store: ImageStore, indices: np.ndarray, device: torch.device,
-    batch_size: int = 64,
+    batch_size: int = 64, precision: str = "fp32",
 ) -> float:
     """Mean PSNR (dB, 8-bit) of reconstructions of ``indices``."""
+    was_training = model.training
     model.eval()
     scores = []
     for s in range(0, len(indices), batch_size):
         raw = store.read(indices[s : s + batch_size])
         x = to_tensor(raw).to(device)
-        y = model.decode(model.encode(x))
+        with autocast(precision, device):
+            y = model.decode(model.encode(x)).float()
         scores.append(psnr_uint8(to_uint8(y).cpu(), torch.from_numpy(raw).permute(0, 3, 1, 2)))
-    model.train()
+    model.train(was_training)
     return float(np.concatenate(scores).mean()) if scores else float("nan")
 
 
@@ -141,23 +165,22 @@ def train(
     train_idx, val_idx = _split_indices(store, cfg)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
+    budget_s = cfg.minutes * 60 if cfg.minutes else None
+    precision = resolve(cfg.precision, device)
 
     torch.manual_seed(cfg.seed)
     model = SparseAutoencoder(mc).to(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total_steps, cfg.min_lr_ratio)
-    )
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
 
-    epoch, step_in_epoch, global_step, history = 0, 0, 0, []
+    epoch, step_in_epoch, global_step, elapsed, history = 0, 0, 0, 0.0, []
     state = ckpt.load_state(out_url, storage_options)
     if state is not None:
         saved = TrainConfig.from_dict(state["config"]).to_dict()
         now = cfg.to_dict()
         diff = sorted(k for k in now if now[k] != saved[k] and k not in _RESUMABLE_CHANGES)
+        if state.get("precision", precision) != precision:
+            diff.append(f"precision (was {state['precision']}, now {precision})")
         if diff:
             raise ValueError(
                 f"{out_url} holds a run with different settings ({', '.join(diff)}); "
@@ -165,71 +188,93 @@ def train(
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        if average is not None:
+            average.model.load_state_dict(state["average"])
         _set_rng_state(state["rng"])
         epoch, step_in_epoch, global_step = (
             state["epoch"], state["step_in_epoch"], state["global_step"]
         )
+        elapsed = state.get("elapsed", 0.0)
         history = list(state["val_psnr"])
     resumed_from = global_step
+
+    def progress_fraction() -> float:
+        return elapsed / budget_s if budget_s else global_step / max(1, total_steps)
 
     def snapshot() -> None:
         ckpt.save_state(
             out_url,
             {
                 "config": cfg.to_dict(),
+                "precision": precision,
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
+                "average": average.model.state_dict() if average else None,
                 "rng": _rng_state(),
                 "epoch": epoch,
                 "step_in_epoch": step_in_epoch,
                 "global_step": global_step,
+                "elapsed": elapsed,
                 "val_psnr": history,
             },
             storage_options,
         )
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    )
+    published = average.model if average else model
     seen, t_train = 0, 0.0
     model.train()
     bar = tqdm(
-        total=total_steps, initial=global_step, disable=None if progress else True,
-        desc="train", unit="step", dynamic_ncols=True,
+        total=round(budget_s) if budget_s else total_steps,
+        initial=round(elapsed) if budget_s else global_step,
+        disable=None if progress else True, desc="train", unit="s" if budget_s else "step",
+        dynamic_ncols=True,
     )
-    while epoch < cfg.epochs:
+    out_of_time = False
+    while epoch < cfg.epochs and not out_of_time:
         order = epoch_order(train_idx, store.chunk_items, cfg.seed, epoch)
         t0 = time.perf_counter()
         for _, x in iter_batches(store, order, cfg.batch_size, skip_batches=step_in_epoch):
+            t_step = time.perf_counter()
             x = x.to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
+            if cfg.flip:  # drawn from the saved RNG stream, so resumes flip the same items
+                flips = torch.rand(len(x)) < 0.5
+                x = torch.where(flips.view(-1, 1, 1, 1).to(device), x.flip(-1), x)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(progress_fraction(), cfg.warmup,
+                                                 cfg.min_lr_ratio)
+            with autocast(precision, device):
                 logits, _ = model(x)
             loss = reconstruction_loss(logits, x, cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if average is not None:
+                average.update(model, global_step)
             step_in_epoch += 1
             global_step += 1
             seen += len(x)
-            bar.update(1)
+            dt = time.perf_counter() - t_step
+            elapsed += dt
+            bar.update(round(elapsed) - bar.n if budget_s else 1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
                 snapshot()
+            if budget_s and elapsed >= budget_s:
+                out_of_time = True
+                break
         t_train += time.perf_counter() - t0
-        history.append(validate(model, store, val_idx, device))
-        bar.write(f"epoch {epoch + 1}/{cfg.epochs}: validation PSNR {history[-1]:.2f} dB")
+        history.append(validate(published, store, val_idx, device, precision=precision))
+        bar.write(f"epoch {epoch + 1}: validation PSNR {history[-1]:.2f} dB "
+                  f"({elapsed / 60:.1f} min of training)")
         epoch, step_in_epoch = epoch + 1, 0
         snapshot()
     bar.close()
 
-    model.eval()
+    published.eval()
     metadata = {
         "train_config": cfg.to_dict(),
+        "precision": precision,
+        "train_minutes": round(elapsed / 60, 2),
         "images": images_url,
         "train_items": len(train_idx),
         "val_psnr": history,
@@ -237,8 +282,8 @@ def train(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "torch": torch.__version__,
     }
-    mid = ckpt.save_model(out_url, model, metadata, storage_options)
+    mid = ckpt.save_model(out_url, published, metadata, storage_options)
     return TrainResult(
-        out=out_url, model_id=mid, epochs=cfg.epochs, val_psnr=history,
+        out=out_url, model_id=mid, epochs=epoch, val_psnr=history,
         images_per_s=seen / t_train if t_train else 0.0, resumed_from_step=resumed_from,
     )

@@ -50,11 +50,16 @@ class SparseAutoencoder(nn.Module):
         self.up_skip = nn.ModuleList(
             UpSkip(bott, c_in[i], remaining[i], c.negative_slope) for i in range(levels)
         )
+        # NHWC: oneDNN's CPU kernels (float32 and bfloat16) and GPU tensor cores run the
+        # small convolutions 1.6-1.7x faster this way. Inputs are converted on entry, so
+        # every item sees the same kernels whatever the caller's layout.
+        self.to(memory_format=torch.channels_last)
 
     # -- encoder -----------------------------------------------------------------------
 
     def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> bottleneck vectors h (B, L, n)."""
+        x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for chain, skip in zip(self.down_chain, self.down_skip, strict=True):
             skips.append(skip(x))
@@ -75,6 +80,7 @@ class SparseAutoencoder(nn.Module):
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         c = self.config
         h = self.linear.transpose(z).unflatten(2, c.bottleneck_hw)
+        h = h.contiguous(memory_format=torch.channels_last)
         parts = self.from_maps(h).chunk(len(c.filters) + 1, dim=1)
         y, residuals = parts[-1], parts[:-1]
         for i in reversed(range(len(c.filters))):
