@@ -5,7 +5,8 @@ A guard for changes that must not change a byte of what ``imambig encode`` write
 seeded initial weights (``imambig train --epochs 0``) and two fixed secrets are encoded
 into a public store and a keystore on local disk, and the SHA-256 of every stored file
 is compared with ``encode_digests.json``. Only the command line is used, so the check
-does not depend on where the library keeps its code.
+does not depend on where the library keeps its code; it runs in fresh processes on one
+torch thread, since the noise fit's float rounding depends on the thread count.
 
 Run state (``_state/``: region markers with timings; ``_leases/``) is left out; nothing
 else written depends on the clock or the machine's paths.
@@ -18,14 +19,13 @@ After an intended change of the encoding, regenerate the digests with
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 
-from imambig.cli import main
 from tests.fixtures_model import make_synthetic_images
 
 DIGESTS = Path(__file__).with_name("encode_digests.json")
@@ -38,38 +38,27 @@ SECRETS = {
 RUN_STATE = ("_state/", "_leases/")
 
 
-@contextlib.contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
-def _run(argv: list[str]) -> None:
-    code = main(argv)
-    if code != 0:
-        raise RuntimeError(f"imambig {' '.join(argv)} exited with {code}")
+def _run(argv: list[str], cwd: Path) -> None:
+    env = {**os.environ, **SECRETS, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "imambig.cli", *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"imambig {' '.join(argv)} exited with {proc.returncode}:\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
 def encode_fixture(workdir: Path) -> dict[str, str]:
-    """Build the fixture under ``workdir`` and return {stored file: sha256}.
-
-    The secrets must already be in the environment (``SECRETS``): Dask workers inherit it.
-    """
+    """Build the fixture under ``workdir`` and return {stored file: sha256}."""
     make_synthetic_images(workdir / "src", N_IMAGES, size=32, seed=0)
     # The source path is recorded in the stores (and enters the store ids): keep it
     # relative, so the digests do not depend on where the fixture is built.
-    with _cwd(workdir):
-        _run(["ingest", "src", "--out", str(workdir / "images"), "--size", "32",
-              "--split", "random:0.8", "--seed", "0", "--workers", "1"])
+    _run(["ingest", "src", "--out", str(workdir / "images"), "--size", "32",
+          "--split", "random:0.8", "--seed", "0", "--workers", "1"], workdir)
     _run(["train", "--images", str(workdir / "images"), "--out", str(workdir / "model"),
-          "--preset", "tiny", "--epochs", "0", "--seed", "0", "--precision", "fp32"])
+          "--preset", "tiny", "--epochs", "0", "--seed", "0", "--precision", "fp32"], workdir)
     _run(["encode", "--images", str(workdir / "images"), "--model", str(workdir / "model"),
           "--public", str(workdir / "public"), "--keys", str(workdir / "keys"),
-          "--chunk-items", "16", "--workers", "1"])
+          "--chunk-items", "16", "--workers", "1"], workdir)
     return {**tree_digest(workdir / "public", "public"), **tree_digest(workdir / "keys", "keys")}
 
 

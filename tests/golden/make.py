@@ -6,15 +6,13 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
-from tests.golden import DIGESTS, SECRETS, encode_fixture
+from tests.golden import DIGESTS, encode_fixture
 
 
 def main() -> None:
-    os.environ.update(SECRETS)
     with tempfile.TemporaryDirectory() as tmp:
         digests = encode_fixture(Path(tmp))
     DIGESTS.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
