@@ -18,8 +18,8 @@ import time
 import torch
 
 from imambig.config import preset
-from imambig.layers.grouped_linear import LoopGroupedLinear
-from imambig.models.autoencoder import SparseAutoencoder
+from imambig.model.autoencoder import SparseAutoencoder
+from imambig.model.layers.grouped_linear import LoopGroupedLinear
 
 
 def _peak_mib() -> float:

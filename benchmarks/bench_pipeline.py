@@ -35,15 +35,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imambig.bulk_encode import run_encode
-from imambig.checkpoint import save_model
 from imambig.config import EncodeConfig, IngestConfig, preset
-from imambig.encode import EncodeJob, ensure_noise_model
-from imambig.image_store import open_image_store
-from imambig.ingest import ingest
-from imambig.loader import to_tensor
-from imambig.models.autoencoder import SparseAutoencoder
-from imambig.storage import filesystem
+from imambig.model.autoencoder import SparseAutoencoder
+from imambig.model.checkpoint import save_model
+from imambig.stages.encode_driver import run_encode
+from imambig.stages.encode_regions import EncodeJob, ensure_noise_model
+from imambig.stages.ingest import ingest
+from imambig.stores.image_store import open_image_store
+from imambig.stores.loader import to_tensor
+from imambig.stores.location import filesystem
 from infra.seaweedfs import SeaweedS3
 
 

@@ -16,13 +16,13 @@ import time
 import numpy as np
 import torch
 
-from imambig.ambiguation import ambiguate
 from imambig.config import preset
-from imambig.encoder import encode_images
-from imambig.keys import encode_keys
-from imambig.loader import to_tensor
-from imambig.models.autoencoder import SparseAutoencoder
-from imambig.noise_model import fit_noise_model
+from imambig.mechanism.ambiguation import ambiguate
+from imambig.mechanism.keys import encode_keys
+from imambig.mechanism.noise_model import fit_noise_model
+from imambig.model.autoencoder import SparseAutoencoder
+from imambig.stages.encode_images import encode_images
+from imambig.stores.loader import to_tensor
 
 
 def best_of(fn, repeats: int = 3) -> float:

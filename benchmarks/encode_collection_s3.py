@@ -24,18 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imambig.bulk_encode import run_encode
-from imambig.checkpoint import load_model
+from imambig.access.keystore import Keystore
+from imambig.access.secrets import LocalKeyProvider, owner_secret
 from imambig.config import EncodeConfig, IngestConfig
-from imambig.encode import EncodeJob, noise_url
-from imambig.encoder import encode_images
-from imambig.image_store import open_image_store
-from imambig.ingest import ingest
-from imambig.key_material import LocalKeyProvider, owner_secret
-from imambig.keystore import Keystore
-from imambig.noise_model import NoiseModel
-from imambig.public_store import PublicStore
-from imambig.storage import filesystem
+from imambig.mechanism.noise_model import NoiseModel
+from imambig.model.checkpoint import load_model
+from imambig.stages.encode_driver import run_encode
+from imambig.stages.encode_images import encode_images
+from imambig.stages.encode_regions import EncodeJob, noise_url
+from imambig.stages.ingest import ingest
+from imambig.stores.image_store import open_image_store
+from imambig.stores.location import filesystem
+from imambig.stores.public_store import PublicStore
 from infra.seaweedfs import SeaweedS3
 from storage_schemas.validate import validate
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from imambig.config import TrainConfig, preset
-from imambig.train import train
+from imambig.stages.train import train
 
 VARIANTS: dict[str, dict] = {
     "baseline": {},

@@ -5,7 +5,7 @@ Secret blocks, inside whichever process (a Dask worker too) needs the secret; se
 never travel as flow or task parameters.
 """
 
-from imambig.key_material import register_secret_scheme
+from imambig.access.secrets import register_secret_scheme
 
 
 def _prefect_secret(name: str) -> str:

@@ -16,11 +16,11 @@ from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
 from flows.params import check_exists, check_secret_spec, check_storage_options
-from imambig import encode as enc
-from imambig.bulk_encode import local_cluster
+from imambig.access.keystore import assert_separate_roots
 from imambig.config import EncodeConfig, KeyConfig
-from imambig.keystore import assert_separate_roots
-from imambig.lease import Lease, LeaseHeld
+from imambig.stages import encode_regions as enc
+from imambig.stages.encode_driver import local_cluster
+from imambig.stores.lease import Lease, LeaseHeld
 
 # Transient storage errors (a restarting object store, a dropped connection) are retried
 # with backoff; a region redone from scratch writes the same bytes.

@@ -8,11 +8,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.params import check_secret_spec, check_storage_options
-from imambig.access import resolve_store
+from imambig.access.secrets import LocalKeyProvider
 from imambig.config import KeyConfig
-from imambig.evaluation import DEFAULT_ATTACKS, as_table, evaluate_stores
-from imambig.key_material import LocalKeyProvider
-from imambig.storage import join, write_bytes
+from imambig.stages.evaluate import DEFAULT_ATTACKS, as_table, evaluate_stores
+from imambig.stages.share import resolve_store
+from imambig.stores.location import join, write_bytes
 
 
 @task(name="evaluate stores")
@@ -40,7 +40,7 @@ def evaluate_flow(
     keystore_key: str = "env:IMAMBIG_KEYSTORE_KEY",
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from imambig.evaluation import load_evaluation
+    from imambig.stages.evaluate import load_evaluation
 
     opts = check_storage_options(storage_options)
     check_secret_spec(keystore_key, "keystore key")

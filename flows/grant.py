@@ -7,10 +7,10 @@ from typing import Any
 from prefect import flow, task
 
 from flows.params import check_secret_spec, check_storage_options
-from imambig.access import issue_grant
+from imambig.access.secrets import LocalKeyProvider
 from imambig.config import KeyConfig
-from imambig.key_material import LocalKeyProvider
-from imambig.storage import write_bytes
+from imambig.stages.share import issue_grant
+from imambig.stores.location import write_bytes
 
 
 @task(name="seal grant")

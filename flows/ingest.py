@@ -10,7 +10,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.params import check_exists, check_storage_options
 from imambig.config import IngestConfig
-from imambig.ingest import ingest
+from imambig.stages.ingest import ingest
 
 
 @task(name="ingest images", retries=2, retry_delay_seconds=exponential_backoff(5))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imambig.storage import filesystem
+from imambig.stores.location import filesystem
 
 _CREDENTIAL_WORDS = ("key", "secret", "token", "password", "credential")
 
@@ -41,7 +41,7 @@ def check_exists(url: str, what: str, options: dict[str, Any]) -> None:
 
 
 def check_secret_spec(spec: str, what: str) -> None:
-    from imambig.key_material import resolve_secret
+    from imambig.access.secrets import resolve_secret
 
     resolve_secret(spec)  # raises SecretError naming the spec, never the value
     del what

@@ -19,10 +19,10 @@ from flows.ingest import ingest_flow
 from flows.params import check_storage_options
 from flows.publish import publish_flow
 from flows.train import train_flow
+from imambig.access.keystore import assert_separate_roots
 from imambig.config import preset
-from imambig.image_store import open_image_store, store_state
-from imambig.keystore import assert_separate_roots
-from imambig.storage import join
+from imambig.stores.image_store import open_image_store, store_state
+from imambig.stores.location import join
 
 
 @flow(name="pipeline", log_prints=True)
@@ -74,7 +74,7 @@ def pipeline(
     pub = publish_flow(public_root, publish_root, opts) if publish_root else None
     grant = None
     if grant_to:
-        from imambig.public_store import PublicStore
+        from imambig.stores.public_store import PublicStore
 
         ids = [str(i) for i in PublicStore.open(enc["public_url"], opts).item_ids()[:grant_items]]
         grant = grant_flow(public_root, keys_root, ids, grant_to, join(workdir, "grant.bin"),

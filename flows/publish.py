@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from flows.params import check_storage_options
-from imambig.access import resolve_store
-from imambig.publish import publish, verify_publication
+from imambig.stages.publish import publish, verify_publication
+from imambig.stages.share import resolve_store
 
 
 @task(name="copy and verify", retries=3, retry_delay_seconds=exponential_backoff(2))

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.params import check_exists, check_storage_options
 from imambig.config import TrainConfig, preset
-from imambig.train import train
+from imambig.stages.train import train
 
 
 @task(name="train model", retries=1)  # a retry resumes from the last checkpoint

@@ -74,7 +74,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ingest(a: argparse.Namespace) -> int:
-    from imambig.ingest import ingest
+    from imambig.stages.ingest import ingest
 
     height = a.size[0]
     width = a.size[1] if len(a.size) > 1 else height
@@ -148,7 +148,7 @@ def _run_train(a: argparse.Namespace) -> int:
     import dataclasses
 
     from imambig.config import preset
-    from imambig.train import train
+    from imambig.stages.train import train
 
     model = preset(a.preset)
     if a.k is not None:
@@ -172,7 +172,7 @@ def _run_train(a: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from imambig.evaluation import DEFAULT_ATTACKS
+    from imambig.stages.evaluate import DEFAULT_ATTACKS
 
     p = sub.add_parser(
         "evaluate",
@@ -206,10 +206,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(a: argparse.Namespace) -> int:
-    from imambig.access import resolve_store
-    from imambig.evaluation import evaluate_stores
-    from imambig.key_material import LocalKeyProvider
-    from imambig.storage import join, write_bytes
+    from imambig.access.secrets import LocalKeyProvider
+    from imambig.stages.evaluate import evaluate_stores
+    from imambig.stages.share import resolve_store
+    from imambig.stores.location import join, write_bytes
 
     opts = _storage_options(a.storage_options)
     ev = evaluate_stores(
@@ -330,8 +330,8 @@ def _key_config(a: argparse.Namespace) -> KeyConfig:
 
 
 def _run_encode(a: argparse.Namespace) -> int:
-    from imambig.bulk_encode import run_encode
-    from imambig.encode import EncodeJob
+    from imambig.stages.encode_driver import run_encode
+    from imambig.stages.encode_regions import EncodeJob
 
     job = EncodeJob(
         images=a.images, model=a.model, public_root=a.public, keys_root=a.keys,
@@ -391,7 +391,7 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_new_identity(a: argparse.Namespace) -> int:
-    from imambig.identity import new_identity, save_identity
+    from imambig.access.identity import new_identity, save_identity
 
     ident = new_identity()
     save_identity(ident, a.out, overwrite=a.force)
@@ -423,8 +423,8 @@ def _add_grant(sub: argparse._SubParsersAction) -> None:
 def _run_grant(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from imambig.access import issue_grant
-    from imambig.key_material import LocalKeyProvider
+    from imambig.access.secrets import LocalKeyProvider
+    from imambig.stages.share import issue_grant
 
     items = list(a.items)
     if a.items_file:
@@ -461,8 +461,8 @@ def _run_reveal(a: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from imambig.access import reveal
-    from imambig.identity import load_identity
+    from imambig.access.identity import load_identity
+    from imambig.stages.share import reveal
 
     out = reveal(Path(a.grant).read_bytes(), load_identity(a.identity), a.model,
                  _storage_options(a.storage_options), public=a.public)
@@ -535,7 +535,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(a: argparse.Namespace) -> int:
-    from imambig.demo import run_demo
+    from flows.demo import run_demo
 
     run_demo(a.out, a.images, a.epochs, a.workers)
     return 0
@@ -586,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imambig {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from imambig.lease import LeaseHeld
+        from imambig.stores.lease import LeaseHeld
 
         if not isinstance(exc, LeaseHeld):
             raise

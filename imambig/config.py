@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the sparse autoencoder (see docs in ``imambig.models.autoencoder``).
+    """Shape of the sparse autoencoder (see docs in ``imambig.model.autoencoder``).
 
     ``filters[i]``/``scales[i]`` describe down-sampling level ``i``; the last filter
     count is also the channel count of every skip branch at the bottleneck.
@@ -184,7 +184,7 @@ class TrainConfig:
     loss: Literal["bce", "mse"] = "bce"
     flip: bool = True  # random horizontal flips (faces are near-symmetric)
     ema: float = 0.0  # decay of the weight average validated and published; 0: none
-    precision: str = "auto"  # auto | bf16 | fp32 (imambig.precision)
+    precision: str = "auto"  # auto | bf16 | fp32 (imambig.model.precision)
     seed: int = 0
     max_items: int | None = None  # cap the training split (quick runs)
     val_items: int = 256  # validation images evaluated each epoch
@@ -210,7 +210,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class KeyConfig:
     """Where secrets come from. Secrets themselves never live in code, configs or stores:
-    a source is a spec, ``env:NAME`` or ``file:PATH`` (see ``imambig.key_material``)."""
+    a source is a spec, ``env:NAME`` or ``file:PATH`` (see ``imambig.access.secrets``)."""
 
     owner_secret_env: str = "IMAMBIG_OWNER_SECRET"
     keystore_key_env: str = "IMAMBIG_KEYSTORE_KEY"

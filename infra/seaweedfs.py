@@ -228,7 +228,7 @@ class SeaweedS3:
     # -- client-facing settings ----------------------------------------------------
 
     def storage_options(self) -> dict[str, Any]:
-        """Options for ``s3fs.S3FileSystem`` / fsspec / ``imambig.storage``."""
+        """Options for ``s3fs.S3FileSystem`` / fsspec / ``imambig.stores.location``."""
         return {
             "key": self.access_key,
             "secret": self.secret_key,

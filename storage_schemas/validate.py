@@ -68,7 +68,7 @@ def validate_group(group: zarr.Group, url: str = "") -> ValidationReport:
 
 
 def validate(url: str, storage_options: dict | None = None) -> ValidationReport:
-    from imambig.storage import open_store  # the library owns URL handling
+    from imambig.stores.location import open_store  # the library owns URL handling
 
     try:
         group = zarr.open_group(open_store(url, storage_options, mode="r"), mode="r")

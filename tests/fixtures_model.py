@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from imambig.config import PRESETS, IngestConfig, TrainConfig
-from imambig.ingest import ingest
-from imambig.train import train
+from imambig.stages.ingest import ingest
+from imambig.stages.train import train
 
 N_SYNTHETIC = 300
 
@@ -79,9 +79,9 @@ def module_owner_env() -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def encoded(synthetic_store, tiny_model, tmp_path_factory, module_owner_env):
     """The synthetic store encoded into local stores: (job, plan)."""
-    from imambig.bulk_encode import run_encode
     from imambig.config import EncodeConfig
-    from imambig.encode import EncodeJob
+    from imambig.stages.encode_driver import run_encode
+    from imambig.stages.encode_regions import EncodeJob
 
     root = tmp_path_factory.mktemp("encoded")
     job = EncodeJob(images=synthetic_store, model=tiny_model,

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from imambig.access import issue_grant, reveal
-from imambig.ambiguation import scatter_code
-from imambig.checkpoint import load_model
+from imambig.access.encryption import TamperedError
+from imambig.access.grant import GrantError, open_grant
+from imambig.access.identity import new_identity
+from imambig.access.keystore import Keystore
+from imambig.access.secrets import LocalKeyProvider
 from imambig.cli import main
-from imambig.encryption import TamperedError
-from imambig.grant import GrantError, open_grant
-from imambig.identity import new_identity
-from imambig.key_material import LocalKeyProvider
-from imambig.keys import decode_keys
-from imambig.keystore import Keystore
-from imambig.metrics import to_uint8
-from imambig.public_store import PublicStore
+from imambig.evaluation.metrics import to_uint8
+from imambig.mechanism.ambiguation import scatter_code
+from imambig.mechanism.keys import decode_keys
+from imambig.model.checkpoint import load_model
+from imambig.stages.share import issue_grant, reveal
+from imambig.stores.public_store import PublicStore
 
 
 def test_grant_reveals_exactly_the_granted_items(encoded, tiny_model) -> None:

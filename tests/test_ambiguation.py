@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from imambig.ambiguation import ambiguate
-from imambig.checkpoint import load_model
-from imambig.encoder import encode_images
-from imambig.image_store import open_image_store
-from imambig.keys import decode_keys, key_bytes
-from imambig.layers.topk import topk_sparsify
-from imambig.loader import to_tensor
-from imambig.noise_model import NoiseModel, fit_noise_model
-from imambig.quantizer import quantize
+from imambig.mechanism.ambiguation import ambiguate
+from imambig.mechanism.keys import decode_keys, key_bytes
+from imambig.mechanism.noise_model import NoiseModel, fit_noise_model
+from imambig.mechanism.quantizer import quantize
+from imambig.model.checkpoint import load_model
+from imambig.model.layers.topk import topk_sparsify
+from imambig.stages.encode_images import encode_images
+from imambig.stores.image_store import open_image_store
+from imambig.stores.loader import to_tensor
 
 SECRET = b"s" * 32
 OTHER = b"o" * 32

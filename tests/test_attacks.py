@@ -11,7 +11,6 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from imambig.ambiguation import Ambiguated, ambiguate, scatter_code
 from imambig.attacks.discriminator import Discriminator
 from imambig.attacks.linear_consistency import (
     _Problems,
@@ -32,9 +31,10 @@ from imambig.attacks.scoring import (
 )
 from imambig.attacks.suite import attacker_ambiguation, format_table, run_attacks, to_json
 from imambig.config import ModelConfig, preset
-from imambig.metrics import ssim
-from imambig.models.autoencoder import SparseAutoencoder
-from imambig.noise_model import NoiseModel, fit_noise_model
+from imambig.evaluation.metrics import ssim
+from imambig.mechanism.ambiguation import Ambiguated, ambiguate, scatter_code
+from imambig.mechanism.noise_model import NoiseModel, fit_noise_model
+from imambig.model.autoencoder import SparseAutoencoder
 
 MODEL_ID = "test-model"
 K_PUBLIC = 32
@@ -299,7 +299,7 @@ def test_suite_reports_every_row(
 
 def test_attack_command_reports_every_k_public(synthetic_store, tiny_model, tmp_path) -> None:
     from imambig.cli import main
-    from imambig.keys import key_bytes
+    from imambig.mechanism.keys import key_bytes
 
     out = tmp_path / "attacks.json"
     code = main(["attack", "--model", tiny_model, "--images", synthetic_store, "--fit", "60",

@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imambig.bulk_encode import run_encode
-from imambig.checkpoint import load_model
+from imambig.access.keystore import Keystore
+from imambig.access.secrets import LocalKeyProvider, owner_secret
 from imambig.config import EncodeConfig
-from imambig.encode import EncodeJob, lease_url, target_version
-from imambig.encoder import encode_images
-from imambig.image_store import ImageStoreWriter, open_image_store
-from imambig.key_material import LocalKeyProvider, owner_secret
-from imambig.keystore import Keystore
-from imambig.lease import Lease, LeaseHeld
-from imambig.noise_model import NOISE_DESIGN, NoiseModel
-from imambig.public_store import PublicStore
-from imambig.storage import filesystem, join
+from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel
+from imambig.model.checkpoint import load_model
+from imambig.stages.encode_driver import run_encode
+from imambig.stages.encode_images import encode_images
+from imambig.stages.encode_regions import EncodeJob, lease_url, target_version
+from imambig.stores.image_store import ImageStoreWriter, open_image_store
+from imambig.stores.lease import Lease, LeaseHeld
+from imambig.stores.location import filesystem, join
+from imambig.stores.public_store import PublicStore
 from storage_schemas.validate import validate
 
 CHUNK = 64  # 300 synthetic items -> 5 regions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imambig.encryption import (
+from imambig.access.encryption import (
     NONCE_BYTES,
     TAG_BYTES,
     ChunkCipher,

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from imambig.cli import main
-from imambig.codecs import at_budget, available
-from imambig.keys import key_bytes
-from imambig.metrics import ms_ssim, ms_ssim_scales, ssim
-from imambig.rate_distortion import round_mantissa, value_bytes
+from imambig.evaluation.codecs import at_budget, available
+from imambig.evaluation.metrics import ms_ssim, ms_ssim_scales, ssim
+from imambig.evaluation.rate_distortion import round_mantissa, value_bytes
+from imambig.mechanism.keys import key_bytes
 
 
 def _face(size: int = 64, seed: int = 0) -> np.ndarray:

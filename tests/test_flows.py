@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from imambig.demo_images import write_demo_images
+from flows.demo_images import write_demo_images
 from infra.prefect_server import PrefectServer
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imambig import grant as G
-from imambig.identity import (
+from imambig.access import grant as G
+from imambig.access.identity import (
     PUBLIC_PREFIX,
     IdentityError,
     load_identity,
@@ -19,8 +19,8 @@ from imambig.identity import (
     parse_public_key,
     save_identity,
 )
-from imambig.key_material import InsecureSecretFileWarning
-from imambig.keys import encode_key
+from imambig.access.secrets import InsecureSecretFileWarning
+from imambig.mechanism.keys import encode_key
 
 
 def sample_grant() -> G.Grant:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imambig.image_store import (
+from imambig.stores.image_store import (
     SCHEMA,
     ImageStoreWriter,
     open_image_store,

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import imambig.ingest as ingest_module
+import imambig.stages.ingest as ingest_module
 from imambig.cli import main
 from imambig.config import IngestConfig
-from imambig.image_store import ImageStore, open_image_store
-from imambig.ingest import DecodeParams, IngestReport, decode_image, discover_source, ingest
+from imambig.stages.ingest import DecodeParams, IngestReport, decode_image, discover_source, ingest
+from imambig.stores.image_store import ImageStore, open_image_store
 
 SIZE = 32
 CFG = IngestConfig(height=SIZE, width=SIZE, split="random:0.6", chunk_items=4, workers=1)

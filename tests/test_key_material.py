@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imambig.config import KeyConfig
-from imambig.encryption import TamperedError
-from imambig.key_material import (
+from imambig.access.encryption import TamperedError
+from imambig.access.secrets import (
     InsecureSecretFileWarning,
     KeyProvider,
     LocalKeyProvider,
@@ -26,6 +25,7 @@ from imambig.key_material import (
     owner_secret,
     resolve_secret,
 )
+from imambig.config import KeyConfig
 
 RAW = bytes(range(100, 148))  # 48 bytes, recognisable in any output
 RAW_B64 = base64.b64encode(RAW).decode()

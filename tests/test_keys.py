@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from imambig import keys as K
+from imambig.mechanism import keys as K
 
 
 def random_masks(rng: np.random.Generator, shape: tuple[int, ...], k_sel: int) -> np.ndarray:

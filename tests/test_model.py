@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from imambig.config import PRESETS, ModelConfig, preset
-from imambig.layers.grouped_linear import GroupedLinear, LoopGroupedLinear
-from imambig.layers.topk import topk_sparsify
-from imambig.models.autoencoder import SparseAutoencoder
+from imambig.model.autoencoder import SparseAutoencoder
+from imambig.model.layers.grouped_linear import GroupedLinear, LoopGroupedLinear
+from imambig.model.layers.topk import topk_sparsify
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from imambig.bulk_encode import run_encode
 from imambig.config import EncodeConfig
-from imambig.encode import EncodeJob
-from imambig.publish import MANIFEST, publish, verify_publication
+from imambig.stages.encode_driver import run_encode
+from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.publish import MANIFEST, publish, verify_publication
 
 
 def test_publish_verify_and_detect_tampering(synthetic_store, tiny_model, tmp_path, owner_env):

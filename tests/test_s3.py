@@ -1,6 +1,6 @@
 """The real S3 path end to end, against a local SeaweedFS server (``tests/fixtures_s3.py``).
 
-Covers plain s3fs use, Zarr stores through ``imambig.storage``, mixing Zarr's async
+Covers plain s3fs use, Zarr stores through ``imambig.stores.location``, mixing Zarr's async
 I/O with synchronous s3fs in one process, the server restarting mid-run, and the
 conditional writes (create-if-absent, compare-and-swap) a store lease builds on.
 """
@@ -18,8 +18,8 @@ import pytest
 import s3fs
 import zarr
 
-from imambig.lease import Lease, LeaseHeld, S3ObjectCAS, precondition_failed
-from imambig.storage import filesystem, join, open_store
+from imambig.stores.lease import Lease, LeaseHeld, S3ObjectCAS, precondition_failed
+from imambig.stores.location import filesystem, join, open_store
 from infra.seaweedfs import PORT_FLAGS, SeaweedError, SeaweedS3, free_ports
 
 Bucket = tuple[str, dict[str, Any]]

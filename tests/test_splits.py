@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imambig.splits import (
+from imambig.stores.splits import (
     TEST,
     TRAIN,
     VAL,

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imambig import checkpoint as ckpt
 from imambig.config import PRESETS, IngestConfig, TrainConfig
-from imambig.ingest import ingest
-from imambig.train import train
+from imambig.model import checkpoint as ckpt
+from imambig.stages.ingest import ingest
+from imambig.stages.train import train
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from imambig.ambiguation import Ambiguated
 from imambig.attacks.position import position_counts, position_index
 from imambig.attacks.scoring import roc_auc, subset
+from imambig.mechanism.ambiguation import Ambiguated
 
 HIDDEN = 64
 BATCH = 2048

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from scipy.stats import ks_2samp
 
-from imambig.ambiguation import Ambiguated, ambiguate
 from imambig.attacks.scoring import AttackResult
 from imambig.attacks.suite import attacker_ambiguation, format_table, run_attacks
-from imambig.checkpoint import load_model
-from imambig.image_store import open_image_store
-from imambig.keys import key_bound_bits, key_bytes
-from imambig.loader import to_tensor
-from imambig.noise_model import fit_noise_model
+from imambig.mechanism.ambiguation import Ambiguated, ambiguate
+from imambig.mechanism.keys import key_bound_bits, key_bytes
+from imambig.mechanism.noise_model import fit_noise_model
+from imambig.model.checkpoint import load_model
+from imambig.stores.image_store import open_image_store
+from imambig.stores.loader import to_tensor
 
 BATCH = 64
 KS_ALPHA = 0.01

@@ -26,10 +26,10 @@ import torch
 from scipy import sparse
 from scipy.optimize import linprog
 
-from imambig.ambiguation import Ambiguated
 from imambig.attacks.magnitude import largest_scores
 from imambig.attacks.scoring import subset
-from imambig.models.autoencoder import SparseAutoencoder
+from imambig.mechanism.ambiguation import Ambiguated
+from imambig.model.autoencoder import SparseAutoencoder
 
 
 def _weights(model: SparseAutoencoder) -> np.ndarray:

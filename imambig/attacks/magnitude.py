@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from imambig.ambiguation import Ambiguated
+from imambig.mechanism.ambiguation import Ambiguated
 
 N_BINS = 64
 PSEUDO_COUNT = 0.5  # per bin, so an empty bin gives a finite, moderate log ratio

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imambig.ambiguation import Ambiguated
+from imambig.mechanism.ambiguation import Ambiguated
 
 
 def position_index(amb: Ambiguated) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imambig.ambiguation import Ambiguated
+from imambig.mechanism.ambiguation import Ambiguated
 
 
 def random_scores(amb: Ambiguated, seed: int = 0) -> np.ndarray:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from imambig.ambiguation import Ambiguated
 from imambig.attacks.scoring import guess_mask
-from imambig.models.autoencoder import SparseAutoencoder
+from imambig.mechanism.ambiguation import Ambiguated
+from imambig.model.autoencoder import SparseAutoencoder
 
 
 @torch.no_grad()

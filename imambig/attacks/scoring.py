@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from imambig.ambiguation import Ambiguated
-from imambig.metrics import psnr_uint8, ssim, to_uint8
-from imambig.models.autoencoder import SparseAutoencoder
+from imambig.evaluation.metrics import psnr_uint8, ssim, to_uint8
+from imambig.mechanism.ambiguation import Ambiguated
+from imambig.model.autoencoder import SparseAutoencoder
 
 
 def guess_mask(scores: np.ndarray, k: int) -> np.ndarray:

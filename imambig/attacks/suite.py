@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from imambig.ambiguation import Ambiguated, ambiguate
 from imambig.attacks.discriminator import Discriminator
 from imambig.attacks.linear_consistency import least_squares_scores, lp_scores
 from imambig.attacks.magnitude import MagnitudeLikelihood, largest_scores, smallest_scores
@@ -25,8 +24,9 @@ from imambig.attacks.position import PositionFrequency
 from imambig.attacks.random_guess import random_scores
 from imambig.attacks.reencode import reencode_scores
 from imambig.attacks.scoring import AttackResult, decode_quality, evaluate, subset
-from imambig.models.autoencoder import SparseAutoencoder
-from imambig.noise_model import NoiseModel
+from imambig.mechanism.ambiguation import Ambiguated, ambiguate
+from imambig.mechanism.noise_model import NoiseModel
+from imambig.model.autoencoder import SparseAutoencoder
 
 ATTACKS = (
     "random",

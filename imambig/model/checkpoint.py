@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from imambig.config import ModelConfig
-from imambig.models.autoencoder import SparseAutoencoder
-from imambig.storage import join, read_bytes, write_bytes
+from imambig.model.autoencoder import SparseAutoencoder
+from imambig.stores.location import join, read_bytes, write_bytes
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from imambig.identity import Identity, fingerprint, parse_public_key
+from imambig.access.identity import Identity, fingerprint, parse_public_key
 
 MAGIC = b"IMAMBIG-GRANT\x01"
 PAYLOAD_FORMAT = "imambig-grant/v1"
@@ -53,7 +53,7 @@ class Grant:
 
     model_id: str
     store_url: str
-    keys: Mapping[str, bytes]  # item id -> key bytes (imambig.keys format)
+    keys: Mapping[str, bytes]  # item id -> key bytes (imambig.mechanism.keys format)
     created_at: str = field(default_factory=_now)  # ISO 8601, UTC
     note: str = ""  # free text from the issuer
 

@@ -28,17 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from imambig.checkpoint import load_model
+from imambig.access.keystore import Keystore, assert_separate_roots
+from imambig.access.secrets import LocalKeyProvider, owner_secret
 from imambig.config import EncodeConfig, KeyConfig
-from imambig.encoder import encode_images
-from imambig.image_store import open_image_store
-from imambig.key_material import LocalKeyProvider, owner_secret
-from imambig.keys import key_bytes
-from imambig.keystore import Keystore, assert_separate_roots
-from imambig.loader import to_tensor
-from imambig.noise_model import NOISE_DESIGN, NoiseModel, fit_noise_model
-from imambig.public_store import PublicStore
-from imambig.storage import filesystem, join, write_bytes
+from imambig.mechanism.keys import key_bytes
+from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel, fit_noise_model
+from imambig.model.checkpoint import load_model
+from imambig.stages.encode_images import encode_images
+from imambig.stores.image_store import open_image_store
+from imambig.stores.loader import to_tensor
+from imambig.stores.location import filesystem, join, write_bytes
+from imambig.stores.public_store import PublicStore
 
 STATE_DIR = "_state"  # inside the keystore root: private, never published
 CURRENT = "current.json"

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from imambig.encode import (
+from imambig.access.keystore import assert_separate_roots
+from imambig.stages.encode_regions import (
     EncodeJob,
     Plan,
     RegionManifest,
@@ -25,8 +26,7 @@ from imambig.encode import (
     prepare,
     target_version,
 )
-from imambig.keystore import assert_separate_roots
-from imambig.lease import Lease, LeaseHeld
+from imambig.stores.lease import Lease, LeaseHeld
 
 
 @dataclass

@@ -26,8 +26,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from imambig.splits import SPLIT_NAMES, UNKNOWN_IDENTITY, split_code
-from imambig.storage import filesystem, join, open_store
+from imambig.stores.location import filesystem, join, open_store
+from imambig.stores.splits import SPLIT_NAMES, UNKNOWN_IDENTITY, split_code
 from storage_schemas import image_store_v1
 
 SCHEMA = image_store_v1.SCHEMA

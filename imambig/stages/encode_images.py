@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imambig.ambiguation import ambiguate
-from imambig.keys import encode_keys
-from imambig.loader import to_tensor
-from imambig.models.autoencoder import SparseAutoencoder
-from imambig.noise_model import NoiseModel
+from imambig.mechanism.ambiguation import ambiguate
+from imambig.mechanism.keys import encode_keys
+from imambig.mechanism.noise_model import NoiseModel
+from imambig.model.autoencoder import SparseAutoencoder
+from imambig.stores.loader import to_tensor
 
 
 @dataclass(frozen=True)

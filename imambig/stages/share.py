@@ -12,17 +12,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imambig.ambiguation import scatter_code
-from imambig.checkpoint import load_model
-from imambig.encode import current_version
-from imambig.grant import Grant, GrantError, open_grant, seal_grant
-from imambig.identity import Identity
-from imambig.key_material import KeyProvider
-from imambig.keys import decode_keys, encode_keys, lower_fidelity
-from imambig.keystore import Keystore
-from imambig.metrics import to_uint8
-from imambig.public_store import PublicStore
-from imambig.storage import filesystem, join
+from imambig.access.grant import Grant, GrantError, open_grant, seal_grant
+from imambig.access.identity import Identity
+from imambig.access.keystore import Keystore
+from imambig.access.secrets import KeyProvider
+from imambig.evaluation.metrics import to_uint8
+from imambig.mechanism.ambiguation import scatter_code
+from imambig.mechanism.keys import decode_keys, encode_keys, lower_fidelity
+from imambig.model.checkpoint import load_model
+from imambig.stages.encode_regions import current_version
+from imambig.stores.location import filesystem, join
+from imambig.stores.public_store import PublicStore
 
 
 def resolve_store(url: str, storage_options: dict | None = None) -> str:

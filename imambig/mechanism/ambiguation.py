@@ -4,7 +4,7 @@ For every item the randomness comes from HMAC(owner secret, model id, item id):
 re-encoding an item publishes identical bytes, and a second release of the same item
 carries the same fakes (fresh noise per release would let anyone diff the releases).
 A decoy code is drawn from the noise model (a synthetic code with the real per-position
-marginals, see :mod:`imambig.noise_model`); the fakes sit at its ``k' - k`` largest
+marginals, see :mod:`imambig.mechanism.noise_model`); the fakes sit at its ``k' - k`` largest
 weighted entries outside the real support and carry its signs, and their magnitudes
 come from the per-position magnitude model scaled to this item's own threshold and
 excess, so that P(real | position, sign, magnitude) stays flat.
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imambig.key_material import noise_rng
-from imambig.models.autoencoder import SparseAutoencoder
-from imambig.noise_model import NoiseModel, real_support
-from imambig.quantizer import quantize
+from imambig.access.secrets import noise_rng
+from imambig.mechanism.noise_model import NoiseModel, real_support
+from imambig.mechanism.quantizer import quantize
+from imambig.model.autoencoder import SparseAutoencoder
 
 
 @dataclass(frozen=True)

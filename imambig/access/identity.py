@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from imambig.key_material import check_private_file
+from imambig.access.secrets import check_private_file
 
 PUBLIC_PREFIX = "imambig-pub-v1:"
 PRIVATE_PREFIX = "imambig-secret-v1:"

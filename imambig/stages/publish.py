@@ -13,8 +13,8 @@ import json
 import time
 from dataclasses import dataclass
 
-from imambig.public_store import PublicStore
-from imambig.storage import filesystem, join, read_bytes, write_bytes
+from imambig.stores.location import filesystem, join, read_bytes, write_bytes
+from imambig.stores.public_store import PublicStore
 from storage_schemas.validate import validate
 
 MANIFEST = "MANIFEST.json"

@@ -15,20 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from imambig import rate_distortion as rd
-from imambig.ambiguation import Ambiguated
+from imambig.access.keystore import Keystore
+from imambig.access.secrets import KeyProvider
 from imambig.attacks.suite import run_attacks
-from imambig.checkpoint import load_model
-from imambig.grid import comparison_grid
-from imambig.image_store import open_image_store
-from imambig.key_material import KeyProvider
-from imambig.keys import decode_keys
-from imambig.keystore import Keystore
-from imambig.loader import to_tensor
-from imambig.metrics import ms_ssim_scales
-from imambig.noise_model import NoiseModel
-from imambig.public_store import PublicStore
-from imambig.storage import filesystem, join, write_bytes
+from imambig.evaluation import rate_distortion as rd
+from imambig.evaluation.grid import comparison_grid
+from imambig.evaluation.metrics import ms_ssim_scales
+from imambig.mechanism.ambiguation import Ambiguated
+from imambig.mechanism.keys import decode_keys
+from imambig.mechanism.noise_model import NoiseModel
+from imambig.model.checkpoint import load_model
+from imambig.stores.image_store import open_image_store
+from imambig.stores.loader import to_tensor
+from imambig.stores.location import filesystem, join, write_bytes
+from imambig.stores.public_store import PublicStore
 
 DEFAULT_ATTACKS = ("random", "largest", "smallest", "magnitude", "position", "discriminator",
                    "reencode", "least_squares", "least_squares_reencode")

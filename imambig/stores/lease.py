@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from imambig.storage import filesystem
+from imambig.stores.location import filesystem
 
 
 class LeaseHeld(RuntimeError):

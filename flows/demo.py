@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from imambig.demo_images import write_demo_images
+from flows.demo_images import write_demo_images
 
 SECRETS_FILE = "owner-secrets.env"
 
@@ -40,7 +40,7 @@ def _owner_secrets(out: Path) -> dict[str, str]:
 
 def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
              workers: int = 2) -> dict:
-    from imambig.identity import load_identity, new_identity, save_identity
+    from imambig.access.identity import load_identity, new_identity, save_identity
     from infra.prefect_server import PrefectServer
 
     t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
             raise RuntimeError(f"the pipeline failed:\n{tail}")
         summary = json.loads(proc.stdout[proc.stdout.index("{\n") :])
 
-    from imambig.access import reveal
+    from imambig.stages.share import reveal
 
     grant_path = Path(summary["grant"])
     shown = reveal(grant_path.read_bytes(), alice, summary["model"])

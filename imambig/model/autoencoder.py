@@ -9,9 +9,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from imambig.config import ModelConfig
-from imambig.layers.blocks import DownChain, DownSkip, UpChain, UpSkip
-from imambig.layers.grouped_linear import GroupedLinear
-from imambig.layers.topk import topk_sparsify
+from imambig.model.layers.blocks import DownChain, DownSkip, UpChain, UpSkip
+from imambig.model.layers.grouped_linear import GroupedLinear
+from imambig.model.layers.topk import topk_sparsify
 
 
 class SparseAutoencoder(nn.Module):

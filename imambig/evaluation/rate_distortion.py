@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from numcodecs import Blosc
 
-from imambig.ambiguation import Ambiguated, scatter_code
-from imambig.codecs import CODECS, at_budget, at_quality
-from imambig.keys import key_bytes, lower_fidelity
-from imambig.metrics import ms_ssim, psnr_uint8, ssim, to_uint8
-from imambig.models.autoencoder import SparseAutoencoder
+from imambig.evaluation.codecs import CODECS, at_budget, at_quality
+from imambig.evaluation.metrics import ms_ssim, psnr_uint8, ssim, to_uint8
+from imambig.mechanism.ambiguation import Ambiguated, scatter_code
+from imambig.mechanism.keys import key_bytes, lower_fidelity
+from imambig.model.autoencoder import SparseAutoencoder
 
 VALUE_CODEC = Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)  # as the public store
 FULL_MANTISSA = 10

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from imambig.image_store import ImageStore
+from imambig.stores.image_store import ImageStore
 
 
 def epoch_order(

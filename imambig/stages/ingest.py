@@ -38,8 +38,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from imambig.config import IngestConfig
-from imambig.image_store import ImageStoreWriter, store_state
-from imambig.splits import (
+from imambig.stores.image_store import ImageStoreWriter, store_state
+from imambig.stores.location import filesystem, join
+from imambig.stores.splits import (
     NO_PARTITION,
     SPLIT_NAMES,
     UNKNOWN_IDENTITY,
@@ -47,7 +48,6 @@ from imambig.splits import (
     parse_split_spec,
     split_counts,
 )
-from imambig.storage import filesystem, join
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}

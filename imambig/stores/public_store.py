@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from imambig.storage import open_store
+from imambig.stores.location import open_store
 from storage_schemas import public_store_v1
 
 SCHEMA = public_store_v1.SCHEMA

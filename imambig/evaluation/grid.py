@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from imambig.ambiguation import Ambiguated
-from imambig.metrics import to_uint8
-from imambig.models.autoencoder import SparseAutoencoder
+from imambig.evaluation.metrics import to_uint8
+from imambig.mechanism.ambiguation import Ambiguated
+from imambig.model.autoencoder import SparseAutoencoder
 
 COLUMNS = ("original", "authorized", "public as is", "attacker")
 

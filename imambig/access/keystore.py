@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from imambig.encryption import ChunkCipher, chunk_aad, describe_chunk
-from imambig.key_material import KeyProvider
-from imambig.storage import filesystem, open_store
+from imambig.access.encryption import ChunkCipher, chunk_aad, describe_chunk
+from imambig.access.secrets import KeyProvider
+from imambig.stores.location import filesystem, open_store
 from storage_schemas import keystore_v1
 
 SCHEMA = keystore_v1.SCHEMA

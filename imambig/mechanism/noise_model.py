@@ -30,8 +30,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from imambig.models.autoencoder import SparseAutoencoder
-from imambig.storage import filesystem, write_bytes
+from imambig.model.autoencoder import SparseAutoencoder
+from imambig.stores.location import filesystem, write_bytes
 
 # Bumped whenever fakes are drawn differently: noise files and store versions carry it.
 NOISE_DESIGN = 2

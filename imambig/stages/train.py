@@ -19,14 +19,14 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from imambig import checkpoint as ckpt
 from imambig.config import TrainConfig
-from imambig.image_store import ImageStore, open_image_store
-from imambig.loader import epoch_order, iter_batches, to_tensor
-from imambig.metrics import psnr_uint8, to_uint8
-from imambig.models.autoencoder import SparseAutoencoder
-from imambig.precision import autocast, resolve
-from imambig.storage import join
+from imambig.evaluation.metrics import psnr_uint8, to_uint8
+from imambig.model import checkpoint as ckpt
+from imambig.model.autoencoder import SparseAutoencoder
+from imambig.model.precision import autocast, resolve
+from imambig.stores.image_store import ImageStore, open_image_store
+from imambig.stores.loader import epoch_order, iter_batches, to_tensor
+from imambig.stores.location import join
 
 # Settings that may change between a run and its resumption without invalidating it.
 _RESUMABLE_CHANGES = {"epochs", "minutes", "device", "num_threads"}

@@ -34,8 +34,8 @@ import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from imambig.access.encryption import DATA_KEY_BYTES, ChunkCipher, TamperedError
 from imambig.config import KeyConfig
-from imambig.encryption import DATA_KEY_BYTES, ChunkCipher, TamperedError
 
 MIN_SECRET_BYTES = KeyConfig().min_secret_bytes
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/_-]+={0,2}")
@@ -255,7 +255,7 @@ class LocalKeyProvider:
     Data keys are derived from the master key and the store id, so rebuilding a store
     reproduces its key and its chunks byte for byte (a cloud KMS would draw a random
     key; the wrapped blob of the first build is then reused). Wrapping is AES-256-GCM
-    with a deterministic nonce (:mod:`imambig.encryption`), for the same reason.
+    with a deterministic nonce (:mod:`imambig.access.encryption`), for the same reason.
     """
 
     def __init__(self, master_key: Secret | bytes, name: str = "local") -> None:

@@ -1,0 +1,2 @@
+"""What makes a public record: the record type, the quantizer, the noise model, the
+ambiguation itself and the keys that reveal which entries are real."""

@@ -1,0 +1,1 @@
+"""The network: the sparse autoencoder, its layers, checkpoints and numeric precision."""
