@@ -15,8 +15,8 @@ from imambig.access.keystore import Keystore
 from imambig.access.secrets import LocalKeyProvider
 from imambig.cli import main
 from imambig.evaluation.metrics import to_uint8
-from imambig.mechanism.ambiguation import scatter_code
 from imambig.mechanism.keys import decode_keys
+from imambig.mechanism.record import scatter_code
 from imambig.model.checkpoint import load_model
 from imambig.stages.share import issue_grant, reveal
 from imambig.stores.public_store import PublicStore

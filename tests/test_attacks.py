@@ -32,8 +32,9 @@ from imambig.attacks.scoring import (
 from imambig.attacks.suite import attacker_ambiguation, format_table, run_attacks, to_json
 from imambig.config import ModelConfig, preset
 from imambig.evaluation.metrics import ssim
-from imambig.mechanism.ambiguation import Ambiguated, ambiguate, scatter_code
+from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.noise_model import NoiseModel, fit_noise_model
+from imambig.mechanism.record import Ambiguated, scatter_code
 from imambig.model.autoencoder import SparseAutoencoder
 
 MODEL_ID = "test-model"

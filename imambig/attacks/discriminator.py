@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from imambig.attacks.position import position_counts, position_index
+from imambig.attacks.registry import AttackContext, Guess, register_attack
 from imambig.attacks.scoring import roc_auc, subset
-from imambig.mechanism.ambiguation import Ambiguated
+from imambig.mechanism.record import Ambiguated
 
 HIDDEN = 64
 BATCH = 2048
@@ -156,3 +157,13 @@ class Discriminator:
 
 def _n_features(amb: Ambiguated) -> int:
     return 9 + amb.values.shape[1]
+
+
+@register_attack("discriminator", trained=True)
+def learned_discriminator(ctx: AttackContext) -> Guess:
+    own = ctx.own_records()
+    disc = Discriminator.fit(own, seed=ctx.seed, epochs=ctx.discriminator_epochs)
+    notes = f"fit on {len(own.values)} own items"
+    if disc.val_auc is not None:
+        notes += f"; own held-out AUC {disc.val_auc:.3f}"
+    return Guess("discriminator", disc.scores(ctx.target), notes)

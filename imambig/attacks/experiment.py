@@ -20,9 +20,10 @@ from scipy.stats import ks_2samp
 
 from imambig.attacks.scoring import AttackResult
 from imambig.attacks.suite import attacker_ambiguation, format_table, run_attacks
-from imambig.mechanism.ambiguation import Ambiguated, ambiguate
+from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.keys import key_bound_bits, key_bytes
 from imambig.mechanism.noise_model import fit_noise_model
+from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor

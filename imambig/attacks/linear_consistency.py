@@ -27,8 +27,10 @@ from scipy import sparse
 from scipy.optimize import linprog
 
 from imambig.attacks.magnitude import largest_scores
+from imambig.attacks.reencode import shared_reencode_scores
+from imambig.attacks.registry import AttackContext, Guess, register_attack
 from imambig.attacks.scoring import subset
-from imambig.mechanism.ambiguation import Ambiguated
+from imambig.mechanism.record import Ambiguated
 from imambig.model.autoencoder import SparseAutoencoder
 
 
@@ -270,3 +272,30 @@ def least_squares_scores(
             best = torch.where(better[:, None], margin, best)
         out[part] = best.numpy().reshape(p.shape)
     return out
+
+
+def _fit_note(ctx: AttackContext) -> str:
+    n = ctx.model.config.bottleneck_size
+    return "split fit" + ("" if n < ctx.k else f"; n={n} >= k={ctx.k}: any k entries fit exactly")
+
+
+@register_attack("least_squares")
+def least_squares(ctx: AttackContext) -> Guess:
+    return Guess("least squares", least_squares_scores(ctx.model, ctx.target, ctx.k),
+                 _fit_note(ctx))
+
+
+@register_attack("least_squares_reencode")
+def least_squares_reencode(ctx: AttackContext) -> Guess:
+    # Chained: the re-encode guess is one more start (its time counts here only when the
+    # re-encode row did not run first).
+    starts = {"reencode": shared_reencode_scores(ctx)}
+    scores = least_squares_scores(ctx.model, ctx.target, ctx.k, starts=starts)
+    return Guess("least squares + re-encode start", scores, _fit_note(ctx))
+
+
+@register_attack("lp")
+def linear_program(ctx: AttackContext) -> Guess:
+    scores = lp_scores(ctx.model, ctx.target, ctx.max_items_lp, ctx.max_maps_lp)
+    nb, nl = scores.shape[:2]
+    return Guess("LP", scores, f"first {nb} items, {nl} of {ctx.target.values.shape[1]} maps")

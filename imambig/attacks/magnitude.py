@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from imambig.mechanism.ambiguation import Ambiguated
+from imambig.attacks.registry import AttackContext, Guess, register_attack
+from imambig.mechanism.record import Ambiguated
 
 N_BINS = 64
 PSEUDO_COUNT = 0.5  # per bin, so an empty bin gives a finite, moderate log ratio
@@ -76,3 +77,20 @@ def _density(bins: np.ndarray, n_bins: int) -> np.ndarray:
     counts = np.bincount(bins.ravel(), minlength=n_bins).astype(np.float64)
     counts = gaussian_filter1d(counts, SMOOTH_BINS, mode="nearest") + PSEUDO_COUNT
     return counts / counts.sum()
+
+
+@register_attack("largest")
+def keep_largest(ctx: AttackContext) -> Guess:
+    return Guess("keep k largest", largest_scores(ctx.target))
+
+
+@register_attack("smallest")
+def keep_smallest(ctx: AttackContext) -> Guess:
+    return Guess("keep k smallest", smallest_scores(ctx.target))
+
+
+@register_attack("magnitude", trained=True)
+def magnitude_likelihood(ctx: AttackContext) -> Guess:
+    own = ctx.own_records()
+    scores = MagnitudeLikelihood.fit(own).scores(ctx.target)
+    return Guess("magnitude LR", scores, f"fit on {len(own.values)} own items")

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imambig.mechanism.ambiguation import Ambiguated
+from imambig.attacks.registry import AttackContext, Guess, register_attack
+from imambig.mechanism.record import Ambiguated
 
 
 def position_index(amb: Ambiguated) -> tuple[np.ndarray, np.ndarray]:
@@ -39,3 +40,10 @@ class PositionFrequency:
 
     def scores(self, amb: Ambiguated) -> np.ndarray:
         return self.p_real[position_index(amb)]
+
+
+@register_attack("position", trained=True)
+def position_frequency(ctx: AttackContext) -> Guess:
+    own = ctx.own_records()
+    scores = PositionFrequency.fit(own).scores(ctx.target)
+    return Guess("position", scores, f"fit on {len(own.values)} own items")

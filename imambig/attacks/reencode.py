@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from imambig.attacks.registry import AttackContext, Guess, register_attack
 from imambig.attacks.scoring import guess_mask
-from imambig.mechanism.ambiguation import Ambiguated
+from imambig.mechanism.record import Ambiguated
 from imambig.model.autoencoder import SparseAutoencoder
 
 
@@ -50,3 +51,15 @@ def reencode_scores(
         code = amb.authorized_code(real=guess_mask(scores, k))
         scores = agreement(amb.values, reencoded_values(model, code, amb.mask))
     return scores
+
+
+def shared_reencode_scores(ctx: AttackContext) -> np.ndarray:
+    """Computed once per suite run: the re-encode row and least squares' start share it."""
+    return ctx.cached("reencode", lambda: reencode_scores(ctx.model, ctx.target, ctx.k,
+                                                          ctx.reencode_iterations))
+
+
+@register_attack("reencode")
+def reencode(ctx: AttackContext) -> Guess:
+    return Guess("re-encode", shared_reencode_scores(ctx),
+                 f"{ctx.reencode_iterations} refinements")

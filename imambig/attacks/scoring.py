@@ -14,7 +14,7 @@ import torch
 from scipy.stats import rankdata
 
 from imambig.evaluation.metrics import psnr_uint8, ssim, to_uint8
-from imambig.mechanism.ambiguation import Ambiguated
+from imambig.mechanism.record import Ambiguated
 from imambig.model.autoencoder import SparseAutoencoder
 
 

@@ -17,31 +17,21 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from imambig.attacks.discriminator import Discriminator
-from imambig.attacks.linear_consistency import least_squares_scores, lp_scores
-from imambig.attacks.magnitude import MagnitudeLikelihood, largest_scores, smallest_scores
-from imambig.attacks.position import PositionFrequency
-from imambig.attacks.random_guess import random_scores
-from imambig.attacks.reencode import reencode_scores
-from imambig.attacks.scoring import AttackResult, decode_quality, evaluate, subset
-from imambig.mechanism.ambiguation import Ambiguated, ambiguate
-from imambig.mechanism.noise_model import NoiseModel
-from imambig.model.autoencoder import SparseAutoencoder
-
-ATTACKS = (
-    "random",
-    "largest",
-    "smallest",
-    "magnitude",
-    "position",
-    "discriminator",
-    "reencode",
-    "least_squares",
-    "least_squares_reencode",
-    "lp",
+# Importing an attack module registers its attacks.
+from imambig.attacks import (  # noqa: F401
+    discriminator,
+    linear_consistency,
+    magnitude,
+    position,
+    random_guess,
+    reencode,
 )
-# Attacks that learn from the attacker's own ambiguated codes.
-TRAINED = frozenset({"magnitude", "position", "discriminator"})
+from imambig.attacks.registry import ATTACKS, AttackContext, Guess
+from imambig.attacks.scoring import AttackResult, decode_quality, evaluate, subset
+from imambig.mechanism.ambiguation import ambiguate
+from imambig.mechanism.noise_model import NoiseModel
+from imambig.mechanism.record import Ambiguated
+from imambig.model.autoencoder import SparseAutoencoder
 
 
 @torch.no_grad()
@@ -82,7 +72,7 @@ def run_attacks(
     reencode_iterations: int = 3,
     log: Callable[[str], None] | None = None,
 ) -> list[AttackResult]:
-    """Run attacks ``names`` (default: all of ``ATTACKS``) on ``amb_target``.
+    """Run attacks ``names`` (default: every registered one) on ``amb_target``.
 
     ``target_images`` (B, 3, H, W) in [0, 1] are the originals the decoded guesses are
     compared with. The trained attacks learn from ``attacker_amb`` when given (e.g. a
@@ -90,7 +80,6 @@ def run_attacks(
     the public mechanism with a secret derived from ``seed``. ``max_items_lp`` /
     ``max_maps_lp`` bound the LP attack (one LP per map; slow).
     """
-    k = model.config.k
     B, _, kp = amb_target.values.shape
     if k_public is not None and k_public != kp:
         raise ValueError(f"records have k'={kp}, expected {k_public}")
@@ -112,102 +101,38 @@ def run_attacks(
     results.append(_reference("public as is", psnr, ssim_, B, time.perf_counter() - t))
 
     own = attacker_amb
-    if own is None and TRAINED & set(names):
+    if own is None and any(ATTACKS[n].trained for n in names):
         if attacker_images is None:
             raise ValueError("trained attacks need attacker_images or attacker_amb")
         secret = hashlib.sha256(f"imambig attacker secret {seed}".encode()).digest()
         say(f"attacker ambiguates its {len(attacker_images)} own images")
         own = attacker_ambiguation(model, noise, attacker_images, secret)
 
-    cache: dict[str, np.ndarray] = {}  # re-encode scores, shared by two rows
+    ctx = AttackContext(model, amb_target, own, seed, discriminator_epochs, reencode_iterations,
+                        max_items_lp, max_maps_lp)
     for name in names:
         t0 = time.perf_counter()
-        if name == "lp":
-            results.append(_lp_row(model, amb_target, target_images, k, max_items_lp, max_maps_lp))
-        else:
-            label, scores, notes = _attack(
-                name, model, amb_target, own, seed, discriminator_epochs, reencode_iterations, cache
-            )
-            seconds = time.perf_counter() - t0
-            results.append(
-                evaluate(label, scores, amb_target, k, model, target_images, seconds, notes)
-            )
+        guess = ATTACKS[name].run(ctx)
+        results.append(_row(guess, ctx, target_images, time.perf_counter() - t0))
         say(f"{results[-1].name}: recall {results[-1].recall:.3f}, {results[-1].seconds:.1f} s")
     return results
-
-
-def _attack(
-    name: str,
-    model: SparseAutoencoder,
-    amb: Ambiguated,
-    own: Ambiguated | None,
-    seed: int,
-    discriminator_epochs: int,
-    reencode_iterations: int,
-    cache: dict[str, np.ndarray],
-) -> tuple[str, np.ndarray, str]:
-    """(row name, scores, notes) of one attack other than the LP."""
-    k = model.config.k
-
-    def reencoded() -> np.ndarray:
-        if "reencode" not in cache:
-            cache["reencode"] = reencode_scores(model, amb, k, reencode_iterations)
-        return cache["reencode"]
-
-    if name == "random":
-        return "random guess", random_scores(amb, seed), ""
-    if name == "largest":
-        return "keep k largest", largest_scores(amb), ""
-    if name == "smallest":
-        return "keep k smallest", smallest_scores(amb), ""
-    if name == "reencode":
-        return "re-encode", reencoded(), f"{reencode_iterations} refinements"
-    n = model.config.bottleneck_size
-    few = "" if n < k else f"; n={n} >= k={k}: any k entries fit exactly"
-    if name == "least_squares":
-        return "least squares", least_squares_scores(model, amb, k), "split fit" + few
-    if name == "least_squares_reencode":
-        # Chained: the re-encode guess is one more start (its time counts here only when
-        # the re-encode row did not run first).
-        scores = least_squares_scores(model, amb, k, starts={"reencode": reencoded()})
-        return "least squares + re-encode start", scores, "split fit" + few
-    assert own is not None and name in TRAINED
-    own_note = f"fit on {len(own.values)} own items"
-    if name == "magnitude":
-        return "magnitude LR", MagnitudeLikelihood.fit(own).scores(amb), own_note
-    if name == "position":
-        return "position", PositionFrequency.fit(own).scores(amb), own_note
-    disc = Discriminator.fit(own, seed=seed, epochs=discriminator_epochs)
-    if disc.val_auc is not None:
-        own_note += f"; own held-out AUC {disc.val_auc:.3f}"
-    return "discriminator", disc.scores(amb), own_note
 
 
 def _reference(name: str, psnr: float, ssim_: float, n: int, seconds: float) -> AttackResult:
     return AttackResult(name, None, None, None, None, psnr, ssim_, n, seconds, "reference")
 
 
-def _lp_row(
-    model: SparseAutoencoder,
-    amb: Ambiguated,
-    images: torch.Tensor,
-    k: int,
-    max_items: int | None,
-    max_maps: int | None,
-) -> AttackResult:
-    t0 = time.perf_counter()
-    scores = lp_scores(model, amb, max_items, max_maps)
-    seconds = time.perf_counter() - t0
-    nb, nl = scores.shape[:2]
-    L = amb.values.shape[1]
-    part = subset(amb, slice(0, nb))
-    if nl < L:  # a guess on some maps only decodes to no image: score recall/AUC alone
+def _row(guess: Guess, ctx: AttackContext, images: torch.Tensor, seconds: float) -> AttackResult:
+    """Score a guess; one on the first items or maps only (a slow attack) is scored on
+    those, and decoded only when it covers every map (a partial code decodes to nothing)."""
+    nb, nl = guess.scores.shape[:2]
+    part = subset(ctx.target, slice(0, nb))
+    if nl < ctx.target.values.shape[1]:
         part = Ambiguated(part.mask[:, :nl], part.values[:, :nl], part.real[:, :nl])
-        res = evaluate("LP", scores, part, k, seconds=seconds)
-    else:
-        res = evaluate("LP", scores, part, k, model, images[:nb], seconds)
-    res.notes = f"first {nb} items, {nl} of {L} maps"
-    return res
+        return evaluate(guess.label, guess.scores, part, ctx.k, seconds=seconds,
+                        notes=guess.notes)
+    return evaluate(guess.label, guess.scores, part, ctx.k, ctx.model, images[:nb], seconds,
+                    guess.notes)
 
 
 def format_table(results: list[AttackResult]) -> str:

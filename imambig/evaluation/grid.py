@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from imambig.evaluation.metrics import to_uint8
-from imambig.mechanism.ambiguation import Ambiguated
+from imambig.mechanism.record import Ambiguated
 from imambig.model.autoencoder import SparseAutoencoder
 
 COLUMNS = ("original", "authorized", "public as is", "attacker")

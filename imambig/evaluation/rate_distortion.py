@@ -26,8 +26,8 @@ from numcodecs import Blosc
 
 from imambig.evaluation.codecs import CODECS, at_budget, at_quality
 from imambig.evaluation.metrics import ms_ssim, psnr_uint8, ssim, to_uint8
-from imambig.mechanism.ambiguation import Ambiguated, scatter_code
 from imambig.mechanism.keys import key_bytes, lower_fidelity
+from imambig.mechanism.record import Ambiguated, scatter_code
 from imambig.model.autoencoder import SparseAutoencoder
 
 VALUE_CODEC = Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)  # as the public store

@@ -21,9 +21,9 @@ from imambig.attacks.suite import run_attacks
 from imambig.evaluation import rate_distortion as rd
 from imambig.evaluation.grid import comparison_grid
 from imambig.evaluation.metrics import ms_ssim_scales
-from imambig.mechanism.ambiguation import Ambiguated
 from imambig.mechanism.keys import decode_keys
 from imambig.mechanism.noise_model import NoiseModel
+from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor

@@ -17,8 +17,8 @@ from imambig.access.identity import Identity
 from imambig.access.keystore import Keystore
 from imambig.access.secrets import KeyProvider
 from imambig.evaluation.metrics import to_uint8
-from imambig.mechanism.ambiguation import scatter_code
 from imambig.mechanism.keys import decode_keys, encode_keys, lower_fidelity
+from imambig.mechanism.record import scatter_code
 from imambig.model.checkpoint import load_model
 from imambig.stages.encode_regions import current_version
 from imambig.stores.location import filesystem, join
