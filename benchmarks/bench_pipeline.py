@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
-import json
 import os
 import secrets
 import tempfile
@@ -38,12 +37,13 @@ from PIL import Image
 from imambig.config import EncodeConfig, IngestConfig, preset
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import save_model
-from imambig.stages.encode_driver import run_encode
-from imambig.stages.encode_regions import EncodeJob, ensure_noise_model
+from imambig.stages.dask_regions import DaskRegions
+from imambig.stages.encode_driver import EncodeReport, run_encode
+from imambig.stages.encode_regions import EncodeContext, EncodeJob, ensure_noise_model
 from imambig.stages.ingest import ingest
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor
-from imambig.stores.location import filesystem
+from imambig.stores.location import Location
 from infra.seaweedfs import SeaweedS3
 
 
@@ -63,8 +63,8 @@ def _span(report) -> float:
     return max(m.finished for m in ms) - min(m.started for m in ms)
 
 
-def _bytes_under(url: str, opts: dict) -> int:
-    fs, path = filesystem(url, opts)
+def _bytes_under(location: Location) -> int:
+    fs, path = location.filesystem()
     return sum(fs.du(path, total=False).values()) if fs.exists(path) else 0
 
 
@@ -84,8 +84,8 @@ def main() -> None:
         _jpegs(src, a.items, 178)
     torch.manual_seed(0)
     model = SparseAutoencoder(cfg).eval()
-    model_url = str(tmp / "model")
-    save_model(model_url, model, {"note": "random weights for benchmarking"})
+    model_location = Location(str(tmp / "model"))
+    save_model(model_location, model, {"note": "random weights for benchmarking"})
 
     rows: list[tuple[str, float, str]] = []
     torch.set_num_threads(1)
@@ -102,37 +102,40 @@ def main() -> None:
     with SeaweedS3(tmp / "s3") as s3:
         opts = s3.storage_options()
         pub, keys = s3.create_bucket("bench-public"), s3.create_bucket("bench-keys")
-        images = f"{pub}/images"
+        images = Location(f"{pub}/images", opts)
         size = (cfg.image_height, cfg.image_width)
 
         def job(tag: str) -> EncodeJob:
-            return EncodeJob(images=images, model=model_url, public_root=f"{pub}/{tag}",
-                             keys_root=f"{keys}/{tag}",
-                             config=EncodeConfig(chunk_items=a.chunk_items),
-                             storage_options=json.dumps(opts))
+            return EncodeJob(images=images, model=model_location,
+                             public_root=Location(f"{pub}/{tag}", opts),
+                             keys_root=Location(f"{keys}/{tag}", opts),
+                             config=EncodeConfig(region_items=a.chunk_items))
+
+        def encode(tag: str, workers: int) -> EncodeReport:
+            return run_encode(job(tag), DaskRegions(n_workers=workers), progress=False)
 
         # The noise fit belongs to the model (done once, like training): not timed.
-        fit_images = f"{pub}/fit-images"
-        ingest(str(src), fit_images, IngestConfig(height=size[0], width=size[1],
-                                                  split="random:0.8", workers=1),
-               limit=min(a.items, 256), storage_options=opts)
-        ensure_noise_model(dataclasses.replace(job("fit"), images=fit_images))
+        fit_images = Location(f"{pub}/fit-images", opts)
+        ingest(Location(str(src)), fit_images,
+               IngestConfig(height=size[0], width=size[1], split="random:0.8", workers=1,
+                            limit=min(a.items, 256)))
+        fit = EncodeContext.open(dataclasses.replace(job("fit"), images=fit_images))
+        ensure_noise_model(fit, open_image_store(fit_images))
 
         t0 = time.perf_counter()
-        ingest(str(src), images, IngestConfig(height=size[0], width=size[1], split="random:0.8",
-                                              workers=1),
-               limit=a.items, storage_options=opts)
-        n = open_image_store(images, opts).n_items
+        ingest(Location(str(src)), images,
+               IngestConfig(height=size[0], width=size[1], split="random:0.8", workers=1,
+                            limit=a.items))
+        n = open_image_store(images).n_items
         t_ingest = time.perf_counter() - t0
-        report = run_encode(job("full"), n_workers=1, progress=False)
+        report = encode("full", 1)
         full = n / (time.perf_counter() - t0)
         steady_full = n / (t_ingest + _span(report))
         rows.append(("full path, JPEG -> S3 stores, 1x1, wall", full, f"{full / fwd:.0%} of forward"))
         rows.append(("full path, 1x1, steady state", steady_full,
                      f"{steady_full / fwd:.0%} of forward"))
 
-        one = run_encode(job("one"), n_workers=1, progress=False)
-        two = run_encode(job("two"), n_workers=2, progress=False)
+        one, two = encode("one", 1), encode("two", 2)
         r1, r2 = n / one.seconds, n / two.seconds
         s1, s2 = n / _span(one), n / _span(two)
         rows.append(("encode only, 1 worker x 1 thread, wall", r1, f"{r1 / fwd:.0%} of forward"))
@@ -140,8 +143,8 @@ def main() -> None:
         rows.append(("encode only, 2 workers x 1 thread, wall", r2, f"{r2 / r1:.2f}x of 1 worker"))
         rows.append(("encode only, 2 workers x 1 thread, steady", s2,
                      f"{s2 / s1:.2f}x of 1 worker"))
-        pub_bytes = _bytes_under(report.plan.public_url, opts)
-        key_bytes = _bytes_under(report.plan.keystore_url, opts)
+        pub_bytes = _bytes_under(report.plan.public)
+        key_bytes = _bytes_under(report.plan.keystore)
 
     print(f"preset={a.preset} items={n} chunk={a.chunk_items} cores={os.cpu_count()} "
           f"torch={torch.__version__}")

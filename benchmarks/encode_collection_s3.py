@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import secrets
 import tempfile
@@ -24,17 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
-from imambig.access.secrets import LocalKeyProvider, owner_secret
+from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig, IngestConfig
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.model.checkpoint import load_model
+from imambig.stages.dask_regions import DaskRegions
 from imambig.stages.encode_driver import run_encode
 from imambig.stages.encode_images import encode_images
-from imambig.stages.encode_regions import EncodeJob, noise_url
+from imambig.stages.encode_regions import EncodeContext, EncodeJob
 from imambig.stages.ingest import ingest
 from imambig.stores.image_store import open_image_store
-from imambig.stores.location import filesystem
+from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
 from infra.seaweedfs import SeaweedS3
 from storage_schemas.validate import validate
@@ -51,37 +52,38 @@ def main() -> None:
     a = p.parse_args()
     for k in ("IMAMBIG_OWNER_SECRET", "IMAMBIG_KEYSTORE_KEY"):
         os.environ.setdefault(k, base64.b64encode(secrets.token_bytes(32)).decode())
-    model, info, _ = load_model(a.model)
+    model_location = Location(a.model)
+    model, info, _ = load_model(model_location)
     c = model.config
     tmp = Path(tempfile.mkdtemp(prefix="imambig-collection-"))
     rows = []
     with SeaweedS3(tmp / "s3") as s3:
         opts = s3.storage_options()
         imgs, pub, keys = (s3.create_bucket(b) for b in ("images", "public", "keys"))
-        images = f"{imgs}/collection"
+        images = Location(f"{imgs}/collection", opts)
         t = time.perf_counter()
-        rep = ingest(a.source, images, IngestConfig(height=c.image_height, width=c.image_width,
-                                                    crop=a.crop, split="identity:0.8",
-                                                    workers=1), storage_options=opts)
+        rep = ingest(Location(a.source), images,
+                     IngestConfig(height=c.image_height, width=c.image_width, crop=a.crop,
+                                  split="identity:0.8", workers=1))
         rows.append(("ingest to S3", rep.written, time.perf_counter() - t))
-        job = EncodeJob(images=images, model=a.model, public_root=f"{pub}/collection",
-                        keys_root=f"{keys}/collection",
-                        config=EncodeConfig(chunk_items=a.chunk_items),
-                        storage_options=json.dumps(opts))
+        job = EncodeJob(images=images, model=model_location,
+                        public_root=Location(f"{pub}/collection", opts),
+                        keys_root=Location(f"{keys}/collection", opts),
+                        config=EncodeConfig(region_items=a.chunk_items))
         t = time.perf_counter()
-        report = run_encode(job, n_workers=a.workers, progress=False)
+        report = run_encode(job, DaskRegions(n_workers=a.workers), progress=False)
         rows.append((f"encode to S3, {report.workers} workers x 1 thread", report.encoded,
                      time.perf_counter() - t))
-        checks = {u: validate(u, opts) for u in (report.plan.public_url,
-                                                  report.plan.keystore_url)}
+        checks = [validate(store) for store in (report.plan.public, report.plan.keystore)]
 
         torch.set_num_threads(1)
-        store = open_image_store(images, opts)
-        noise = NoiseModel.load(noise_url(job, c.k))
-        public = PublicStore.open(report.plan.public_url, opts)
-        ks = Keystore.open(report.plan.keystore_url, LocalKeyProvider.from_config(), opts)
+        store = open_image_store(images)
+        noise = NoiseModel.load(EncodeContext.open(job).job.noise_location())
+        public = PublicStore.open(report.plan.public)
+        owner = Secrets()
+        ks = Keystore.open(report.plan.keystore, LocalKeyProvider.from_secrets(owner))
         ids = store.item_ids()
-        secret = owner_secret().reveal()
+        secret = owner.owner_secret
         picks = np.sort(np.random.default_rng(0).choice(store.n_items, a.check, replace=False))
         equal = 0
         for i in picks.tolist():
@@ -91,7 +93,7 @@ def main() -> None:
             equal += int(np.array_equal(mask[0], alone.mask[0])
                          and values[0].tobytes() == alone.values[0].tobytes()
                          and ks.keys([i])[0] == alone.keys[0])
-        fs, ppath = filesystem(report.plan.public_url, opts)
+        fs, ppath = report.plan.public.filesystem()
         pub_bytes = sum(fs.du(ppath, total=False).values())
 
     print(f"model {info.model_id} ({c.image_height}x{c.image_width}, L={c.n_maps}, m={c.code_length},"
@@ -100,7 +102,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, n, s in rows:
         print(f"| {name} | {n} | {s:.1f} | {n / s:.1f} |")
-    for v in checks.values():
+    for v in checks:
         print(f"validator: {v.summary()}")
     print(f"items encoded alone equal to the bulk run (record and key): {equal}/{len(picks)}")
     print(f"public store: {pub_bytes / store.n_items:,.0f} bytes/image")

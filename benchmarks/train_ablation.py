@@ -18,6 +18,7 @@ from pathlib import Path
 
 from imambig.config import TrainConfig, preset
 from imambig.stages.train import train
+from imambig.stores.location import Location
 
 VARIANTS: dict[str, dict] = {
     "baseline": {},
@@ -55,8 +56,8 @@ def main() -> None:
         done = folder / "result.json"
         if not done.exists():
             t0 = time.perf_counter()
-            res = train(a.images, str(folder), config(a.preset, a.epochs, VARIANTS[name]),
-                        progress=False)
+            res = train(Location(a.images), Location(str(folder)),
+                        config(a.preset, a.epochs, VARIANTS[name]), progress=False)
             folder.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps({"val_psnr": res.val_psnr, "images_per_s":
                                         res.images_per_s,

@@ -3,12 +3,15 @@
 Draws a set of cartoon faces (shipped as code, see ``demo_images``), starts a local
 Prefect server (no server to start by hand; Dask workers need a real one), runs the
 ``pipeline`` flow with a LocalCluster and local folders, grants a few items to a demo
-user and reveals them, then prints where everything is.
+user and reveals them, then prints where everything is. ``imambig demo`` comes from here
+through the ``imambig.commands`` entry point (``add_command``).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -16,8 +19,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from flows.demo_images import write_demo_images
+from imambig.config import (
+    KEYSTORE_KEY_ENV,
+    OWNER_SECRET_ENV,
+    PRESETS,
+    EncodeConfig,
+    EvaluateConfig,
+    IngestConfig,
+    PipelineConfig,
+    TrainConfig,
+)
 
 SECRETS_FILE = "owner-secrets.env"
 
@@ -25,7 +39,7 @@ SECRETS_FILE = "owner-secrets.env"
 def _owner_secrets(out: Path) -> dict[str, str]:
     """The owner's secrets: from the environment, else generated once and kept (0600)
     in the demo folder so re-runs publish identical bytes."""
-    names = ("IMAMBIG_OWNER_SECRET", "IMAMBIG_KEYSTORE_KEY")
+    names = (OWNER_SECRET_ENV, KEYSTORE_KEY_ENV)
     if all(os.environ.get(n) for n in names):
         return {n: os.environ[n] for n in names}
     path = out / SECRETS_FILE
@@ -38,9 +52,44 @@ def _owner_secrets(out: Path) -> dict[str, str]:
     return values
 
 
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """``imambig demo``."""
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on built-in demo images (no setup needed)",
+        description="Draws cartoon faces, starts a local Prefect server, runs the pipeline "
+                    "flow (ingest, train, encode on a local Dask cluster, grant, evaluate) "
+                    "into local folders, reveals the granted images as a demo user, and "
+                    "prints where the stores, keys, report and sample grid are.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", default="imambig-demo", help="folder for everything the demo makes")
+    p.add_argument("--images", type=int, default=400, help="demo images to draw")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--workers", type=int, default=2, help="Dask worker processes")
+    p.set_defaults(handler=_run)
+
+
+def _run(a: argparse.Namespace) -> int:
+    run_demo(a.out, a.images, a.epochs, a.workers)
+    return 0
+
+
+def demo_config(epochs: int) -> PipelineConfig:
+    """The demo's choices: the tiny model on 32x32 faces, small regions and reports."""
+    return PipelineConfig(
+        ingest=IngestConfig(split="random:0.8"),
+        train=TrainConfig(model=PRESETS["tiny"], epochs=epochs, batch_size=32),
+        encode=EncodeConfig(region_items=64),
+        evaluate=EvaluateConfig(max_items=64),
+        grant_items=4,
+    )
+
+
 def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
-             workers: int = 2) -> dict:
+             workers: int = 2) -> dict[str, Any]:
     from imambig.access.identity import load_identity, new_identity, save_identity
+    from imambig.stores.location import Location
     from infra.prefect_server import PrefectServer
 
     t0 = time.perf_counter()
@@ -57,10 +106,9 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
     alice = load_identity(ident_path)
 
     params = {
-        "source": str(source), "workdir": str(root / "work"), "model_preset": "tiny",
-        "epochs": epochs, "batch_size": 32, "split": "random:0.8", "chunk_items": 64,
-        "grant_to": alice.public_text(), "grant_items": 4, "eval_items": 64,
-        "dask_workers": workers,
+        "source": str(source), "workdir": str(root / "work"),
+        "config": dataclasses.asdict(demo_config(epochs)),
+        "grant_to": alice.public_text(), "dask_workers": workers,
     }
     print("starting a local Prefect server ...")
     with PrefectServer(root / "prefect") as server:
@@ -76,7 +124,7 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
     from imambig.stages.share import reveal
 
     grant_path = Path(summary["grant"])
-    shown = reveal(grant_path.read_bytes(), alice, summary["model"])
+    shown = reveal(grant_path.read_bytes(), alice, Location(summary["model"]))
     revealed = root / "revealed"
     revealed.mkdir(exist_ok=True)
     from PIL import Image

@@ -6,37 +6,38 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.params import check_secret_spec, check_storage_options
-from imambig.access.secrets import LocalKeyProvider
-from imambig.config import KeyConfig
+from flows.params import check_location
+from imambig.access.key_provider import LocalKeyProvider
+from imambig.access.secrets import Secrets
+from imambig.config import SecretSources
 from imambig.stages.share import issue_grant
-from imambig.stores.location import write_bytes
+from imambig.stores.location import Location
 
 
 @task(name="seal grant")
-def seal(public_root: str, keys_root: str, item_ids: list[str], recipient: str, out: str,
-         keystore_key: str, k_low: int | None, opts: dict[str, Any]) -> int:
-    provider = LocalKeyProvider.from_config(KeyConfig(keystore_key_source=keystore_key))
-    blob = issue_grant(public_root, keys_root, item_ids, recipient, provider, opts, k_low=k_low)
-    write_bytes(out, blob, opts)
+def seal(public_root: Location, keys_root: Location, item_ids: list[str], recipient: str,
+         out: Location, secrets: SecretSources, k_low: int | None) -> int:
+    provider = LocalKeyProvider.from_secrets(Secrets(secrets))
+    blob = issue_grant(public_root, keys_root, item_ids, recipient, provider, k_low=k_low)
+    out.write_bytes(blob)
     return len(blob)  # only the size leaves the task: the grant is for its recipient
 
 
 @flow(name="grant", log_prints=True)
 def grant_flow(
-    public_root: str,
-    keys_root: str,
+    public_root: Location,
+    keys_root: Location,
     item_ids: list[str],
     recipient: str,
-    out: str,
-    keystore_key: str = "env:IMAMBIG_KEYSTORE_KEY",
+    out: Location,
     k_low: int | None = None,
-    storage_options: dict[str, Any] | None = None,
+    secrets: SecretSources = SecretSources(),
 ) -> dict[str, Any]:
-    opts = check_storage_options(storage_options)
-    check_secret_spec(keystore_key, "keystore key")
+    for where, what in ((public_root, "public root"), (keys_root, "keys root"),
+                        (out, "grant file")):
+        check_location(where, what)
     if not item_ids:
         raise ValueError("no items to grant")
-    size = seal(public_root, keys_root, item_ids, recipient, out, keystore_key, k_low, opts)
+    size = seal(public_root, keys_root, item_ids, recipient, out, secrets, k_low)
     print(f"grant for {len(item_ids)} items written to {out} ({size} bytes)")
-    return {"grant": out, "items": len(item_ids), "bytes": size}
+    return {"grant": out.url, "items": len(item_ids), "bytes": size}

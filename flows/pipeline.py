@@ -1,6 +1,10 @@
 """Flow: the whole job. ingest -> train -> encode -> publish -> grant -> evaluate.
 
-    python -m flows.pipeline --help
+    python -m flows.pipeline --params '{"source": "faces/", "workdir": "runs/w"}'
+
+``--params`` is a JSON object of the flow's parameters; locations may be URL strings,
+``config`` a (partial) ``PipelineConfig`` as nested objects, e.g.
+``{"config": {"train": {"epochs": 3}, "encode": {"region_items": 64}}}``.
 """
 
 from __future__ import annotations
@@ -16,78 +20,62 @@ from flows.encode import dask_runner, encode_flow
 from flows.evaluate import evaluate_flow
 from flows.grant import grant_flow
 from flows.ingest import ingest_flow
-from flows.params import check_storage_options
+from flows.params import check_location
 from flows.publish import publish_flow
 from flows.train import train_flow
 from imambig.access.keystore import assert_separate_roots
-from imambig.config import preset
+from imambig.config import PipelineConfig, SecretSources
 from imambig.stores.image_store import open_image_store, store_state
-from imambig.stores.location import join
+from imambig.stores.location import Location
+from imambig.stores.public_store import PublicStore
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(
-    source: str,
-    workdir: str,
-    public_root: str | None = None,
-    keys_root: str | None = None,
-    publish_root: str | None = None,
-    model_preset: str = "tiny",
-    epochs: int = 3,
-    batch_size: int = 32,
-    split: str = "identity:0.8",
-    crop: int | None = None,
-    limit: int | None = None,
-    chunk_items: int = 128,
+    source: Location,
+    workdir: Location,
+    public_root: Location | None = None,
+    keys_root: Location | None = None,
+    publish_root: Location | None = None,
+    config: PipelineConfig = PipelineConfig(),
+    secrets: SecretSources = SecretSources(),
     grant_to: str | None = None,
-    grant_items: int = 4,
-    eval_items: int = 100,
-    attacks: list[str] | None = None,
-    owner_secret: str = "env:IMAMBIG_OWNER_SECRET",
-    keystore_key: str = "env:IMAMBIG_KEYSTORE_KEY",
     dask_address: str | None = None,
     dask_workers: int | None = None,
-    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``workdir`` holds the image store, the model and the reports; the public and key
-    roots default to separate folders under it."""
-    opts = check_storage_options(storage_options)
-    public_root = public_root or join(workdir, "public")
-    keys_root = keys_root or join(workdir, "keys")
+    roots default to separate folders under it. ``grant_to`` (a user's public key)
+    receives a grant of the first ``config.grant_items`` items."""
+    check_location(workdir, "work folder")
+    public_root = public_root or workdir.join("public")
+    keys_root = keys_root or workdir.join("keys")
     assert_separate_roots(public_root, keys_root)
-    cfg = preset(model_preset)
-    images, model = join(workdir, "images"), join(workdir, "model")
+    images, model, report = workdir.join("images"), workdir.join("model"), workdir.join("report")
 
-    if store_state(images, opts) == "complete":  # re-runs reuse it (new sources: ingest)
+    if store_state(images) == "complete":  # re-runs reuse it (new sources: ingest)
         print(f"reusing the image store at {images}")
-        n = open_image_store(images, opts).n_items
-        ing = {"images": images, "written": n, "set_aside": 0}
+        ing = {"images": images.url, "written": open_image_store(images).n_items, "set_aside": 0}
     else:
-        ing = ingest_flow(source, images, split=split, height=cfg.image_height,
-                          width=cfg.image_width, crop=crop, limit=limit, storage_options=opts)
-    tr = train_flow(images, model, model_preset=model_preset, epochs=epochs,
-                    batch_size=batch_size, storage_options=opts)
+        ing = ingest_flow(source, images, config.ingest_for_model())
+    tr = train_flow(images, model, config.train)
     runner = dask_runner(dask_address, dask_workers)
     enc = encode_flow.with_options(task_runner=runner)(
-        images, model, public_root, keys_root, chunk_items=chunk_items,
-        owner_secret=owner_secret, keystore_key=keystore_key, storage_options=opts)
-    pub = publish_flow(public_root, publish_root, opts) if publish_root else None
+        images, model, public_root, keys_root, config.encode, secrets)
+    pub = publish_flow(public_root, publish_root) if publish_root else None
     grant = None
     if grant_to:
-        from imambig.stores.public_store import PublicStore
-
-        ids = [str(i) for i in PublicStore.open(enc["public_url"], opts).item_ids()[:grant_items]]
-        grant = grant_flow(public_root, keys_root, ids, grant_to, join(workdir, "grant.bin"),
-                           keystore_key=keystore_key, storage_options=opts)
-    ev = evaluate_flow(images, model, public_root, keys_root, out=join(workdir, "report"),
-                       max_items=eval_items, attacks=attacks, keystore_key=keystore_key,
-                       storage_options=opts)
+        store = PublicStore.open(Location(enc["public_url"], public_root.storage_options))
+        ids = [str(i) for i in store.item_ids()[: config.grant_items]]
+        grant = grant_flow(public_root, keys_root, ids, grant_to, workdir.join("grant.bin"),
+                           secrets=secrets)
+    ev = evaluate_flow(images, model, public_root, keys_root, out=report,
+                       config=config.evaluate, secrets=secrets)
     summary = {
-        "images": images, "written": ing["written"], "set_aside": ing["set_aside"],
-        "model": model, "model_id": tr["model_id"], "val_psnr": tr["val_psnr"][-1],
+        "images": images.url, "written": ing["written"], "set_aside": ing["set_aside"],
+        "model": model.url, "model_id": tr["model_id"], "val_psnr": tr["val_psnr"][-1],
         "public_store": enc["public_url"], "keystore": enc["keystore_url"],
         "published": pub["target"] if pub else None, "grant": grant["grant"] if grant else None,
-        "report": join(workdir, "report"), "rates": ev["rates"],
+        "report": report.url, "rates": ev["rates"],
     }
     lines = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "rates")
     rates = "\n".join(f"| {k} | {v:.3f} |" for k, v in ev["rates"].items())

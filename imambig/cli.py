@@ -1,15 +1,40 @@
-"""The ``imambig`` command line: argument parsing only; work happens in library modules."""
+"""The ``imambig`` command line: flags -> locations and configs -> stages.
+
+Each command's flags become its stage's config in one place (the *flags -> configs*
+section below), and every default a flag shows comes from ``imambig.config``. Options
+that several commands share (storage options, secret sources) are argparse parent
+parsers, declared once. Commands of the orchestration layer (``demo``, ``serve``) are
+plugged in through the ``imambig.commands`` entry-point group, so this library never
+imports the layer above it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
 
-from imambig.config import PRESETS, EncodeConfig, IngestConfig, KeyConfig, TrainConfig
+from imambig.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    AttackConfig,
+    EncodeConfig,
+    EvaluateConfig,
+    IngestConfig,
+    SecretSources,
+    TrainConfig,
+    preset,
+)
+from imambig.stores.location import Location
 
 Handler = Callable[[argparse.Namespace], int]
+Subparsers = argparse._SubParsersAction  # what a command plug-in adds its parser to
+COMMANDS_GROUP = "imambig.commands"
 
 EPILOG = """\
 typical session:
@@ -26,8 +51,86 @@ typical session:
 """
 
 
-def _storage_options(text: str | None) -> dict:
-    return json.loads(text) if text else {}
+# ---------------------------------------------------------------------------
+# Shared options: parent parsers
+# ---------------------------------------------------------------------------
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+STORAGE = argparse.ArgumentParser(add_help=False)
+STORAGE.add_argument("--storage-options", type=_json_object, default={},
+                     help="JSON dict of fsspec options for every location of the command")
+
+_SECRETS = SecretSources()
+OWNER_SECRET = argparse.ArgumentParser(add_help=False)
+OWNER_SECRET.add_argument("--owner-secret", default=_SECRETS.owner_secret,
+                          help="owner secret source (env:NAME | file:PATH)")
+KEYSTORE_KEY = argparse.ArgumentParser(add_help=False)
+KEYSTORE_KEY.add_argument("--keystore-key", default=_SECRETS.keystore_key,
+                          help="keystore key source (env:NAME | file:PATH)")
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+# ---------------------------------------------------------------------------
+# Flags -> locations and configs (the one place where flags become values)
+# ---------------------------------------------------------------------------
+
+
+def location(a: argparse.Namespace, url: str) -> Location:
+    return Location(url, a.storage_options)
+
+
+def secret_sources(a: argparse.Namespace) -> SecretSources:
+    return SecretSources(owner_secret=getattr(a, "owner_secret", _SECRETS.owner_secret),
+                         keystore_key=getattr(a, "keystore_key", _SECRETS.keystore_key))
+
+
+def ingest_config(a: argparse.Namespace) -> IngestConfig:
+    height = a.size[0]
+    width = a.size[1] if len(a.size) > 1 else height
+    return IngestConfig(height=height, width=width, crop=a.crop, split=a.split, seed=a.seed,
+                        chunk_items=a.chunk_items, workers=a.workers, limit=a.limit)
+
+
+def train_config(a: argparse.Namespace) -> TrainConfig:
+    model = preset(a.preset)
+    if a.k is not None:
+        model = dataclasses.replace(model, k=a.k)
+    if a.slope is not None:
+        model = dataclasses.replace(model, negative_slope=a.slope)
+    return TrainConfig(
+        model=model, epochs=a.epochs, minutes=a.minutes, batch_size=a.batch_size, lr=a.lr,
+        warmup=a.warmup, loss=a.loss, flip=a.flip, ema=a.ema, precision=a.precision,
+        seed=a.seed, max_items=a.max_items, val_items=a.val_items,
+        checkpoint_every=a.checkpoint_every, device=a.device, num_threads=a.threads,
+    )
+
+
+def encode_config(a: argparse.Namespace) -> EncodeConfig:
+    return EncodeConfig(k_public=a.k_public, region_items=a.region_items)
+
+
+def evaluate_config(a: argparse.Namespace) -> EvaluateConfig:
+    return EvaluateConfig(split=a.split, max_items=a.max_items, attacks=a.attacks,
+                          codecs=a.codecs, rd_items=a.rd_items)
+
+
+def attack_config(a: argparse.Namespace) -> AttackConfig:
+    return AttackConfig(attacks=a.attacks, k_publics=tuple(int(x) for x in a.k_public),
+                        fit_items=a.fit, own_items=a.own, target_items=a.targets, seed=a.seed)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -35,10 +138,10 @@ def _storage_options(text: str | None) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def _add_ingest(sub: argparse._SubParsersAction) -> None:
+def _add_ingest(sub: Subparsers) -> None:
     d = IngestConfig()
     p = sub.add_parser(
-        "ingest",
+        "ingest", parents=[STORAGE],
         help="turn a folder / CelebA download / fsspec URL of images into a Zarr image store",
         description=(
             "Read every image under SOURCE (a CelebA download with img_align_celeba/, "
@@ -52,7 +155,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", help="folder, CelebA root, or fsspec URL of images")
     p.add_argument("--out", required=True, help="URL or path of the image store to write")
-    p.add_argument("--size", type=int, nargs="+", default=[d.height], metavar="PX",
+    p.add_argument("--size", type=int, nargs="+", default=[d.height, d.width], metavar="PX",
                    help="output HEIGHT [WIDTH] in pixels")
     p.add_argument("--crop", type=int, default=d.crop,
                    help="centre square crop before resizing (default: 178 for CelebA, "
@@ -61,14 +164,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                    help="official | random:<train fraction> | identity:<train fraction>; "
                         "the remainder is split evenly into val and test")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of random/identity splits")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=int, default=d.limit,
                    help="ingest only the first N sources (sorted by name)")
     p.add_argument("--chunk-items", type=int, default=d.chunk_items,
                    help="images per Zarr chunk")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="decode processes (0: one per core)")
-    p.add_argument("--storage-options", default=None,
-                   help="JSON dict of fsspec options for --out and SOURCE")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.set_defaults(handler=_run_ingest)
 
@@ -76,16 +177,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 def _run_ingest(a: argparse.Namespace) -> int:
     from imambig.stages.ingest import ingest
 
-    height = a.size[0]
-    width = a.size[1] if len(a.size) > 1 else height
-    cfg = IngestConfig(
-        height=height, width=width, crop=a.crop, split=a.split, seed=a.seed,
-        chunk_items=a.chunk_items, workers=a.workers,
-    )
-    report = ingest(
-        a.source, a.out, cfg, limit=a.limit,
-        storage_options=_storage_options(a.storage_options), overwrite=a.overwrite,
-    )
+    report = ingest(location(a, a.source), location(a, a.out), ingest_config(a),
+                    overwrite=a.overwrite)
     print(report.summary())
     return 0
 
@@ -95,10 +188,10 @@ def _run_ingest(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _add_train(sub: Subparsers) -> None:
     d = TrainConfig()
     p = sub.add_parser(
-        "train",
+        "train", parents=[STORAGE],
         help="train the sparse autoencoder on an image store's training split",
         description=(
             "Train on the 'train' split of --images, validate (PSNR) on 'val' after every "
@@ -109,7 +202,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images", required=True, help="image store written by `imambig ingest`")
     p.add_argument("--out", required=True, help="checkpoint folder URL")
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                    help="model preset; the store's image size must match it")
     p.add_argument("--k", type=int, default=None, help="override the preset's top-k")
     p.add_argument("--slope", type=float, default=None,
@@ -140,146 +233,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=d.num_threads,
                    help="torch CPU threads (0: torch default)")
-    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(a: argparse.Namespace) -> int:
-    import dataclasses
-
-    from imambig.config import preset
     from imambig.stages.train import train
 
-    model = preset(a.preset)
-    if a.k is not None:
-        model = dataclasses.replace(model, k=a.k)
-    if a.slope is not None:
-        model = dataclasses.replace(model, negative_slope=a.slope)
-    cfg = TrainConfig(
-        model=model, epochs=a.epochs, minutes=a.minutes, batch_size=a.batch_size, lr=a.lr,
-        warmup=a.warmup, loss=a.loss, flip=a.flip, ema=a.ema, precision=a.precision,
-        seed=a.seed, max_items=a.max_items, val_items=a.val_items,
-        checkpoint_every=a.checkpoint_every, device=a.device, num_threads=a.threads,
-    )
-    result = train(a.images, a.out, cfg, storage_options=_storage_options(a.storage_options))
+    result = train(location(a, a.images), location(a, a.out), train_config(a))
     print(result.summary())
-    return 0
-
-
-# ---------------------------------------------------------------------------
-# evaluate
-# ---------------------------------------------------------------------------
-
-
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from imambig.stages.evaluate import DEFAULT_ATTACKS
-
-    p = sub.add_parser(
-        "evaluate",
-        help="quality, privacy and honest rates of encoded stores (the paper's Table 1)",
-        description=(
-            "Read the image store, the model, the public store and the keystore, and "
-            "measure on the test split: authorized reconstructions at k/2 and k, JPEG, "
-            "WebP and AVIF within the authorized bytes per image, the public code decoded as is, "
-            "and every attack of the suite; bits per pixel from bytes actually stored. "
-            "Writes evaluation.json, evaluation.md, grid.png (originals, authorized, "
-            "public as is, attacker) and rd.png (rate-distortion curves) to --out."
-        ),
-        epilog=("example:\n  imambig evaluate --images runs/images --model runs/model "
-                "--public runs/public --keys runs/keys --out runs/eval"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--images", required=True, help="image store (its test split is used)")
-    p.add_argument("--model", required=True, help="checkpoint folder the stores were encoded with")
-    p.add_argument("--public", required=True, help="public store (root or version URL)")
-    p.add_argument("--keys", required=True, help="keystore (root or version URL)")
-    p.add_argument("--out", required=True, help="folder URL for the report files")
-    p.add_argument("--split", default="test")
-    p.add_argument("--max-items", type=int, default=200, help="evaluate at most this many")
-    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help="comma list")
-    p.add_argument("--codecs", default="jpeg,webp,avif", help="comma list of baselines")
-    p.add_argument("--rd-items", type=int, default=64,
-                   help="items behind the rate-distortion curves (0: no rd.png)")
-    p.add_argument("--keystore-key", default=None, help="keystore key spec (env:NAME|file:PATH)")
-    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
-    p.set_defaults(handler=_run_evaluate)
-
-
-def _run_evaluate(a: argparse.Namespace) -> int:
-    from imambig.access.secrets import LocalKeyProvider
-    from imambig.stages.evaluate import evaluate_stores
-    from imambig.stages.share import resolve_store
-    from imambig.stores.location import join, write_bytes
-
-    opts = _storage_options(a.storage_options)
-    ev = evaluate_stores(
-        a.images, a.model, resolve_store(a.public, opts), resolve_store(a.keys, opts),
-        LocalKeyProvider.from_config(_key_config(a)), opts, split=a.split,
-        max_items=a.max_items, attacks=tuple(x for x in a.attacks.split(",") if x),
-        log=lambda m: print(m, file=sys.stderr, flush=True),
-        grid_url=join(a.out, "grid.png"), codecs=tuple(x for x in a.codecs.split(",") if x),
-        rd_plot_url=join(a.out, "rd.png") if a.rd_items else None, rd_items=a.rd_items)
-    write_bytes(join(a.out, "evaluation.json"), ev.to_json().encode(), opts)
-    write_bytes(join(a.out, "evaluation.md"), ev.markdown().encode(), opts)
-    print(ev.markdown())
-    print(f"wrote evaluation.json, evaluation.md, grid.png{', rd.png' if a.rd_items else ''}"
-          f" to {a.out}")
-    return 0
-
-
-# ---------------------------------------------------------------------------
-# attack
-# ---------------------------------------------------------------------------
-
-
-def _add_attack(sub: argparse._SubParsersAction) -> None:
-    from imambig.attacks.suite import ATTACKS
-
-    p = sub.add_parser(
-        "attack",
-        help="run the privacy attacks against a trained model's ambiguation",
-        description=(
-            "Fit the noise model on training images, ambiguate held-out test images with "
-            "an owner secret, and attack them as an outsider who holds other training "
-            "images of its own. Every attack reports support recall (chance = k/k'), "
-            "real-vs-fake ROC AUC and the PSNR/SSIM of its reconstruction, beside the "
-            "authorized decode and the public code decoded as is. Prints a table per k' "
-            "(and writes JSON with --json)."
-        ),
-        epilog=("example:\n  imambig attack --model runs/model --images runs/images "
-                "--k-public 192,256,384 --json attacks.json"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", required=True, help="checkpoint folder of `imambig train`")
-    p.add_argument("--images", required=True, help="image store with train and test splits")
-    p.add_argument("--attacks", default=",".join(a for a in ATTACKS if a != "lp"),
-                   help=f"comma list, from: {', '.join(ATTACKS)} (default: all but lp)")
-    p.add_argument("--k-public", default=None,
-                   help="comma list of k' (public non-zeros per map); default 2k")
-    p.add_argument("--fit", type=int, default=2048, help="training images for the noise fit")
-    p.add_argument("--own", type=int, default=500, help="the attacker's own images")
-    p.add_argument("--targets", type=int, default=200, help="test images attacked")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write the results here as JSON")
-    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
-    p.set_defaults(handler=_run_attack)
-
-
-def _run_attack(a: argparse.Namespace) -> int:
-    from imambig.attacks.experiment import run_privacy_experiment, to_json
-
-    kps = [int(x) for x in a.k_public.split(",")] if a.k_public else None
-    runs = run_privacy_experiment(
-        a.model, a.images, [x.strip() for x in a.attacks.split(",") if x.strip()], kps,
-        fit_items=a.fit, own_items=a.own, target_items=a.targets, seed=a.seed,
-        storage_options=_storage_options(a.storage_options),
-        log=lambda m: print(m, file=sys.stderr, flush=True))
-    for run in runs:
-        print(run.markdown() + "\n")
-    if a.json:
-        with open(a.json, "w") as f:
-            f.write(to_json(runs))
-        print(f"wrote {a.json}")
     return 0
 
 
@@ -288,10 +249,10 @@ def _run_attack(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _add_encode(sub: argparse._SubParsersAction) -> None:
+def _add_encode(sub: Subparsers) -> None:
     d = EncodeConfig()
     p = sub.add_parser(
-        "encode",
+        "encode", parents=[STORAGE, OWNER_SECRET, KEYSTORE_KEY],
         help="encode an image store into a public store + keystore, in parallel on Dask",
         description=(
             "Encode every image of --images with the model at --model, ambiguate the codes "
@@ -300,7 +261,7 @@ def _add_encode(sub: argparse._SubParsersAction) -> None:
             "resumes an interrupted run and encodes only images added since. Secrets come "
             "from the environment: IMAMBIG_OWNER_SECRET (seeds the noise) and "
             "IMAMBIG_KEYSTORE_KEY (encrypts the keystore), base64 of >= 32 bytes, or "
-            "--owner-secret / --keystore-key specs such as file:/run/secrets/owner."
+            "--owner-secret / --keystore-key sources such as file:/run/secrets/owner."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -310,36 +271,27 @@ def _add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keys", required=True, help="keystore root URL (private)")
     p.add_argument("--k-public", type=int, default=d.k_public,
                    help="public non-zeros per map, k' (default: 2k)")
-    p.add_argument("--chunk-items", type=int, default=d.chunk_items,
-                   help="items per chunk = per Dask task")
+    p.add_argument("--region-items", "--chunk-items", dest="region_items", type=int,
+                   default=d.region_items,
+                   help="items per region: one public-store chunk, one keystore row, one task")
     p.add_argument("--workers", type=int, default=None,
                    help="LocalCluster worker processes (default: one per core)")
     p.add_argument("--dask-address", default=None,
                    help="use an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    p.add_argument("--owner-secret", default=None, help="owner secret spec (env:NAME|file:PATH)")
-    p.add_argument("--keystore-key", default=None, help="keystore key spec (env:NAME|file:PATH)")
-    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
     p.add_argument("--overwrite", action="store_true",
                    help="rebuild a store version built with other settings")
     p.set_defaults(handler=_run_encode)
 
 
-def _key_config(a: argparse.Namespace) -> KeyConfig:
-    return KeyConfig(owner_secret_source=getattr(a, "owner_secret", None),
-                     keystore_key_source=getattr(a, "keystore_key", None))
-
-
 def _run_encode(a: argparse.Namespace) -> int:
+    from imambig.stages.dask_regions import DaskRegions
     from imambig.stages.encode_driver import run_encode
     from imambig.stages.encode_regions import EncodeJob
 
-    job = EncodeJob(
-        images=a.images, model=a.model, public_root=a.public, keys_root=a.keys,
-        config=EncodeConfig(k_public=a.k_public, chunk_items=a.chunk_items),
-        keys=_key_config(a), storage_options=json.dumps(_storage_options(a.storage_options)),
-    )
-    report = run_encode(job, dask_address=a.dask_address, n_workers=a.workers,
-                        overwrite=a.overwrite)
+    job = EncodeJob(images=location(a, a.images), model=location(a, a.model),
+                    public_root=location(a, a.public), keys_root=location(a, a.keys),
+                    config=encode_config(a), secrets=secret_sources(a))
+    report = run_encode(job, DaskRegions(a.dask_address, a.workers), overwrite=a.overwrite)
     print(report.summary())
     return 0
 
@@ -349,14 +301,13 @@ def _run_encode(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _add_validate(sub: argparse._SubParsersAction) -> None:
+def _add_validate(sub: Subparsers) -> None:
     p = sub.add_parser(
-        "validate",
+        "validate", parents=[STORAGE],
         help="check a store against its versioned layout; lists every violation",
         description="Exit status 0 when every store is valid, 1 otherwise.",
     )
     p.add_argument("urls", nargs="+", help="store URLs (image, public or keystore)")
-    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
     p.set_defaults(handler=_run_validate)
 
 
@@ -365,7 +316,7 @@ def _run_validate(a: argparse.Namespace) -> int:
 
     ok = True
     for url in a.urls:
-        report = validate(url, _storage_options(a.storage_options))
+        report = validate(location(a, url))
         print(report.summary())
         ok &= report.ok
     return 0 if ok else 1
@@ -376,7 +327,7 @@ def _run_validate(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _add_keys(sub: argparse._SubParsersAction) -> None:
+def _add_keys(sub: Subparsers) -> None:
     p = sub.add_parser("keys", help="identities of data users")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     n = ksub.add_parser(
@@ -399,9 +350,9 @@ def _run_new_identity(a: argparse.Namespace) -> int:
     return 0
 
 
-def _add_grant(sub: argparse._SubParsersAction) -> None:
+def _add_grant(sub: Subparsers) -> None:
     p = sub.add_parser(
-        "grant",
+        "grant", parents=[STORAGE, KEYSTORE_KEY],
         help="seal the keys of chosen items to a user's public key",
         description="Reads the keys of the chosen items from the keystore and seals them "
                     "to the recipient. The grant file reveals nothing to anyone else.",
@@ -415,15 +366,12 @@ def _add_grant(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k-low", type=int, default=None,
                    help="lower fidelity: reveal only the k_low largest real entries per map")
     p.add_argument("--out", required=True, help="grant file to write")
-    p.add_argument("--keystore-key", default=None, help="keystore key spec (env:NAME|file:PATH)")
-    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
     p.set_defaults(handler=_run_grant)
 
 
 def _run_grant(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from imambig.access.secrets import LocalKeyProvider
+    from imambig.access.key_provider import LocalKeyProvider
+    from imambig.access.secrets import Secrets
     from imambig.stages.share import issue_grant
 
     items = list(a.items)
@@ -431,18 +379,17 @@ def _run_grant(a: argparse.Namespace) -> int:
         items += [ln.strip() for ln in Path(a.items_file).read_text().splitlines() if ln.strip()]
     if not items:
         raise ValueError("no items to grant: pass --items or --items-file")
-    blob = issue_grant(
-        a.public, a.keys, items, a.to, LocalKeyProvider.from_config(_key_config(a)),
-        _storage_options(a.storage_options), k_low=a.k_low,
-    )
+    provider = LocalKeyProvider.from_secrets(Secrets(secret_sources(a)))
+    blob = issue_grant(location(a, a.public), location(a, a.keys), items, a.to, provider,
+                       k_low=a.k_low)
     Path(a.out).write_bytes(blob)
     print(f"granted {len(items)} items: {a.out} ({len(blob)} bytes)")
     return 0
 
 
-def _add_reveal(sub: argparse._SubParsersAction) -> None:
+def _add_reveal(sub: Subparsers) -> None:
     p = sub.add_parser(
-        "reveal",
+        "reveal", parents=[STORAGE],
         help="reconstruct granted images from the public store, a grant and the model",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -452,20 +399,18 @@ def _add_reveal(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--public", default=None,
                    help="public store URL, if not the one recorded in the grant")
     p.add_argument("--out", required=True, help="folder for the PNG images")
-    p.add_argument("--storage-options", default=None, help="JSON dict of fsspec options")
     p.set_defaults(handler=_run_reveal)
 
 
 def _run_reveal(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from PIL import Image
 
     from imambig.access.identity import load_identity
     from imambig.stages.share import reveal
 
-    out = reveal(Path(a.grant).read_bytes(), load_identity(a.identity), a.model,
-                 _storage_options(a.storage_options), public=a.public)
+    public = location(a, a.public) if a.public else None
+    out = reveal(Path(a.grant).read_bytes(), load_identity(a.identity), location(a, a.model),
+                 public=public)
     folder = Path(a.out)
     folder.mkdir(parents=True, exist_ok=True)
     for item, img in zip(out.item_ids, out.images, strict=True):
@@ -476,72 +421,120 @@ def _run_reveal(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
-# serve
+# evaluate
 # ---------------------------------------------------------------------------
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:
+def _add_evaluate(sub: Subparsers) -> None:
+    d = EvaluateConfig()
     p = sub.add_parser(
-        "serve",
-        help="serve the scheduled nightly re-encode and the manual full re-encode",
-        description="Registers two Prefect deployments of the encode flow for one collection "
-                    "and runs their flows from this process: nightly-reencode (cron "
-                    "schedule; encodes only new images) and full-reencode (by hand). Needs "
-                    "PREFECT_API_URL pointing at a Prefect server.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "evaluate", parents=[STORAGE, KEYSTORE_KEY],
+        help="quality, privacy and honest rates of encoded stores (the paper's Table 1)",
+        description=(
+            "Read the image store, the model, the public store and the keystore, and "
+            "measure on the test split: authorized reconstructions at k/2 and k, JPEG, "
+            "WebP and AVIF within the authorized bytes per image, the public code decoded as is, "
+            "and every attack of the suite; bits per pixel from bytes actually stored. "
+            "Writes evaluation.json, evaluation.md, grid.png (originals, authorized, "
+            "public as is, attacker) and rd.png (rate-distortion curves) to --out."
+        ),
+        epilog=("example:\n  imambig evaluate --images runs/images --model runs/model "
+                "--public runs/public --keys runs/keys --out runs/eval"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_serve_arguments(p)
-    p.set_defaults(handler=_run_serve)
+    p.add_argument("--images", required=True, help="image store (its test split is used)")
+    p.add_argument("--model", required=True, help="checkpoint folder the stores were encoded with")
+    p.add_argument("--public", required=True, help="public store (root or version URL)")
+    p.add_argument("--keys", required=True, help="keystore (root or version URL)")
+    p.add_argument("--out", required=True, help="folder URL for the report files")
+    p.add_argument("--split", default=d.split)
+    p.add_argument("--max-items", type=int, default=d.max_items,
+                   help="evaluate at most this many")
+    p.add_argument("--attacks", type=_comma_list, default=d.attacks, help="comma list")
+    p.add_argument("--codecs", type=_comma_list, default=d.codecs,
+                   help="comma list of baselines")
+    p.add_argument("--rd-items", type=int, default=d.rd_items,
+                   help="items behind the rate-distortion curves (0: no rd.png)")
+    p.set_defaults(handler=_run_evaluate)
 
 
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `imambig serve`, shared with `python -m flows.serve`."""
-    p.add_argument("--images", required=True, help="image store to re-encode")
-    p.add_argument("--model", required=True, help="checkpoint folder")
-    p.add_argument("--public", required=True, help="public store root")
-    p.add_argument("--keys", required=True, help="keystore root")
-    p.add_argument("--chunk-items", type=int, default=EncodeConfig().chunk_items)
-    p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (UTC)")
+def _run_evaluate(a: argparse.Namespace) -> int:
+    from imambig.access.key_provider import LocalKeyProvider
+    from imambig.access.secrets import Secrets
+    from imambig.stages.evaluate import evaluate_stores
+    from imambig.stages.versions import resolve_store
 
-
-def _run_serve(a: argparse.Namespace) -> int:
-    import subprocess
-
-    return subprocess.call([sys.executable, "-m", "flows.serve", "--images", a.images,
-                            "--model", a.model, "--public", a.public, "--keys", a.keys,
-                            "--chunk-items", str(a.chunk_items), "--cron", a.cron])
-
-
-# ---------------------------------------------------------------------------
-# demo
-# ---------------------------------------------------------------------------
-
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the whole pipeline on built-in demo images (no setup needed)",
-        description="Draws cartoon faces, starts a local Prefect server, runs the pipeline "
-                    "flow (ingest, train, encode on a local Dask cluster, grant, evaluate) "
-                    "into local folders, reveals the granted images as a demo user, and "
-                    "prints where the stores, keys, report and sample grid are.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--out", default="imambig-demo", help="folder for everything the demo makes")
-    p.add_argument("--images", type=int, default=400, help="demo images to draw")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--workers", type=int, default=2, help="Dask worker processes")
-    p.set_defaults(handler=_run_demo)
-
-
-def _run_demo(a: argparse.Namespace) -> int:
-    from flows.demo import run_demo
-
-    run_demo(a.out, a.images, a.epochs, a.workers)
+    out = location(a, a.out)
+    ev = evaluate_stores(
+        location(a, a.images), location(a, a.model), resolve_store(location(a, a.public)),
+        resolve_store(location(a, a.keys)),
+        LocalKeyProvider.from_secrets(Secrets(secret_sources(a))), evaluate_config(a),
+        out=out, log=_say)
+    ev.save(out)
+    print(ev.markdown())
+    print(f"wrote evaluation.json, evaluation.md, grid.png{', rd.png' if a.rd_items else ''}"
+          f" to {out}")
     return 0
 
 
 # ---------------------------------------------------------------------------
+# attack
+# ---------------------------------------------------------------------------
+
+
+def _add_attack(sub: Subparsers) -> None:
+    from imambig.attacks.suite import ATTACKS
+
+    d = AttackConfig()
+    p = sub.add_parser(
+        "attack", parents=[STORAGE],
+        help="run the privacy attacks against a trained model's ambiguation",
+        description=(
+            "Fit the noise model on training images, ambiguate held-out test images with "
+            "an owner secret, and attack them as an outsider who holds other training "
+            "images of its own. Every attack reports support recall (chance = k/k'), "
+            "real-vs-fake ROC AUC and the PSNR/SSIM of its reconstruction, beside the "
+            "authorized decode and the public code decoded as is. Prints a table per k' "
+            "(and writes JSON with --json)."
+        ),
+        epilog=("example:\n  imambig attack --model runs/model --images runs/images "
+                "--k-public 192,256,384 --json attacks.json"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="checkpoint folder of `imambig train`")
+    p.add_argument("--images", required=True, help="image store with train and test splits")
+    p.add_argument("--attacks", type=_comma_list, default=d.attacks,
+                   help=f"comma list, from: {', '.join(ATTACKS)} (default: all but lp)")
+    p.add_argument("--k-public", type=_comma_list, default=d.k_publics,
+                   help="comma list of k' (public non-zeros per map); default 2k")
+    p.add_argument("--fit", type=int, default=d.fit_items,
+                   help="training images for the noise fit")
+    p.add_argument("--own", type=int, default=d.own_items, help="the attacker's own images")
+    p.add_argument("--targets", type=int, default=d.target_items, help="test images attacked")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--json", default=None, help="write the results here as JSON")
+    p.set_defaults(handler=_run_attack)
+
+
+def _run_attack(a: argparse.Namespace) -> int:
+    from imambig.attacks.experiment import run_privacy_experiment, to_json
+
+    runs = run_privacy_experiment(location(a, a.model), location(a, a.images),
+                                  attack_config(a), log=_say)
+    for run in runs:
+        print(run.markdown() + "\n")
+    if a.json:
+        Path(a.json).write_text(to_json(runs))
+        print(f"wrote {a.json}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+
+
+def _plugin_commands() -> list[Callable[[Subparsers], None]]:
+    """``add_command(subparsers)`` of every installed command plug-in (demo, serve)."""
+    return [ep.load() for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -558,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--help-all", action="store_true",
                         help="print the help of every sub-command and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_serve, _add_ingest, _add_train, _add_encode, _add_validate, _add_keys,
-                _add_grant, _add_reveal, _add_evaluate, _add_attack):
+    for add in (*_plugin_commands(), _add_ingest, _add_train, _add_encode, _add_validate,
+                _add_keys, _add_grant, _add_reveal, _add_evaluate, _add_attack):
         add(sub)
     return parser
 

@@ -1,7 +1,15 @@
-"""Typed configuration: the one place where defaults live.
+"""Typed configuration: the one place where settings and their defaults live.
 
-Every config is a frozen dataclass so it can be hashed, stored beside artefacts
-(``to_dict``/``from_dict``) and passed between processes by value.
+One frozen config per stage (``IngestConfig``, ``TrainConfig``, ``EncodeConfig``,
+``EvaluateConfig``, ``AttackConfig``) and ``PipelineConfig`` made of them, plus
+``ModelConfig`` (the network's shape) and ``SecretSources`` (where the owner's secrets
+are found). Configs say *how* a stage runs; *where* its inputs and outputs live is a
+``Location`` (``imambig.stores.location``), passed beside them. The command line and
+the Prefect flows build these objects and hand them on whole, so every default below
+is written once.
+
+Frozen dataclasses: hashable, stored beside artefacts (``to_dict``/``from_dict``),
+pickled to workers, and validated by Prefect (pydantic) when they are flow parameters.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from typing import Any, Literal
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the sparse autoencoder (see docs in ``imambig.model.autoencoder``).
+    """Shape of the sparse autoencoder (see ``imambig.model.autoencoder``).
 
     ``filters[i]``/``scales[i]`` describe down-sampling level ``i``; the last filter
     count is also the channel count of every skip branch at the bottleneck.
@@ -108,6 +116,7 @@ PRESETS: dict[str, ModelConfig] = {
         k=16,
     ),
 }
+DEFAULT_PRESET = "tiny"
 
 
 def preset(name: str) -> ModelConfig:
@@ -115,6 +124,35 @@ def preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def preset_name(model: ModelConfig) -> str:
+    """The name of the preset ``model`` is, or "custom"."""
+    return next((name for name, m in PRESETS.items() if m == model), "custom")
+
+
+def default_k_public(k: int) -> int:
+    """k', the public non-zeros per map, when none is given: 2k (the paper's choice, and
+    the one setting where every attack stays within 1 dB of a random guess)."""
+    return 2 * k
+
+
+# ---------------------------------------------------------------------------
+# Secrets
+# ---------------------------------------------------------------------------
+
+OWNER_SECRET_ENV = "IMAMBIG_OWNER_SECRET"
+KEYSTORE_KEY_ENV = "IMAMBIG_KEYSTORE_KEY"
+
+
+@dataclass(frozen=True)
+class SecretSources:
+    """Where the owner's two secrets are found, never the secrets themselves: specs
+    ``env:NAME``, ``file:PATH`` or a registered scheme such as ``prefect:BLOCK``
+    (``imambig.access.secrets``). Safe to log, store and pass as a flow parameter."""
+
+    owner_secret: str = f"env:{OWNER_SECRET_ENV}"  # seeds the decoy noise of every item
+    keystore_key: str = f"env:{KEYSTORE_KEY_ENV}"  # protects the keystore's data keys
 
 
 # ---------------------------------------------------------------------------
@@ -133,35 +171,11 @@ class IngestConfig:
     crop: int | None = None
     split: str = "official"  # official | random:<train frac> | identity:<train frac>
     seed: int = 0
-    chunk_items: int = 256  # images per Zarr chunk along the item axis
+    chunk_items: int = 256  # images per Zarr chunk of the image store
     min_side: int = 16  # smaller sources are set aside, not upscaled
     max_pixels: int = 64_000_000  # larger sources are set aside (decompression bombs)
     workers: int = 0  # decode processes; 0 = one per core
-
-
-# ---------------------------------------------------------------------------
-# Encoding
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    """How a collection is encoded into the public store and the keystore."""
-
-    k_public: int | None = None  # k': public non-zeros per map; None = 2k (the paper's)
-    chunk_items: int = 512  # items per public-store chunk, keystore row and Dask task
-    # The encoder runs in micro-batches of this fixed size (zero-padded) on one torch
-    # thread: float results then do not depend on batch composition or thread count, so
-    # an item's public bytes are the same whether encoded alone or in a bulk run.
-    micro_batch: int = 8
-    torch_threads: int = 1
-    # Records depend on it (about 0.3 % of support entries differ between bf16 and
-    # fp32), so a store version is bound to the resolved precision.
-    precision: str = "auto"  # auto | bf16 | fp32
-    noise_fit_items: int = 2048  # training images the noise model is fitted on
-
-    def public_count(self, k: int) -> int:
-        return self.k_public or 2 * k
+    limit: int | None = None  # ingest only the first N sources (sorted by id)
 
 
 # ---------------------------------------------------------------------------
@@ -171,7 +185,7 @@ class EncodeConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelConfig = field(default_factory=lambda: PRESETS["tiny"])
+    model: ModelConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
     epochs: int = 10
     # Wall-clock budget: when set, training stops after this many minutes and the
     # learning-rate schedule follows elapsed time instead of steps (``epochs`` is then
@@ -203,25 +217,91 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------
-# Keys and key material
+# Encoding
 # ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class KeyConfig:
-    """Where secrets come from. Secrets themselves never live in code, configs or stores:
-    a source is a spec, ``env:NAME`` or ``file:PATH`` (see ``imambig.access.secrets``)."""
+class EncodeConfig:
+    """How a collection is encoded into the public store and the keystore."""
 
-    owner_secret_env: str = "IMAMBIG_OWNER_SECRET"
-    keystore_key_env: str = "IMAMBIG_KEYSTORE_KEY"
-    owner_secret_source: str | None = None  # None: env:<owner_secret_env>
-    keystore_key_source: str | None = None  # None: env:<keystore_key_env>
-    min_secret_bytes: int = 32
+    k_public: int | None = None  # k': public non-zeros per map; None: default_k_public(k)
+    # A region is the unit of parallel work: its items fill one public-store chunk and
+    # one keystore row, and one task encodes it.
+    region_items: int = 512
+    # The encoder runs in micro-batches of this fixed size (zero-padded) on one torch
+    # thread: float results then do not depend on batch composition or thread count, so
+    # an item's public bytes are the same whether encoded alone or in a bulk run.
+    micro_batch: int = 8
+    torch_threads: int = 1
+    # Records depend on it (about 0.3 % of support entries differ between bf16 and
+    # fp32), so a store version is bound to the resolved precision.
+    precision: str = "auto"  # auto | bf16 | fp32
+    noise_fit_items: int = 2048  # training images the noise model is fitted on
 
-    @property
-    def owner_secret_spec(self) -> str:
-        return self.owner_secret_source or f"env:{self.owner_secret_env}"
+    def for_model(self, k: int) -> EncodeConfig:
+        """This config with k' settled for a model of top-k ``k``: the one place where
+        a missing k' becomes a number."""
+        return dataclasses.replace(self, k_public=self.k_public or default_k_public(k))
 
-    @property
-    def keystore_key_spec(self) -> str:
-        return self.keystore_key_source or f"env:{self.keystore_key_env}"
+
+# ---------------------------------------------------------------------------
+# Evaluation and attacks
+# ---------------------------------------------------------------------------
+
+# Every attack of the suite (``imambig.attacks``) but the slow LP.
+DEFAULT_ATTACKS: tuple[str, ...] = (
+    "random", "largest", "smallest", "magnitude", "position", "discriminator", "reencode",
+    "least_squares", "least_squares_reencode",
+)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What ``evaluate`` measures on the stores (the paper's Table 1 and more)."""
+
+    split: str = "test"  # the image-store split evaluated
+    max_items: int = 200  # evaluate at most this many items of it
+    attacker_items: int = 512  # training images the attacker ambiguates itself
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
+    codecs: tuple[str, ...] = ("jpeg", "webp", "avif")  # baselines at matched bytes
+    grid_items: int = 6  # columns of grid.png
+    rd_items: int = 64  # items behind the rate-distortion curves; 0: no rd.png
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The privacy experiment behind ``imambig attack``: the owner fits the noise on
+    training images and ambiguates test images; an outsider attacks them with images
+    of its own."""
+
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
+    k_publics: tuple[int, ...] = ()  # one run per k'; empty: default_k_public(k) only
+    fit_items: int = 2048  # training images the noise model is fitted on
+    own_items: int = 500  # the attacker's own images
+    target_items: int = 200  # test images attacked
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------
+# The whole pipeline
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """ingest -> train -> encode -> (publish) -> (grant) -> evaluate.
+
+    The pipeline ingests at its model's image size: ``ingest.height`` and ``width`` are
+    replaced by ``train.model``'s (see ``ingest_for_model``).
+    """
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    grant_items: int = 4  # items granted to the recipient, when there is one
+
+    def ingest_for_model(self) -> IngestConfig:
+        m = self.train.model
+        return dataclasses.replace(self.ingest, height=m.image_height, width=m.image_width)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from storage_schemas.registry import layout_for
+
+if TYPE_CHECKING:
+    from imambig.stores.location import Location
 
 
 @dataclass
@@ -67,11 +70,10 @@ def validate_group(group: zarr.Group, url: str = "") -> ValidationReport:
     return report
 
 
-def validate(url: str, storage_options: dict | None = None) -> ValidationReport:
-    from imambig.stores.location import open_store  # the library owns URL handling
-
+def validate(location: Location) -> ValidationReport:
     try:
-        group = zarr.open_group(open_store(url, storage_options, mode="r"), mode="r")
+        group = zarr.open_group(location.zarr_store(mode="r"), mode="r")
     except Exception as exc:  # any failure to open is itself the finding
-        return ValidationReport(url=url, violations=[f"cannot open a Zarr group: {exc}"])
-    return validate_group(group, url)
+        return ValidationReport(url=location.url,
+                                violations=[f"cannot open a Zarr group: {exc}"])
+    return validate_group(group, location.url)

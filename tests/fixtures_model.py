@@ -15,6 +15,7 @@ from PIL import Image
 from imambig.config import PRESETS, IngestConfig, TrainConfig
 from imambig.stages.ingest import ingest
 from imambig.stages.train import train
+from imambig.stores.location import Location
 
 N_SYNTHETIC = 300
 
@@ -32,18 +33,18 @@ def make_synthetic_images(folder: Path, n: int, size: int = 32, seed: int = 0) -
 
 
 @pytest.fixture(scope="session")
-def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Location:
     root = tmp_path_factory.mktemp("synthetic-images")
     make_synthetic_images(root / "src", N_SYNTHETIC)
-    out = str(root / "images")
-    ingest(str(root / "src"), out, IngestConfig(height=32, width=32, split="random:0.8",
-                                                workers=1))
+    out = Location(str(root / "images"))
+    ingest(Location(str(root / "src")), out,
+           IngestConfig(height=32, width=32, split="random:0.8", workers=1))
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny_model(synthetic_store: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = str(tmp_path_factory.mktemp("tiny-model") / "model")
+def tiny_model(synthetic_store: Location, tmp_path_factory: pytest.TempPathFactory) -> Location:
+    out = Location(str(tmp_path_factory.mktemp("tiny-model") / "model"))
     train(synthetic_store, out,
           TrainConfig(model=PRESETS["tiny"], epochs=2, batch_size=32, num_threads=1),
           progress=False)
@@ -80,12 +81,14 @@ def module_owner_env() -> Iterator[dict[str, str]]:
 def encoded(synthetic_store, tiny_model, tmp_path_factory, module_owner_env):
     """The synthetic store encoded into local stores: (job, plan)."""
     from imambig.config import EncodeConfig
+    from imambig.stages.dask_regions import DaskRegions
     from imambig.stages.encode_driver import run_encode
     from imambig.stages.encode_regions import EncodeJob
 
     root = tmp_path_factory.mktemp("encoded")
     job = EncodeJob(images=synthetic_store, model=tiny_model,
-                    public_root=str(root / "public"), keys_root=str(root / "keys"),
-                    config=EncodeConfig(chunk_items=64))
-    report = run_encode(job, n_workers=1, progress=False)
+                    public_root=Location(str(root / "public")),
+                    keys_root=Location(str(root / "keys")),
+                    config=EncodeConfig(region_items=64))
+    report = run_encode(job, DaskRegions(n_workers=1), progress=False)
     return job, report.plan

@@ -11,30 +11,37 @@ import torch
 from imambig.access.encryption import TamperedError
 from imambig.access.grant import GrantError, open_grant
 from imambig.access.identity import new_identity
+from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
-from imambig.access.secrets import LocalKeyProvider
+from imambig.access.secrets import Secrets
 from imambig.cli import main
 from imambig.evaluation.metrics import to_uint8
 from imambig.mechanism.keys import decode_keys
 from imambig.mechanism.record import scatter_code
 from imambig.model.checkpoint import load_model
 from imambig.stages.share import issue_grant, reveal
+from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
+
+
+def provider() -> LocalKeyProvider:
+    """The keystore key in the environment now (tests change it)."""
+    return LocalKeyProvider.from_secrets(Secrets())
 
 
 def test_grant_reveals_exactly_the_granted_items(encoded, tiny_model) -> None:
     job, plan = encoded
-    public = PublicStore.open(plan.public_url)
+    public = PublicStore.open(plan.public)
     ids = [str(i) for i in public.item_ids()]
     granted = ids[10:20]
     alice = new_identity()
     blob = issue_grant(job.public_root, job.keys_root, granted, alice.public_text(),
-                       LocalKeyProvider.from_config())
+                       provider())
     out = reveal(blob, alice, tiny_model)
     assert out.item_ids == granted
     # equals the authorized decode computed from the keystore directly
     model, _, _ = load_model(tiny_model)
-    ks = Keystore.open(plan.keystore_url, LocalKeyProvider.from_config())
+    ks = Keystore.open(plan.keystore, provider())
     mask, values = public.read(np.arange(10, 20))
     real = decode_keys(ks.keys(np.arange(10, 20)))
     with torch.no_grad():
@@ -50,7 +57,7 @@ def test_wrong_identity_and_tampered_grant_fail_clearly(encoded, tiny_model) -> 
     job, _ = encoded
     alice, mallory = new_identity(), new_identity()
     blob = issue_grant(job.public_root, job.keys_root, ["0001.png"], alice.public_text(),
-                       LocalKeyProvider.from_config())
+                       provider())
     with pytest.raises(GrantError, match="another identity"):
         reveal(blob, mallory, tiny_model)
     flipped = bytearray(blob)
@@ -62,8 +69,8 @@ def test_wrong_identity_and_tampered_grant_fail_clearly(encoded, tiny_model) -> 
 def test_flipped_byte_in_a_keystore_chunk_is_caught(encoded, tmp_path) -> None:
     _, plan = encoded
     copy = tmp_path / "keystore"
-    shutil.copytree(plan.keystore_url, copy)
-    ks = Keystore.open(str(copy), LocalKeyProvider.from_config(), mode="r+")
+    shutil.copytree(plan.keystore.url, copy)
+    ks = Keystore.open(Location(str(copy)), provider(), mode="r+")
     row = np.asarray(ks.group["sealed"][1])
     row[100] ^= 0x40
     ks.group["sealed"][1] = row
@@ -79,7 +86,7 @@ def test_keystore_needs_the_master_key(encoded, monkeypatch) -> None:
     _, plan = encoded
     monkeypatch.setenv("IMAMBIG_KEYSTORE_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
     with pytest.raises(TamperedError, match="another master key"):
-        Keystore.open(plan.keystore_url, LocalKeyProvider.from_config())
+        Keystore.open(plan.keystore, provider())
 
 
 def test_cli_identity_grant_reveal(encoded, tiny_model, tmp_path, capsys) -> None:
@@ -87,12 +94,12 @@ def test_cli_identity_grant_reveal(encoded, tiny_model, tmp_path, capsys) -> Non
     assert main(["keys", "new-identity", "--out", str(tmp_path / "bob.id")]) == 0
     pub = capsys.readouterr().out.strip()
     assert pub.startswith("imambig-pub-v1:")
-    assert main(["grant", "--public", job.public_root, "--keys", job.keys_root, "--to", pub,
+    assert main(["grant", "--public", str(job.public_root), "--keys", str(job.keys_root), "--to", pub,
                  "--items", "0003.png", "0004.png", "--out", str(tmp_path / "g.bin")]) == 0
     assert main(["reveal", "--grant", str(tmp_path / "g.bin"), "--identity",
-                 str(tmp_path / "bob.id"), "--model", tiny_model,
+                 str(tmp_path / "bob.id"), "--model", str(tiny_model),
                  "--out", str(tmp_path / "seen")]) == 0
     assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == ["0003.png", "0004.png"]
     # unknown items are a clear error, not a crash
-    assert main(["grant", "--public", job.public_root, "--keys", job.keys_root, "--to", pub,
+    assert main(["grant", "--public", str(job.public_root), "--keys", str(job.keys_root), "--to", pub,
                  "--items", "nope.png", "--out", str(tmp_path / "g2.bin")]) == 2

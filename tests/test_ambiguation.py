@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from imambig.access.secrets import Secret
 from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.keys import decode_keys, key_bytes
 from imambig.mechanism.noise_model import NoiseModel, fit_noise_model
@@ -16,13 +17,14 @@ from imambig.model.layers.topk import topk_sparsify
 from imambig.stages.encode_images import encode_images
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor
+from imambig.stores.location import Location
 
-SECRET = b"s" * 32
-OTHER = b"o" * 32
+SECRET = Secret(b"s" * 32)
+OTHER = Secret(b"o" * 32)
 
 
 @pytest.fixture(scope="module")
-def setup(synthetic_store: str, tiny_model: str):
+def setup(synthetic_store: Location, tiny_model: Location):
     torch.set_num_threads(1)
     model, info, _ = load_model(tiny_model)
     store = open_image_store(synthetic_store)
@@ -100,8 +102,8 @@ def test_keys_decode_to_the_real_entries(setup) -> None:
 def test_noise_model_round_trip_and_model_binding(setup, tmp_path) -> None:
     model, _, noise, _, _ = setup
     url = str(tmp_path / "noise.npz")
-    noise.save(url)
-    back = NoiseModel.load(url)
+    noise.save(Location(url))
+    back = NoiseModel.load(Location(url))
     assert back.model_id == noise.model_id and back.k_public == noise.k_public
     assert np.array_equal(back.components, noise.components)
     # a file from another noise design is refused by name, not with a KeyError
@@ -110,7 +112,7 @@ def test_noise_model_round_trip_and_model_binding(setup, tmp_path) -> None:
     old_url = tmp_path / "old.npz"
     np.savez(old_url, **old)
     with pytest.raises(ValueError, match=r"old\.npz.*flip_pos.*delete it to refit"):
-        NoiseModel.load(str(old_url))
+        NoiseModel.load(Location(str(old_url)))
     with pytest.raises(ValueError, match="fitted for model"):
         ambiguate(model, torch.zeros(1, model.config.n_maps, model.config.bottleneck_size),
                   back, SECRET, "another-model", ["x"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from imambig.access.secrets import Secret
 from imambig.attacks.discriminator import Discriminator
 from imambig.attacks.linear_consistency import (
     _Problems,
@@ -71,14 +72,14 @@ def target(setup: tuple[SparseAutoencoder, NoiseModel]) -> tuple[Ambiguated, tor
     with torch.no_grad():
         h = model.bottleneck(images)
     ids = [f"target/{i}" for i in range(len(images))]
-    return ambiguate(model, h, noise, b"owner secret, 32 bytes or more!!", MODEL_ID, ids), images
+    return ambiguate(model, h, noise, Secret(b"owner secret, 32 bytes or more!!"), MODEL_ID, ids), images
 
 
 @pytest.fixture(scope="module")
 def own(setup: tuple[SparseAutoencoder, NoiseModel]) -> Ambiguated:
     model, noise = setup
     return attacker_ambiguation(
-        model, noise, smooth_images(48, 2), b"attacker secret of 32 bytes....!"
+        model, noise, smooth_images(48, 2), Secret(b"attacker secret of 32 bytes....!")
     )
 
 
@@ -303,7 +304,7 @@ def test_attack_command_reports_every_k_public(synthetic_store, tiny_model, tmp_
     from imambig.mechanism.keys import key_bytes
 
     out = tmp_path / "attacks.json"
-    code = main(["attack", "--model", tiny_model, "--images", synthetic_store, "--fit", "60",
+    code = main(["attack", "--model", str(tiny_model), "--images", str(synthetic_store), "--fit", "60",
                  "--own", "40", "--targets", "20", "--attacks", "random,magnitude,position",
                  "--k-public", "24,32", "--json", str(out)])
     assert code == 0
@@ -324,7 +325,7 @@ def test_attack_command_reports_every_k_public(synthetic_store, tiny_model, tmp_
 def test_attack_command_explains_a_store_too_small(synthetic_store, tiny_model, capsys) -> None:
     from imambig.cli import main
 
-    code = main(["attack", "--model", tiny_model, "--images", synthetic_store,
+    code = main(["attack", "--model", str(tiny_model), "--images", str(synthetic_store),
                  "--fit", "5000", "--attacks", "random"])
     assert code == 2
     assert "training items" in capsys.readouterr().err

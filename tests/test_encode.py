@@ -17,17 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
-from imambig.access.secrets import LocalKeyProvider, owner_secret
+from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig
 from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel
 from imambig.model.checkpoint import load_model
-from imambig.stages.encode_driver import run_encode
+from imambig.stages.dask_regions import DaskRegions
+from imambig.stages.encode_driver import EncodeReport, SerialRegions, run_encode
 from imambig.stages.encode_images import encode_images
-from imambig.stages.encode_regions import EncodeJob, lease_url, target_version
+from imambig.stages.encode_regions import EncodeContext, EncodeJob
+from imambig.stages.versions import lease_location
 from imambig.stores.image_store import ImageStoreWriter, open_image_store
 from imambig.stores.lease import Lease, LeaseHeld
-from imambig.stores.location import filesystem, join
+from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
 from storage_schemas.validate import validate
 
@@ -36,30 +39,45 @@ CHUNK = 64  # 300 synthetic items -> 5 regions
 
 @pytest.fixture(params=["local", "s3"])
 def roots(request: pytest.FixtureRequest, tmp_path: Path, owner_env):
-    """(public root, keys root, storage options) on the chosen backend."""
+    """(public root, keys root) on the chosen backend."""
     if request.param == "local":
-        yield str(tmp_path / "public"), str(tmp_path / "keys"), {}
+        yield Location(str(tmp_path / "public")), Location(str(tmp_path / "keys"))
         return
     server = request.getfixturevalue("s3_server")
     server.start()  # a test that restarted the server may have left it stopped
     tag = uuid.uuid4().hex[:12]
     public, keys = server.create_bucket(f"pub-{tag}"), server.create_bucket(f"keys-{tag}")
-    yield f"{public}/celeba", f"{keys}/celeba", server.storage_options()
+    opts = server.storage_options()
+    yield Location(f"{public}/celeba", opts), Location(f"{keys}/celeba", opts)
     server.start()
     server.delete_bucket(f"pub-{tag}")
     server.delete_bucket(f"keys-{tag}")
 
 
-def _job(images: str, model: str, roots, **cfg) -> EncodeJob:
-    public, keys, opts = roots
+def _job(images: Location, model: Location, roots: tuple[Location, Location],
+         **cfg: int) -> EncodeJob:
+    public, keys = roots
     return EncodeJob(images=images, model=model, public_root=public, keys_root=keys,
-                     config=EncodeConfig(chunk_items=CHUNK, **cfg),
-                     storage_options=json.dumps(opts))
+                     config=EncodeConfig(region_items=CHUNK, **cfg))
 
 
-def tree_digest(root: str, opts: dict) -> dict[str, str]:
+def _encode(job: EncodeJob, **kw) -> EncodeReport:
+    return run_encode(job, DaskRegions(n_workers=kw.pop("n_workers", 1),
+                                       address=kw.pop("dask_address", None)),
+                      progress=False, **kw)
+
+
+def _renamed(roots: tuple[Location, Location], suffix: str) -> tuple[Location, Location]:
+    return tuple(Location(r.url + suffix, r.storage_options) for r in roots)  # type: ignore[return-value]
+
+
+def _version(job: EncodeJob) -> str:
+    return EncodeContext.open(job).version
+
+
+def tree_digest(root: Location) -> dict[str, str]:
     """sha256 of every file under ``root`` except run state (markers hold timings)."""
-    fs, path = filesystem(root, opts)
+    fs, path = root.filesystem()
     fs.invalidate_cache()
     out = {}
     for f in sorted(fs.find(path)):
@@ -72,23 +90,22 @@ def tree_digest(root: str, opts: dict) -> dict[str, str]:
 
 def test_encode_two_workers_matches_single_item_encoding(synthetic_store, tiny_model, roots):
     job = _job(synthetic_store, tiny_model, roots)
-    report = run_encode(job, n_workers=2, progress=False)
+    report = _encode(job, n_workers=2)
     assert report.encoded == 300 and report.workers == 2
-    opts = job.options
-    for url in (report.plan.public_url, report.plan.keystore_url):
-        assert validate(url, opts).ok, validate(url, opts).summary()
+    for store in (report.plan.public, report.plan.keystore):
+        assert validate(store).ok, validate(store).summary()
 
     # every item's public record and key equal those of encoding it alone
     model, info, _ = load_model(tiny_model)
-    noise = NoiseModel.load(join(tiny_model, f"noise_d{NOISE_DESIGN}_k32.npz"))
+    noise = NoiseModel.load(tiny_model.join(f"noise_d{NOISE_DESIGN}_k32.npz"))
     store = open_image_store(synthetic_store)
-    public = PublicStore.open(report.plan.public_url, opts)
-    keystore = Keystore.open(report.plan.keystore_url, LocalKeyProvider.from_config(), opts)
+    public = PublicStore.open(report.plan.public)
+    secrets = Secrets()
+    keystore = Keystore.open(report.plan.keystore, LocalKeyProvider.from_secrets(secrets))
     ids = store.item_ids()
-    secret = owner_secret().reveal()
     for i in (0, 63, 64, 150, 299):
-        alone = encode_images(model, noise, secret, info.model_id, store.read(slice(i, i + 1)),
-                              [str(ids[i])])
+        alone = encode_images(model, noise, secrets.owner_secret, info.model_id,
+                              store.read(slice(i, i + 1)), [str(ids[i])])
         mask, values = public.read(np.array([i]))
         assert np.array_equal(mask[0], alone.mask[0])
         assert values[0].tobytes() == alone.values[0].tobytes()
@@ -96,30 +113,44 @@ def test_encode_two_workers_matches_single_item_encoding(synthetic_store, tiny_m
     assert list(public.item_ids()) == list(ids)
 
 
+def test_any_region_mapper_writes_the_same_bytes(synthetic_store, tiny_model, tmp_path,
+                                                 owner_env):
+    dask = _job(synthetic_store, tiny_model,
+                (Location(str(tmp_path / "p1")), Location(str(tmp_path / "k1"))))
+    serial = _job(synthetic_store, tiny_model,
+                  (Location(str(tmp_path / "p2")), Location(str(tmp_path / "k2"))))
+    _encode(dask)
+    report = run_encode(serial, SerialRegions(), progress=False)
+    assert report.encoded == 300 and report.workers == 1
+    assert tree_digest(dask.public_root) == tree_digest(serial.public_root)
+    assert tree_digest(dask.keys_root) == tree_digest(serial.keys_root)
+
+
 def test_rerun_is_a_no_op_with_identical_bytes(synthetic_store, tiny_model, roots):
     job = _job(synthetic_store, tiny_model, roots)
-    first = run_encode(job, n_workers=1, progress=False)
-    before = tree_digest(job.public_root, job.options), tree_digest(job.keys_root, job.options)
-    again = run_encode(job, n_workers=1, progress=False)
+    first = _encode(job)
+    before = tree_digest(job.public_root), tree_digest(job.keys_root)
+    again = _encode(job)
     assert again.encoded == 0 and again.plan.done == 5
-    after = tree_digest(job.public_root, job.options), tree_digest(job.keys_root, job.options)
+    after = tree_digest(job.public_root), tree_digest(job.keys_root)
     assert before == after
-    assert first.plan.public_url == again.plan.public_url
+    assert first.plan.public == again.plan.public
 
 
 def test_killed_run_resumes_to_identical_bytes(synthetic_store, tiny_model, roots, tmp_path):
-    public, keys, opts = roots
-    clean = _job(synthetic_store, tiny_model, (public + "-clean", keys + "-clean", opts))
-    run_encode(clean, n_workers=1, progress=False)
+    public, keys = roots
+    clean = _job(synthetic_store, tiny_model, _renamed(roots, "-clean"))
+    _encode(clean)
 
     job = _job(synthetic_store, tiny_model, roots)
-    cmd = [sys.executable, "-m", "imambig.cli", "encode", "--images", synthetic_store,
-           "--model", tiny_model, "--public", public, "--keys", keys, "--workers", "1",
-           "--chunk-items", str(CHUNK), "--storage-options", json.dumps(opts)]
+    cmd = [sys.executable, "-m", "imambig.cli", "encode", "--images", str(synthetic_store),
+           "--model", str(tiny_model), "--public", str(public), "--keys", str(keys),
+           "--workers", "1", "--chunk-items", str(CHUNK),
+           "--storage-options", json.dumps(public.storage_options)]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    version = target_version(job)
-    fs, regions = filesystem(join(keys, version, "_state", "regions"), opts)
+    version = _version(job)
+    fs, regions = keys.join(version, "_state", "regions").filesystem()
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -134,19 +165,18 @@ def test_killed_run_resumes_to_identical_bytes(synthetic_store, tiny_model, root
     assert 2 <= len(fs.ls(regions)) < 5, "the kill did not land mid-run"
 
     # The dead run's lease is still there; its process is gone, so it is taken over.
-    assert Lease(lease_url(job, version), opts).holder() is not None
-    resumed = run_encode(job, n_workers=1, progress=False)
+    assert Lease(lease_location(keys, version)).holder() is not None
+    resumed = _encode(job)
     assert resumed.plan.done >= 2 and resumed.encoded < 300
-    assert tree_digest(public, opts) == tree_digest(public + "-clean", opts)
-    assert tree_digest(keys, opts) == tree_digest(keys + "-clean", opts)
+    assert tree_digest(public) == tree_digest(clean.public_root)
+    assert tree_digest(keys) == tree_digest(clean.keys_root)
 
 
 def test_worker_killed_mid_run_still_completes(synthetic_store, tiny_model, roots):
     from distributed import LocalCluster
 
-    public, keys, opts = roots
-    clean = _job(synthetic_store, tiny_model, (public + "-clean", keys + "-clean", opts))
-    run_encode(clean, n_workers=1, progress=False)
+    clean = _job(synthetic_store, tiny_model, _renamed(roots, "-clean"))
+    _encode(clean)
     job = _job(synthetic_store, tiny_model, roots)
     # Worker pids from the nannies: a second Client in this process (besides run_encode's)
     # can bind distributed's events to another event loop.
@@ -160,30 +190,29 @@ def test_worker_killed_mid_run_still_completes(synthetic_store, tiny_model, root
                 killed.append(pids[0])
                 os.kill(pids[0], signal.SIGKILL)
 
-        report = run_encode(job, dask_address=cluster.scheduler_address, progress=False,
-                            on_region=kill_one)
+        report = _encode(job, dask_address=cluster.scheduler_address, on_region=kill_one)
     assert killed and report.plan.n_items == 300
-    assert validate(report.plan.public_url, opts).ok
-    assert tree_digest(public, opts) == tree_digest(public + "-clean", opts)
-    assert tree_digest(keys, opts) == tree_digest(keys + "-clean", opts)
+    assert validate(report.plan.public).ok
+    assert tree_digest(job.public_root) == tree_digest(clean.public_root)
+    assert tree_digest(job.keys_root) == tree_digest(clean.keys_root)
 
 
 def test_second_run_on_the_same_target_is_refused(synthetic_store, tiny_model, roots):
     job = _job(synthetic_store, tiny_model, roots)
-    holder = Lease(lease_url(job, target_version(job)), job.options).acquire()
+    holder = Lease(lease_location(job.keys_root, _version(job))).acquire()
     try:
         with pytest.raises(LeaseHeld, match="another encode run"):
-            run_encode(job, n_workers=1, progress=False)
+            _encode(job)
     finally:
         holder.release()
-    assert run_encode(job, n_workers=1, progress=False).encoded == 300
+    assert _encode(job).encoded == 300
 
 
 def test_concurrent_cli_runs_one_proceeds_one_refuses(synthetic_store, tiny_model, tmp_path,
                                                       owner_env):
     public, keys = str(tmp_path / "public"), str(tmp_path / "keys")
-    cmd = [sys.executable, "-m", "imambig.cli", "encode", "--images", synthetic_store,
-           "--model", tiny_model, "--public", public, "--keys", keys, "--workers", "1",
+    cmd = [sys.executable, "-m", "imambig.cli", "encode", "--images", str(synthetic_store),
+           "--model", str(tiny_model), "--public", public, "--keys", keys, "--workers", "1",
            "--chunk-items", str(CHUNK)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -192,57 +221,63 @@ def test_concurrent_cli_runs_one_proceeds_one_refuses(synthetic_store, tiny_mode
     assert codes == [0, 3], outs
     refused = next(err for p, (_, err) in zip(procs, outs, strict=True) if p.returncode == 3)
     assert "another encode run" in refused
-    assert validate(join(public, json.loads(Path(public, "current.json").read_text())["version"])).ok
+    version = json.loads(Path(public, "current.json").read_text())["version"]
+    assert validate(Location(public).join(version)).ok
 
 
 def test_new_images_are_encoded_without_touching_old_ones(synthetic_store, tiny_model, tmp_path,
                                                           owner_env):
     # A store with the first 200 images, later grown to all 300.
     full = open_image_store(synthetic_store)
-    grown = str(tmp_path / "grown")
+    grown = Location(str(tmp_path / "grown"))
     w = ImageStoreWriter.create(grown, n_items=200, height=32, width=32, chunk_items=100,
                                 attrs={"source": "synthetic"})
     w.write_images(0, full.read(slice(0, 200)))
     w.write_labels(list(full.item_ids()[:200]), full.splits()[:200], full.identities()[:200])
     w.finish()
-    roots = (str(tmp_path / "public"), str(tmp_path / "keys"), {})
+    roots = (Location(str(tmp_path / "public")), Location(str(tmp_path / "keys")))
     job = _job(grown, tiny_model, roots)
-    first = run_encode(job, n_workers=1, progress=False)
+    first = _encode(job)
     assert first.encoded == 200
-    old = tree_digest(first.plan.public_url, {})
+    old = tree_digest(first.plan.public)
 
     w = ImageStoreWriter.open(grown)
     w.resize(300)
     w.write_images(200, full.read(slice(200, 300)))
     w.write_labels(list(full.item_ids()), full.splits(), full.identities())
     w.finish()
-    second = run_encode(job, n_workers=1, progress=False)
+    second = _encode(job)
     # chunks 0..2 (items 0..191) were complete and stay untouched; 192..299 are (re)done
     assert second.encoded == 300 - 192
-    new = tree_digest(second.plan.public_url, {})
+    new = tree_digest(second.plan.public)
     for name in ("support/c/0/0/0", "values/c/0/0/0", "support/c/2/0/0"):
         assert new[name] == old[name]
-    assert validate(second.plan.public_url).ok
+    assert validate(second.plan.public).ok
 
     # ... and the result equals encoding all 300 from scratch
-    scratch = _job(grown, tiny_model, (str(tmp_path / "p2"), str(tmp_path / "k2"), {}))
-    third = run_encode(scratch, n_workers=1, progress=False)
-    a, b = tree_digest(second.plan.public_url, {}), tree_digest(third.plan.public_url, {})
+    scratch = _job(grown, tiny_model,
+                   (Location(str(tmp_path / "p2")), Location(str(tmp_path / "k2"))))
+    third = _encode(scratch)
+    a, b = tree_digest(second.plan.public), tree_digest(third.plan.public)
     assert {k: v for k, v in a.items() if "/c/" in k} == {k: v for k, v in b.items() if "/c/" in k}
 
 
 def test_public_store_and_keystore_must_not_share_a_root(synthetic_store, tiny_model, tmp_path,
                                                          owner_env):
-    job = _job(synthetic_store, tiny_model,
-               (str(tmp_path / "stores"), str(tmp_path / "stores" / "keys"), {}))
+    job = _job(synthetic_store, tiny_model, (Location(str(tmp_path / "stores")),
+                                             Location(str(tmp_path / "stores" / "keys"))))
     with pytest.raises(ValueError, match="share a root"):
-        run_encode(job, n_workers=1, progress=False)
+        _encode(job)
     assert not (tmp_path / "stores").exists()
 
 
+def _local_roots(tmp_path: Path) -> tuple[Location, Location]:
+    return Location(str(tmp_path / "pub")), Location(str(tmp_path / "keys"))
+
+
 def test_public_store_opens_without_imambig(synthetic_store, tiny_model, tmp_path, owner_env):
-    job = _job(synthetic_store, tiny_model, (str(tmp_path / "pub"), str(tmp_path / "keys"), {}))
-    url = run_encode(job, n_workers=1, progress=False).plan.public_url
+    job = _job(synthetic_store, tiny_model, _local_roots(tmp_path))
+    url = _encode(job).plan.public.url
     code = f"""
 import sys, numpy as np, zarr, xarray as xr
 g = zarr.open_group({url!r}, mode="r")
@@ -261,12 +296,12 @@ print("ok")
 
 def test_validator_reports_unwritten_chunks_and_foreign_attributes(synthetic_store, tiny_model,
                                                                    tmp_path, owner_env):
-    job = _job(synthetic_store, tiny_model, (str(tmp_path / "pub"), str(tmp_path / "keys"), {}))
-    url = run_encode(job, n_workers=1, progress=False).plan.public_url
-    os.remove(Path(url, "support", "c", "1", "0", "0"))
-    store = PublicStore.open(url, mode="r+")
+    job = _job(synthetic_store, tiny_model, _local_roots(tmp_path))
+    public = _encode(job).plan.public
+    os.remove(Path(public.url, "support", "c", "1", "0", "0"))
+    store = PublicStore.open(public, mode="r+")
     store.group.attrs["owner_secret_hint"] = "nope"
-    report = validate(url)
+    report = validate(public)
     text = report.summary()
     assert not report.ok
     assert "64 items have no public record" in text
@@ -275,14 +310,14 @@ def test_validator_reports_unwritten_chunks_and_foreign_attributes(synthetic_sto
 
 def test_lease_renewal_keeps_a_long_run_exclusive(tmp_path):
     url = str(tmp_path / "lease.json")
-    with Lease(url, ttl_s=0.6):
+    with Lease(Location(url), ttl_s=0.6):
         time.sleep(1.0)  # longer than the TTL: renewal must keep it alive
         with pytest.raises(LeaseHeld):
-            Lease(url, ttl_s=0.6).acquire()
+            Lease(Location(url), ttl_s=0.6).acquire()
     assert not Path(url).exists()
     # an expired lease of a dead holder is taken over
     Path(url).write_text(json.dumps({"owner": "dead", "acquired": 0, "expires": 1}))
-    lease = Lease(url, ttl_s=5).acquire()
+    lease = Lease(Location(url), ttl_s=5).acquire()
     assert lease.holder()["owner"] == lease.owner
     lease.release()
     assert lease.holder() is None
@@ -293,10 +328,11 @@ def test_s3_server_restart_mid_run_then_rerun_is_byte_identical(synthetic_store,
     tag = uuid.uuid4().hex[:12]
     opts = s3_server.storage_options()
     pub, keys = s3_server.create_bucket(f"pub-{tag}"), s3_server.create_bucket(f"keys-{tag}")
-    clean = _job(synthetic_store, tiny_model, (f"{pub}/clean", f"{keys}/clean", opts))
-    run_encode(clean, n_workers=1, progress=False)
+    clean = _job(synthetic_store, tiny_model,
+                 (Location(f"{pub}/clean", opts), Location(f"{keys}/clean", opts)))
+    _encode(clean)
 
-    job = _job(synthetic_store, tiny_model, (f"{pub}/x", f"{keys}/x", opts))
+    job = _job(synthetic_store, tiny_model, (Location(f"{pub}/x", opts), Location(f"{keys}/x", opts)))
     restarted: list[bool] = []
 
     def crash_storage(manifest, done, total) -> None:
@@ -306,9 +342,9 @@ def test_s3_server_restart_mid_run_then_rerun_is_byte_identical(synthetic_store,
 
     # The run may fail while storage is down; re-running must repair it.
     with contextlib.suppress(Exception):
-        run_encode(job, n_workers=1, progress=False, on_region=crash_storage)
+        _encode(job, on_region=crash_storage)
     assert restarted
-    run_encode(job, n_workers=1, progress=False)
-    assert tree_digest(f"{pub}/x", opts) == tree_digest(f"{pub}/clean", opts)
-    assert tree_digest(f"{keys}/x", opts) == tree_digest(f"{keys}/clean", opts)
-    assert validate(join(f"{pub}/x", target_version(job)), opts).ok
+    _encode(job)
+    assert tree_digest(job.public_root) == tree_digest(clean.public_root)
+    assert tree_digest(job.keys_root) == tree_digest(clean.keys_root)
+    assert validate(job.public_root.join(_version(job))).ok

@@ -65,8 +65,9 @@ def test_evaluate_command_writes_table_plots_and_honest_rates(encoded, synthetic
                                                               capsys) -> None:
     job, _ = encoded
     out = tmp_path / "eval"
-    code = main(["evaluate", "--images", synthetic_store, "--model", tiny_model,
-                 "--public", job.public_root, "--keys", job.keys_root, "--out", str(out),
+    code = main(["evaluate", "--images", str(synthetic_store), "--model", str(tiny_model),
+                 "--public", str(job.public_root), "--keys", str(job.keys_root),
+                 "--out", str(out),
                  "--max-items", "24", "--attacks", "random,magnitude", "--rd-items", "8"])
     assert code == 0
     ev = json.loads((out / "evaluation.json").read_text())

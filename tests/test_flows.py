@@ -4,6 +4,7 @@ the Prefect API; secrets never reach Prefect; bad parameters fail before any wor
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from flows.demo_images import write_demo_images
+from imambig.config import EncodeConfig, SecretSources
 from infra.prefect_server import PrefectServer
 
 
@@ -53,13 +55,16 @@ def pipeline_run(prefect_server, s3_server, tmp_path_factory, celeba_dir_or_none
         source, crop, limit = str(write_demo_images(root / "faces", 300)), None, None
     tag = secrets.token_hex(4)
     pub, keys = s3_server.create_bucket(f"pub-{tag}"), s3_server.create_bucket(f"keys-{tag}")
+    # Locations as URL strings and a partial config: what is left out takes its default.
+    config = {"ingest": {"split": "identity:0.8", "crop": crop, "limit": limit},
+              "train": {"epochs": 3, "batch_size": 32},
+              "encode": {"region_items": 64},
+              "evaluate": {"max_items": 48, "attacks": ["random", "magnitude", "position"]}}
     params = {"source": source, "workdir": str(root / "work"), "public_root": f"{pub}/faces",
               "keys_root": f"{keys}/faces", "publish_root": str(root / "published"),
-              "model_preset": "tiny", "epochs": 3, "crop": crop, "limit": limit,
-              "chunk_items": 64, "eval_items": 48, "dask_workers": 2,
+              "config": config, "dask_workers": 2,
               "grant_to": "imambig-pub-v1:" + base64.urlsafe_b64encode(
-                  secrets.token_bytes(32)).decode().rstrip("="),
-              "attacks": ["random", "magnitude", "position"]}
+                  secrets.token_bytes(32)).decode().rstrip("=")}
     proc = run_flow("flows.pipeline", params, env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{\n") :])
@@ -217,8 +222,8 @@ def test_scheduled_deployment_runs_end_to_end(synthetic_store, tiny_model, tmp_p
     with server:
         env.update(server.env())
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.serve", "--images", synthetic_store, "--model",
-             tiny_model, "--public", str(tmp_path / "public"), "--keys",
+            [sys.executable, "-m", "flows.serve", "--images", str(synthetic_store), "--model",
+             str(tiny_model), "--public", str(tmp_path / "public"), "--keys",
              str(tmp_path / "keys"), "--chunk-items", "128", "--cron", "* * * * *"],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
@@ -241,4 +246,15 @@ def test_scheduled_deployment_runs_end_to_end(synthetic_store, tiny_model, tmp_p
         assert done is not None, "no scheduled run finished"
         assert done["state_type"] == "COMPLETED", done["state"]
         assert done["auto_scheduled"] or done["state_name"] in ("Completed",)
+        # What the API (and so the UI's run form) shows: a location as {url, options},
+        # the config whole, and its schema with the config's defaults.
+        nightly = deps["nightly-reencode"]
+        assert nightly["parameters"]["images"]["url"] == str(synthetic_store)
+        assert nightly["parameters"]["config"]["region_items"] == 128
+        schema = nightly["parameter_openapi_schema"]
+        config = schema["properties"]["config"]
+        assert config["default"] == dataclasses.asdict(EncodeConfig())
+        fields = schema["definitions"]["EncodeConfig"]["properties"]
+        assert {"k_public", "region_items", "micro_batch"} <= set(fields)
+        assert schema["properties"]["secrets"]["default"] == dataclasses.asdict(SecretSources())
     assert (tmp_path / "public" / "current.json").exists()

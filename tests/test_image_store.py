@@ -12,6 +12,7 @@ from imambig.stores.image_store import (
     open_image_store,
     store_state,
 )
+from imambig.stores.location import Location
 
 N, H, W, CHUNK = 10, 6, 5, 4
 
@@ -21,14 +22,14 @@ def _images(n: int = N) -> np.ndarray:
     return rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8)
 
 
-def _write(url: str, images: np.ndarray, finish: bool = True) -> ImageStoreWriter:
+def _write(location: Location, images: np.ndarray, finish: bool = True) -> ImageStoreWriter:
     writer = ImageStoreWriter.create(
-        url, n_items=len(images), height=H, width=W, chunk_items=CHUNK,
+        location, n_items=len(images), height=H, width=W, chunk_items=CHUNK,
         attrs={"source": "test", "split_spec": "random:0.5", "seed": 0, "crop": None},
     )
     # Region by region, as independent writers would.
     for start in range(0, len(images), CHUNK):
-        ImageStoreWriter.open(url).write_images(start, images[start : start + CHUNK])
+        ImageStoreWriter.open(location).write_images(start, images[start : start + CHUNK])
     writer.write_labels(
         np.array([f"dir/{i}.png" for i in range(len(images))]),
         np.array([0, 1, 2, 0, 0, 1, 2, 0, 0, 0][: len(images)], dtype=np.uint8),
@@ -40,11 +41,11 @@ def _write(url: str, images: np.ndarray, finish: bool = True) -> ImageStoreWrite
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    url = str(tmp_path / "store")
+    location = Location(str(tmp_path / "store"))
     images = _images()
-    _write(url, images)
+    _write(location, images)
 
-    store = open_image_store(url)
+    store = open_image_store(location)
     assert (store.n_items, store.height, store.width, len(store)) == (N, H, W, N)
     assert store.attrs["schema"] == SCHEMA
     assert store.attrs["n_items"] == N
@@ -74,15 +75,15 @@ def test_round_trip(tmp_path: Path) -> None:
 
 
 def test_resize_keeps_written_items(tmp_path: Path) -> None:
-    url = str(tmp_path / "store")
+    location = Location(str(tmp_path / "store"))
     images = _images(8)
-    writer = ImageStoreWriter.create(url, n_items=12, height=H, width=W, chunk_items=CHUNK)
+    writer = ImageStoreWriter.create(location, n_items=12, height=H, width=W, chunk_items=CHUNK)
     writer.write_images(0, images[:4])
     writer.resize(6)
     writer.write_images(4, images[4:6])  # a short last region may end at n_items
     writer.write_labels(np.array(list("abcdef")), np.zeros(6, np.uint8), np.zeros(6, np.int64))
     writer.finish()
-    store = open_image_store(url)
+    store = open_image_store(location)
     assert store.n_items == 6
     assert store.attrs["n_items"] == 6
     assert np.array_equal(store.read(slice(None)), images[:6])
@@ -90,7 +91,7 @@ def test_resize_keeps_written_items(tmp_path: Path) -> None:
 
 def test_regions_must_be_chunk_aligned(tmp_path: Path) -> None:
     writer = ImageStoreWriter.create(
-        str(tmp_path / "s"), n_items=N, height=H, width=W, chunk_items=CHUNK
+        Location(str(tmp_path / "s")), n_items=N, height=H, width=W, chunk_items=CHUNK
     )
     with pytest.raises(ValueError, match="aligned"):
         writer.write_images(2, _images(4))
@@ -101,33 +102,33 @@ def test_regions_must_be_chunk_aligned(tmp_path: Path) -> None:
 
 
 def test_incomplete_store_refuses_to_open(tmp_path: Path) -> None:
-    url = str(tmp_path / "store")
-    _write(url, _images(), finish=False)
-    assert store_state(url) == "incomplete"
+    location = Location(str(tmp_path / "store"))
+    _write(location, _images(), finish=False)
+    assert store_state(location) == "incomplete"
     with pytest.raises(ValueError, match="not completely written; re-run ingest"):
-        open_image_store(url)
+        open_image_store(location)
 
 
 def test_store_state_and_missing(tmp_path: Path) -> None:
-    assert store_state(str(tmp_path / "nothing")) == "absent"
+    assert store_state(Location(str(tmp_path / "nothing"))) == "absent"
     (tmp_path / "empty").mkdir()
-    assert store_state(str(tmp_path / "empty")) == "absent"
+    assert store_state(Location(str(tmp_path / "empty"))) == "absent"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    assert store_state(str(tmp_path / "other")) == "foreign"
-    url = str(tmp_path / "store")
-    _write(url, _images())
-    assert store_state(url) == "complete"
+    assert store_state(Location(str(tmp_path / "other"))) == "foreign"
+    location = Location(str(tmp_path / "store"))
+    _write(location, _images())
+    assert store_state(location) == "complete"
     with pytest.raises(FileNotFoundError):
-        open_image_store(str(tmp_path / "nothing"))
+        open_image_store(Location(str(tmp_path / "nothing")))
 
 
 def test_memory_url_round_trip() -> None:
-    url = "memory://imambig-test-image-store/store"
+    location = Location("memory://imambig-test-image-store/store")
     images = _images()
     try:
-        _write(url, images)
-        store = open_image_store(url)
+        _write(location, images)
+        store = open_image_store(location)
         assert np.array_equal(store.read(np.array([8, 1])), images[[8, 1]])
     finally:
         import fsspec

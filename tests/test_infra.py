@@ -482,7 +482,7 @@ def test_prefect_deployments_target_the_pools() -> None:
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
     assert nightly["concurrency_limit"] == 1
     assert train["work_pool"]["name"] == "gpu"
-    assert train["parameters"]["device"] == "cuda"
+    assert train["parameters"]["config"]["device"] == "cuda"
     for d in deployments.values():
         path, _, func = d["entrypoint"].partition(":")
         source = ROOT / path
@@ -492,9 +492,12 @@ def test_prefect_deployments_target_the_pools() -> None:
                  and any("flow" in ast.unparse(dec) for dec in n.decorator_list)}
         assert func in flows, f"{d['name']}: no @flow {func} in {path}"
         for key, value in (d.get("parameters") or {}).items():
+            if key == "secrets":  # SecretSources: where secrets are, never their values
+                assert all(str(v).startswith(("env:", "file:", "prefect:"))
+                           for v in value.values()), f"{d['name']}: {value}"
+                continue
             assert not SECRET_NAME.search(key.upper()), f"{d['name']}: secret parameter {key}"
-            assert not str(value).startswith(("env:", "file:")) or key in {
-                "owner_secret", "keystore_key"}
+            assert not str(value).startswith(("env:", "file:"))
 
 
 SHELL_SCRIPTS = sorted(SCRIPTS.glob("*.sh"))

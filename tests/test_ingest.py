@@ -16,6 +16,7 @@ from imambig.cli import main
 from imambig.config import IngestConfig
 from imambig.stages.ingest import DecodeParams, IngestReport, decode_image, discover_source, ingest
 from imambig.stores.image_store import ImageStore, open_image_store
+from imambig.stores.location import Location
 
 SIZE = 32
 CFG = IngestConfig(height=SIZE, width=SIZE, split="random:0.6", chunk_items=4, workers=1)
@@ -118,8 +119,8 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Ingested:
     root = tmp / "src"
     good = build_broken_folder(root)
     out = tmp / "store"
-    report = ingest(str(root), str(out), CFG)
-    return Ingested(root, good, out, report, open_image_store(str(out)))
+    report = ingest(Location(str(root)), Location(str(out)), CFG)
+    return Ingested(root, good, out, report, open_image_store(Location(str(out))))
 
 
 def _image(b: Ingested, item: str) -> np.ndarray:
@@ -228,9 +229,9 @@ def test_worker_processes_give_the_same_store(
     # Spawned workers import a fresh module: only the main process sees this patch.
     monkeypatch.setattr(ingest_module, "_decode_batch_with", not_here)
     out = tmp_path / "parallel"
-    report = ingest(str(broken.root), str(out), IngestConfig(**{**CFG.__dict__, "workers": 2}))
+    report = ingest(Location(str(broken.root)), Location(str(out)), IngestConfig(**{**CFG.__dict__, "workers": 2}))
     assert report.set_aside == broken.report.set_aside
-    store = open_image_store(str(out))
+    store = open_image_store(Location(str(out)))
     assert np.array_equal(store.item_ids(), broken.store.item_ids())
     assert np.array_equal(store.splits(), broken.store.splits())
     assert np.array_equal(store.read(slice(None)), broken.store.read(slice(None)))
@@ -241,18 +242,18 @@ def test_existing_store_needs_overwrite(broken: Ingested, tmp_path: Path) -> Non
     _save(src / "x.png", _noise(20, 20, 0))
     _save(src / "y.png", _noise(20, 20, 1))
     out = str(tmp_path / "out")
-    ingest(str(src), out, CFG)
+    ingest(Location(str(src)), Location(str(out)), CFG)
     with pytest.raises(ValueError, match="exists; pass --overwrite"):
-        ingest(str(src), out, CFG)
+        ingest(Location(str(src)), Location(str(out)), CFG)
     (src / "y.png").unlink()
-    assert ingest(str(src), out, CFG, overwrite=True).written == 1
-    assert open_image_store(out).n_items == 1
+    assert ingest(Location(str(src)), Location(str(out)), CFG, overwrite=True).written == 1
+    assert open_image_store(Location(str(out))).n_items == 1
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("precious")
     with pytest.raises(ValueError, match="not an image store"):
-        ingest(str(src), str(foreign), CFG, overwrite=True)
+        ingest(Location(str(src)), Location(str(foreign)), CFG, overwrite=True)
     assert (foreign / "keep.txt").exists()
 
 
@@ -260,25 +261,25 @@ def test_incomplete_store_is_replaced_without_overwrite(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _save(src / "x.png", _noise(20, 20, 0))
     out = tmp_path / "out"
-    ingest(str(src), str(out), CFG)
+    ingest(Location(str(src)), Location(str(out)), CFG)
     meta = json.loads((out / "zarr.json").read_text())
     meta["attributes"]["complete"] = False  # as if the run had been killed
     (out / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="not completely written"):
-        open_image_store(str(out))
-    ingest(str(src), str(out), CFG)
-    assert open_image_store(str(out)).n_items == 1
+        open_image_store(Location(str(out)))
+    ingest(Location(str(src)), Location(str(out)), CFG)
+    assert open_image_store(Location(str(out))).n_items == 1
 
 
 def test_source_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        ingest(str(tmp_path / "nope"), str(tmp_path / "out"), CFG)
+        ingest(Location(str(tmp_path / "nope")), Location(str(tmp_path / "out")), CFG)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files"):
-        ingest(str(tmp_path / "empty"), str(tmp_path / "out"), CFG)
+        ingest(Location(str(tmp_path / "empty")), Location(str(tmp_path / "out")), CFG)
     _save(tmp_path / "plain" / "x.png", _noise(20, 20, 0))
     with pytest.raises(ValueError, match="needs a partition file"):
-        ingest(str(tmp_path / "plain"), str(tmp_path / "out"), IngestConfig(split="official"))
+        ingest(Location(str(tmp_path / "plain")), Location(str(tmp_path / "out")), IngestConfig(split="official"))
     assert not (tmp_path / "out").exists()  # nothing written before the checks
 
 
@@ -298,14 +299,14 @@ def _fake_celeba(root: Path) -> None:
 def test_celeba_layout_official_split(tmp_path: Path) -> None:
     root = tmp_path / "celeba"
     _fake_celeba(root)
-    src = discover_source(str(root))
+    src = discover_source(Location(str(root)))
     assert src.is_celeba and src.partition is not None and src.identities is not None
-    report = ingest(str(root), str(tmp_path / "out"), IngestConfig(height=16, width=16, workers=1))
+    report = ingest(Location(str(root)), Location(str(tmp_path / "out")), IngestConfig(height=16, width=16, workers=1))
     assert report.set_aside == [
         {"item": "000012.jpg", "reason": "missing",
          "detail": "listed in the partition file but not found"}
     ]
-    store = open_image_store(str(tmp_path / "out"))
+    store = open_image_store(Location(str(tmp_path / "out")))
     assert store.item_ids().tolist() == [f"{i:06d}.jpg" for i in range(1, 12)]
     assert store.splits().tolist() == [0] * 8 + [1, 1, 2]
     assert store.identities().tolist() == [100 + i // 3 for i in range(11)]
@@ -321,10 +322,10 @@ def test_memory_urls_round_trip() -> None:
             _noise(40 + i, 30, i).save(buf, "PNG")
             fs.pipe_file(f"{base}/src/d{i % 2}/{i}.png", buf.getvalue())
         fs.pipe_file(f"{base}/src/broken.png", b"\x89PNG not really")
-        report = ingest(f"{base}/src", f"{base}/out", CFG)
+        report = ingest(Location(f"{base}/src"), Location(f"{base}/out"), CFG)
         assert report.written == 5
         assert [r["reason"] for r in report.set_aside] == ["not-an-image"]
-        store = open_image_store(f"{base}/out")
+        store = open_image_store(Location(f"{base}/out"))
         expected = ["d0/0.png", "d0/2.png", "d0/4.png", "d1/1.png", "d1/3.png"]
         assert store.item_ids().tolist() == expected
         assert store.read(slice(None)).shape == (5, SIZE, SIZE, 3)
@@ -335,9 +336,9 @@ def test_memory_urls_round_trip() -> None:
 
 def test_file_url_source(tmp_path: Path) -> None:
     _save(tmp_path / "src" / "a.png", _noise(30, 30, 0))
-    report = ingest((tmp_path / "src").as_uri(), (tmp_path / "out").as_uri(), CFG)
+    report = ingest(Location((tmp_path / "src").as_uri()), Location((tmp_path / "out").as_uri()), CFG)
     assert report.written == 1
-    assert open_image_store(str(tmp_path / "out")).item_ids().tolist() == ["a.png"]
+    assert open_image_store(Location(str(tmp_path / "out"))).item_ids().tolist() == ["a.png"]
 
 
 def test_cli_ingest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -350,7 +351,7 @@ def test_cli_ingest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "wrote 3 images" in text and "not-an-image 1" in text
-    store = open_image_store(out)
+    store = open_image_store(Location(str(out)))
     assert (store.height, store.width) == (24, 20)
     assert main(args) == 2  # exists, no --overwrite
     assert "pass --overwrite" in capsys.readouterr().err
@@ -369,10 +370,11 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_celeba_subset(celeba_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "celeba"
     report = ingest(
-        str(celeba_dir), str(out), IngestConfig(split="identity:0.8", workers=2), limit=600
+        Location(str(celeba_dir)), Location(str(out)),
+        IngestConfig(split="identity:0.8", workers=2, limit=600),
     )
     assert report.written == 600 and not report.set_aside
-    store = open_image_store(str(out))
+    store = open_image_store(Location(str(out)))
     assert (store.n_items, store.height, store.width) == (600, 128, 128)
     names = sorted(p.name for p in (celeba_dir / "img_align_celeba").iterdir())[:600]
     assert store.item_ids().tolist() == names

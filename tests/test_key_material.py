@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import pickle
 import traceback
 from pathlib import Path
 
@@ -11,21 +12,20 @@ import numpy as np
 import pytest
 
 from imambig.access.encryption import TamperedError
+from imambig.access.key_provider import KeyProvider, LocalKeyProvider
 from imambig.access.secrets import (
     InsecureSecretFileWarning,
-    KeyProvider,
-    LocalKeyProvider,
     Secret,
     SecretError,
+    Secrets,
     from_env,
     from_file,
     generate_secret_text,
     noise_rng,
     noise_seed,
-    owner_secret,
     resolve_secret,
 )
-from imambig.config import KeyConfig
+from imambig.config import SecretSources
 
 RAW = bytes(range(100, 148))  # 48 bytes, recognisable in any output
 RAW_B64 = base64.b64encode(RAW).decode()
@@ -121,11 +121,18 @@ def test_readable_secret_file_warns_or_is_refused(tmp_path: Path) -> None:
         from_file(path, strict=True)
 
 
-def test_owner_secret_from_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_secrets_resolve_once_and_do_not_travel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("IMAMBIG_OWNER_SECRET", RAW_B64)
-    assert owner_secret().reveal() == RAW
+    assert Secrets().owner_secret.reveal() == RAW
     path = write_private(tmp_path / "s", base64.b64encode(RAW[::-1]))
-    assert owner_secret(KeyConfig(owner_secret_source=f"file:{path}")).reveal() == RAW[::-1]
+    secrets = Secrets(SecretSources(owner_secret=f"file:{path}"))
+    assert secrets.owner_secret.reveal() == RAW[::-1]
+    # resolved once per run: a later change of the source is not seen by this run
+    path.write_bytes(base64.b64encode(RAW))
+    assert secrets.owner_secret.reveal() == RAW[::-1]
+    assert "****" not in repr(secrets) and not leaks(repr(secrets))  # sources only
+    with pytest.raises(TypeError, match="do not travel"):
+        pickle.dumps(secrets)
 
 
 def test_generated_secrets_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +216,7 @@ def test_local_provider_rejects_other_master_and_tampering() -> None:
 
 def test_local_provider_hides_master(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAMBIG_KEYSTORE_KEY", RAW_B64)
-    provider = LocalKeyProvider.from_config()
+    provider = LocalKeyProvider.from_secrets(Secrets())
     assert provider.unwrap(provider.wrap(bytes(32))) == bytes(32)
     assert not leaks(repr(provider)) and provider.fingerprint in repr(provider)
     assert not leaks(repr(vars(provider) if hasattr(provider, "__dict__") else provider))

@@ -8,42 +8,45 @@ from pathlib import Path
 import pytest
 
 from imambig.config import EncodeConfig
-from imambig.stages.encode_driver import run_encode
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode_driver import SerialRegions, run_encode
+from imambig.stages.encode_regions import EncodeJob, Plan
 from imambig.stages.publish import MANIFEST, publish, verify_publication
+from imambig.stores.location import Location
+
+
+def _encoded(images: Location, model: Location, tmp_path: Path) -> Plan:
+    job = EncodeJob(images=images, model=model, public_root=Location(str(tmp_path / "public")),
+                    keys_root=Location(str(tmp_path / "keys")),
+                    config=EncodeConfig(region_items=128))
+    return run_encode(job, SerialRegions(), progress=False).plan
 
 
 def test_publish_verify_and_detect_tampering(synthetic_store, tiny_model, tmp_path, owner_env):
-    job = EncodeJob(images=synthetic_store, model=tiny_model,
-                    public_root=str(tmp_path / "public"), keys_root=str(tmp_path / "keys"),
-                    config=EncodeConfig(chunk_items=128))
-    plan = run_encode(job, n_workers=1, progress=False).plan
-    report = publish(plan.public_url, str(tmp_path / "published"))
+    plan = _encoded(synthetic_store, tiny_model, tmp_path)
+    published = Location(str(tmp_path / "published"))
+    report = publish(plan.public, published)
     assert report.copied == report.objects > 5
-    manifest = json.loads(Path(report.manifest).read_text())
+    manifest = json.loads(Path(report.manifest.url).read_text())
     assert manifest["n_items"] == 300 and manifest["version"] == plan.version
     assert not any("keys" in e["path"] or "_state" in e["path"] for e in manifest["objects"])
     assert verify_publication(report.target) == []
-    again = publish(plan.public_url, str(tmp_path / "published"))
+    again = publish(plan.public, published)
     assert again.copied == 0  # idempotent
 
-    chunk = Path(report.target, "values", "c", "0", "0", "0")
+    chunk = Path(report.target.url, "values", "c", "0", "0", "0")
     chunk.write_bytes(chunk.read_bytes()[:-1] + b"\x00")
     assert verify_publication(report.target) == ["checksum mismatch values/c/0/0/0"]
-    Path(report.manifest).unlink()
+    Path(report.manifest.url).unlink()
     assert "no MANIFEST.json" in verify_publication(report.target)[0]
 
 
 def test_an_incomplete_store_is_not_published(synthetic_store, tiny_model, tmp_path, owner_env):
-    job = EncodeJob(images=synthetic_store, model=tiny_model,
-                    public_root=str(tmp_path / "public"), keys_root=str(tmp_path / "keys"),
-                    config=EncodeConfig(chunk_items=128))
-    plan = run_encode(job, n_workers=1, progress=False).plan
-    meta = Path(plan.public_url, "zarr.json")
+    plan = _encoded(synthetic_store, tiny_model, tmp_path)
+    meta = Path(plan.public.url, "zarr.json")
     doc = json.loads(meta.read_text())
     doc["attributes"]["complete"] = False
     meta.write_text(json.dumps(doc))
-    (Path(plan.public_url) / "zarr.json").touch()
+    (Path(plan.public.url) / "zarr.json").touch()
     with pytest.raises(ValueError, match="not marked complete"):
-        publish(plan.public_url, str(tmp_path / "published"), storage_options=None)
+        publish(plan.public, Location(str(tmp_path / "published")))
     assert not (tmp_path / "published" / plan.version / MANIFEST).exists()

@@ -19,7 +19,7 @@ import s3fs
 import zarr
 
 from imambig.stores.lease import Lease, LeaseHeld, S3ObjectCAS, precondition_failed
-from imambig.stores.location import filesystem, join, open_store
+from imambig.stores.location import Location
 from infra.seaweedfs import PORT_FLAGS, SeaweedError, SeaweedS3, free_ports
 
 Bucket = tuple[str, dict[str, Any]]
@@ -92,18 +92,18 @@ def test_s3fs_put_get_ls(s3_bucket: Bucket, tmp_path: Path) -> None:
     assert not fs.exists(f"{root}/a/one.bin")
 
 
-def test_zarr_group_roundtrip_through_open_store(s3_bucket: Bucket) -> None:
+def test_zarr_group_roundtrip_through_a_location(s3_bucket: Bucket) -> None:
     url, opts = s3_bucket
-    target = join(url, "images.zarr")
+    target = Location(url, opts).join("images.zarr")
     rng = np.random.default_rng(0)
     data = rng.integers(0, 2**16, size=(6, 5), dtype=np.uint16)
 
-    group = zarr.open_group(open_store(target, opts, mode="w"), mode="w")
+    group = zarr.open_group(target.zarr_store(mode="w"), mode="w")
     group.attrs["kind"] = "test"
     group.create_array("img", shape=data.shape, chunks=(2, 3), dtype=data.dtype)[:] = data
 
     # A fresh store, as another process would open it.
-    reread = zarr.open_group(open_store(target, opts, mode="r"), mode="r")
+    reread = zarr.open_group(target.zarr_store(mode="r"), mode="r")
     assert reread.attrs["kind"] == "test"
     img = reread["img"]
     assert isinstance(img, zarr.Array)
@@ -111,26 +111,26 @@ def test_zarr_group_roundtrip_through_open_store(s3_bucket: Bucket) -> None:
         np.testing.assert_array_equal(img[i : i + 2, j : j + 3], data[i : i + 2, j : j + 3])
 
     # Every chunk is its own object in the bucket (3 x 2 chunks).
-    fs, path = filesystem(target, opts)
+    fs, path = target.filesystem()
     assert len(fs.find(f"{path}/img/c")) == 6
 
 
 def test_zarr_async_then_sync_s3fs_in_one_process(s3_bucket: Bucket) -> None:
     """Zarr drives s3fs from its own event loop; sync s3fs afterwards must still work."""
     url, opts = s3_bucket
-    target = join(url, "mixed.zarr")
+    target = Location(url, opts).join("mixed.zarr")
     data = np.arange(24, dtype=np.int32).reshape(4, 6)
 
-    group = zarr.open_group(open_store(target, opts, mode="w"), mode="w")
+    group = zarr.open_group(target.zarr_store(mode="w"), mode="w")
     group.create_array("a", shape=data.shape, chunks=(2, 2), dtype=data.dtype)[:] = data
 
-    fs, path = filesystem(target, opts)
+    fs, path = target.filesystem()
     assert fs.exists(f"{path}/zarr.json")
     assert b'"node_type"' in _fs(opts).cat_file(f"{path}/a/zarr.json")
 
     async def read_async() -> np.ndarray:
         # Zarr's async API inside a caller's own (short-lived) loop.
-        g = await zarr.api.asynchronous.open_group(store=open_store(target, opts), mode="r")
+        g = await zarr.api.asynchronous.open_group(store=target.zarr_store(), mode="r")
         arr = await g.getitem("a")
         return await arr.getitem(slice(None))
 
@@ -138,10 +138,10 @@ def test_zarr_async_then_sync_s3fs_in_one_process(s3_bucket: Bucket) -> None:
     np.testing.assert_array_equal(asyncio.run(read_async()), data)
 
     # Sync again after those loops closed: fresh instances, no "Event loop is closed".
-    fs, path = filesystem(target, opts)
+    fs, path = target.filesystem()
     fs.pipe_file(f"{path}/after.txt", b"ok")
     assert _fs(opts).cat_file(f"{path}/after.txt") == b"ok"
-    reread = zarr.open_group(open_store(target, opts), mode="r")["a"]
+    reread = zarr.open_group(target.zarr_store(), mode="r")["a"]
     assert isinstance(reread, zarr.Array)
     np.testing.assert_array_equal(reread[:], data)
 
@@ -149,12 +149,12 @@ def test_zarr_async_then_sync_s3fs_in_one_process(s3_bucket: Bucket) -> None:
 @pytest.mark.parametrize("graceful", [True, False], ids=["clean-restart", "crash-restart"])
 def test_server_restart_keeps_data(s3_server: SeaweedS3, s3_bucket: Bucket, graceful: bool) -> None:
     url, opts = s3_bucket
-    target = join(url, "restart.zarr")
+    target = Location(url, opts).join("restart.zarr")
     data = np.arange(12, dtype=np.float32).reshape(3, 4)
     fs = _fs(opts)
     root = _path(url)
     fs.pipe_file(f"{root}/before.txt", b"before")
-    group = zarr.open_group(open_store(target, opts, mode="w"), mode="w")
+    group = zarr.open_group(target.zarr_store(mode="w"), mode="w")
     group.create_array("a", shape=data.shape, chunks=(1, 4), dtype=data.dtype)[:] = data
     endpoint = s3_server.endpoint_url
 
@@ -166,7 +166,7 @@ def test_server_restart_keeps_data(s3_server: SeaweedS3, s3_bucket: Bucket, grac
     assert fs.cat_file(f"{root}/before.txt") == b"before"
     fs.pipe_file(f"{root}/after.txt", b"after")
     assert _fs(opts).cat_file(f"{root}/after.txt") == b"after"
-    reread = zarr.open_group(open_store(target, opts), mode="r")["a"]
+    reread = zarr.open_group(target.zarr_store(), mode="r")["a"]
     assert isinstance(reread, zarr.Array)
     np.testing.assert_array_equal(reread[:], data)
 
@@ -270,14 +270,15 @@ def test_failed_start_reports_the_server_log(tmp_path: Path) -> None:
 
 def test_lease_on_s3_is_exclusive_and_taken_over_when_expired(s3_bucket) -> None:
     url, opts = s3_bucket
-    first = Lease(f"{url}/_leases/v.json", opts, ttl_s=30).acquire()
+    lease = Location(url, opts).join("_leases", "v.json")
+    first = Lease(lease, ttl_s=30).acquire()
     with pytest.raises(LeaseHeld, match="another encode run"):
-        Lease(f"{url}/_leases/v.json", opts).acquire()
+        Lease(lease).acquire()
     first.release()
-    assert Lease(f"{url}/_leases/v.json", opts).holder() is None
+    assert Lease(lease).holder() is None
     # a lease left by a holder on another host expires, then is taken over
-    fs, path = filesystem(f"{url}/_leases/v.json", opts)
+    fs, path = lease.filesystem()
     fs.pipe_file(path, b'{"owner": "elsewhere:1:x", "acquired": 0, "expires": 1}')
-    taker = Lease(f"{url}/_leases/v.json", opts).acquire()
+    taker = Lease(lease).acquire()
     assert taker.holder()["owner"] == taker.owner
     taker.release()

@@ -18,10 +18,11 @@ from imambig.config import PRESETS, IngestConfig, TrainConfig
 from imambig.model import checkpoint as ckpt
 from imambig.stages.ingest import ingest
 from imambig.stages.train import train
+from imambig.stores.location import Location
 
 
 @pytest.fixture(scope="module")
-def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Location:
     """160 smooth 32x32 colour images (no external data needed)."""
     root = tmp_path_factory.mktemp("synthetic")
     src = root / "src"
@@ -32,18 +33,19 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> str:
         a, b, c = rng.uniform(0.2, 1.0, 3)
         img = np.stack([a * xx, b * yy, c * (1 - xx * yy)], axis=-1)
         Image.fromarray((img * 255).astype(np.uint8)).save(src / f"{i:04d}.png")
-    out = str(root / "images")
-    ingest(str(src), out, IngestConfig(height=32, width=32, split="random:0.8", workers=1))
+    out = Location(str(root / "images"))
+    ingest(Location(str(src)), out,
+           IngestConfig(height=32, width=32, split="random:0.8", workers=1))
     return out
 
 
 @pytest.fixture(scope="module")
-def celeba_tiny_store(celeba_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = str(tmp_path_factory.mktemp("celeba32") / "images")
+def celeba_tiny_store(celeba_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Location:
+    out = Location(str(tmp_path_factory.mktemp("celeba32") / "images"))
     ingest(
-        str(celeba_dir), out,
-        IngestConfig(height=32, width=32, crop=178, split="identity:0.8", workers=2),
-        limit=700,
+        Location(str(celeba_dir)), out,
+        IngestConfig(height=32, width=32, crop=178, split="identity:0.8", workers=2,
+                     limit=700),
     )
     return out
 
@@ -55,33 +57,34 @@ def _cfg(**kw) -> TrainConfig:
 
 @pytest.mark.celeba
 @pytest.mark.slow
-def test_training_raises_validation_psnr(celeba_tiny_store: str, tmp_path: Path) -> None:
+def test_training_raises_validation_psnr(celeba_tiny_store: Location, tmp_path: Path) -> None:
     result = train(
-        celeba_tiny_store, str(tmp_path / "model"),
+        celeba_tiny_store, Location(str(tmp_path / "model")),
         _cfg(epochs=5, max_items=500, val_items=100, num_threads=0), progress=False,
     )
     first, last = result.val_psnr[0], result.val_psnr[-1]
     assert len(result.val_psnr) == 5
     assert last > first + 1.0, result.val_psnr
-    _, info, _ = ckpt.load_model(str(tmp_path / "model"))
+    _, info, _ = ckpt.load_model(Location(str(tmp_path / "model")))
     assert info.model_id == result.model_id
     assert info.metadata["val_psnr"] == result.val_psnr
 
 
 def test_store_and_model_size_mismatch_is_a_clear_error(
-    synthetic_store: str, tmp_path: Path
+    synthetic_store: Location, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="expects 128x128"):
-        train(synthetic_store, str(tmp_path / "m"), _cfg(model=PRESETS["paper"]), progress=False)
+        train(synthetic_store, Location(str(tmp_path / "m")), _cfg(model=PRESETS["paper"]), progress=False)
 
 
-def test_killed_run_resumes_to_identical_weights(synthetic_store: str, tmp_path: Path) -> None:
+def test_killed_run_resumes_to_identical_weights(synthetic_store: Location, tmp_path: Path) -> None:
     settings = dict(epochs=6, checkpoint_every=2)
-    clean = train(synthetic_store, str(tmp_path / "clean"), _cfg(**settings), progress=False)
+    clean = train(synthetic_store, Location(str(tmp_path / "clean")), _cfg(**settings),
+                  progress=False)
 
     out = tmp_path / "killed"
     cmd = [
-        sys.executable, "-m", "imambig.cli", "train", "--images", synthetic_store,
+        sys.executable, "-m", "imambig.cli", "train", "--images", str(synthetic_store),
         "--out", str(out), "--preset", "tiny", "--batch-size", "16", "--lr", "3e-3",
         "--val-items", "64", "--threads", "1", "--epochs", "6", "--checkpoint-every", "2",
     ]
@@ -102,14 +105,14 @@ def test_killed_run_resumes_to_identical_weights(synthetic_store: str, tmp_path:
     assert seen.get("step_in_epoch", 0) > 0, f"never saw a mid-epoch checkpoint: {seen}"
     assert not (out / ckpt.MODEL_FILE).exists()
 
-    resumed = train(synthetic_store, str(out), _cfg(**settings), progress=False)
+    resumed = train(synthetic_store, Location(str(out)), _cfg(**settings), progress=False)
     assert resumed.resumed_from_step == seen["global_step"] or resumed.resumed_from_step > 0
     assert resumed.val_psnr == pytest.approx(clean.val_psnr, abs=1e-6)
     assert resumed.model_id == clean.model_id
 
 
-def test_resume_refuses_different_settings(synthetic_store: str, tmp_path: Path) -> None:
-    out = str(tmp_path / "m")
+def test_resume_refuses_different_settings(synthetic_store: Location, tmp_path: Path) -> None:
+    out = Location(str(tmp_path / "m"))
     train(synthetic_store, out, _cfg(epochs=1), progress=False)
     with pytest.raises(ValueError, match="different settings"):
         train(synthetic_store, out, _cfg(epochs=1, lr=1e-4), progress=False)

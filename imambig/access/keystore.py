@@ -17,48 +17,48 @@ import numpy as np
 import zarr
 
 from imambig.access.encryption import ChunkCipher, chunk_aad, describe_chunk
-from imambig.access.secrets import KeyProvider
-from imambig.stores.location import filesystem, open_store
+from imambig.access.key_provider import KeyProvider
+from imambig.stores.location import Location, Mode
 from storage_schemas import keystore_v1
 
 SCHEMA = keystore_v1.SCHEMA
 
 
-def assert_separate_roots(public_url: str, keystore_url: str) -> None:
+def assert_separate_roots(public: Location, keystore: Location) -> None:
     """Refuse a keystore that shares a root with the public store: the public side is
     handed to an untrusted provider, so a shared bucket (or nested folder) would
     publish the keys with it."""
-    pfs, ppath = filesystem(public_url)
-    kfs, kpath = filesystem(keystore_url)
+    pfs, ppath = public.filesystem()
+    kfs, kpath = keystore.filesystem()
     same_fs = type(pfs) is type(kfs)
-    remote = "://" in public_url and not public_url.startswith("file://")
+    remote = public.is_remote
     if same_fs and remote and ppath.split("/")[0] == kpath.split("/")[0]:
         raise ValueError(
-            f"public store {public_url} and keystore {keystore_url} are in the same bucket; "
+            f"public store {public} and keystore {keystore} are in the same bucket; "
             "put the keystore in a separate, private bucket"
         )
     a, b = ppath.rstrip("/") + "/", kpath.rstrip("/") + "/"
     if same_fs and (a.startswith(b) or b.startswith(a)):
         raise ValueError(
-            f"public store {public_url} and keystore {keystore_url} share a root; "
+            f"public store {public} and keystore {keystore} share a root; "
             "they must live in separate locations"
         )
 
 
 class Keystore:
-    def __init__(self, group: zarr.Group, url: str, provider: KeyProvider) -> None:
+    def __init__(self, group: zarr.Group, location: Location, provider: KeyProvider) -> None:
         self.group = group
-        self.url = url
+        self.location = location
         self.attrs: dict[str, Any] = dict(group.attrs)
         if self.attrs.get("schema") != SCHEMA:
-            raise ValueError(f"{url} is not a keystore (schema {SCHEMA})")
+            raise ValueError(f"{location} is not a keystore (schema {SCHEMA})")
         wrapped = base64.b64decode(self.attrs["wrapped_data_key"])
         self._cipher = ChunkCipher(provider.unwrap(wrapped))
 
     @classmethod
     def create(
         cls,
-        url: str,
+        location: Location,
         *,
         public_store_id: str,
         model_id: str,
@@ -69,7 +69,6 @@ class Keystore:
         k_public: int,
         key_bytes: int,
         provider: KeyProvider,
-        storage_options: dict[str, Any] | None = None,
     ) -> Keystore:
         store_id = uuid.uuid5(uuid.NAMESPACE_URL, f"imambig/keystore/{public_store_id}").hex
         attrs = {
@@ -89,25 +88,22 @@ class Keystore:
             ).decode(),
             "complete": False,
         }
-        group = zarr.open_group(open_store(url, storage_options, "w"), mode="w", attributes=attrs)
+        group = zarr.open_group(location.zarr_store("w"), mode="w", attributes=attrs)
         row = keystore_v1.sealed_row_bytes(chunk_items, key_bytes)
         group.create_array(
             "sealed", shape=(math.ceil(n_items / chunk_items), row), dtype="uint8",
             chunks=(1, row), compressors=None, fill_value=0,  # ciphertext does not compress
             dimension_names=("row", "sealed_byte"),
         )
-        return cls(group, url, provider)
+        return cls(group, location, provider)
 
     @classmethod
-    def open(
-        cls, url: str, provider: KeyProvider, storage_options: dict[str, Any] | None = None,
-        mode: str = "r",
-    ) -> Keystore:
+    def open(cls, location: Location, provider: KeyProvider, mode: Mode = "r") -> Keystore:
         try:
-            group = zarr.open_group(open_store(url, storage_options, mode), mode=mode)
+            group = zarr.open_group(location.zarr_store(mode), mode=mode)
         except FileNotFoundError:
-            raise FileNotFoundError(f"no keystore at {url}") from None
-        return cls(group, url, provider)
+            raise FileNotFoundError(f"no keystore at {location}") from None
+        return cls(group, location, provider)
 
     @property
     def chunk_items(self) -> int:
@@ -132,8 +128,8 @@ class Keystore:
     def read_row(self, row: int) -> list[bytes]:
         blob = np.asarray(self.group["sealed"][row]).tobytes()
         if not any(blob):
-            raise ValueError(f"keystore {self.url}: row {row} was never written")
-        plain = self._cipher.open(blob, self._aad(row), f"{describe_chunk('sealed', row)} at {self.url}")
+            raise ValueError(f"keystore {self.location}: row {row} was never written")
+        plain = self._cipher.open(blob, self._aad(row), f"{describe_chunk('sealed', row)} at {self.location}")
         kb = self.key_bytes
         n = min(self.chunk_items, int(self.attrs["n_items"]) - row * self.chunk_items)
         return [plain[i * kb : (i + 1) * kb] for i in range(n)]

@@ -1,18 +1,24 @@
-"""Where secrets come from: environment variables, files, or a key service.
+"""The owner's secrets: where they come from, how they travel, and the one use of the
+owner secret's bytes (the noise seed).
 
 Secrets never live in code, configs or stores. A *spec* names where one is found:
-``env:NAME`` (an environment variable) or ``file:PATH`` (a file). Either holds the secret
-as base64 text (e.g. ``openssl rand -base64 32``; what :func:`generate_secret_text`
-prints) or, for files, as raw bytes; at least 32 bytes either way.
+``env:NAME`` (an environment variable), ``file:PATH`` (a file) or ``<scheme>:NAME`` for
+a scheme registered by an orchestrator (e.g. ``prefect:BLOCK``). Either holds the
+secret as base64 text (e.g. ``openssl rand -base64 32``; what
+:func:`generate_secret_text` prints) or, for files, as raw bytes; at least 32 bytes
+either way. ``SecretSources`` (``imambig.config``) holds one spec per secret.
 
 Two secrets exist:
 
 - the owner secret seeds the decoy noise of every item (:func:`noise_seed`): the same
   item, model and secret always give the same fakes, so re-releases cannot be diffed;
-- the keystore master key protects the keystore through envelope encryption
-  (:class:`KeyProvider`): each store has its own data key, kept only in wrapped form.
+- the keystore key protects the keystore through envelope encryption
+  (``imambig.access.key_provider``): each store has its own data key, kept only in
+  wrapped form.
 
-Secret values travel as :class:`Secret`, whose repr and str never show them.
+A run resolves its sources once (:class:`Secrets`) and hands the values on as
+:class:`Secret`, whose repr and str never show them; the bytes come out only in the
+HMAC or HKDF call that needs them.
 """
 
 from __future__ import annotations
@@ -28,16 +34,12 @@ import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from imambig.access.encryption import DATA_KEY_BYTES, ChunkCipher, TamperedError
-from imambig.config import KeyConfig
+from imambig.config import SecretSources
 
-MIN_SECRET_BYTES = KeyConfig().min_secret_bytes
+MIN_SECRET_BYTES = 32
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/_-]+={0,2}")
 
 
@@ -177,14 +179,40 @@ def resolve_secret(spec: str, *, min_bytes: int = MIN_SECRET_BYTES, strict: bool
     return _checked(_decode(value), spec, min_bytes)
 
 
-def owner_secret(config: KeyConfig | None = None) -> Secret:
-    """The owner secret from the configured source (default ``env:IMAMBIG_OWNER_SECRET``)."""
-    config = config or KeyConfig()
-    return resolve_secret(config.owner_secret_spec, min_bytes=config.min_secret_bytes)
+class Secrets:
+    """The owner's secrets of one run, each resolved from its source on first use and
+    then kept: one resolution per run and process.
+
+    Only the sources travel: a worker process builds its own ``Secrets`` from them, and
+    this object refuses to be pickled, so the values never pass through a scheduler.
+    """
+
+    def __init__(self, sources: SecretSources | None = None) -> None:
+        self.sources = sources or SecretSources()
+        self._values: dict[str, Secret] = {}
+
+    def _get(self, name: str) -> Secret:
+        if name not in self._values:
+            self._values[name] = resolve_secret(getattr(self.sources, name))
+        return self._values[name]
+
+    @property
+    def owner_secret(self) -> Secret:
+        return self._get("owner_secret")
+
+    @property
+    def keystore_key(self) -> Secret:
+        return self._get("keystore_key")
+
+    def __repr__(self) -> str:
+        return f"Secrets({self.sources!r})"
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("resolved secrets do not travel; pass their SecretSources instead")
 
 
 # ---------------------------------------------------------------------------
-# Deterministic decoy noise
+# Deterministic decoy noise: the one use of the owner secret's bytes
 # ---------------------------------------------------------------------------
 
 
@@ -210,104 +238,3 @@ def noise_rng(owner_secret: Secret | bytes, model_id: str, item_id: str) -> np.r
         key=int.from_bytes(seed[:16], "little"), counter=int.from_bytes(seed[16:], "little")
     )
     return np.random.Generator(bit_generator)
-
-
-# ---------------------------------------------------------------------------
-# Envelope encryption of keystore data keys
-# ---------------------------------------------------------------------------
-
-
-@runtime_checkable
-class KeyProvider(Protocol):
-    """A key service in the style of a cloud KMS.
-
-    A new store asks for its data key, encrypts its chunks with it and keeps only
-    ``wrap(data_key)`` in its metadata; a reader calls ``unwrap`` on that blob. Only the
-    provider holds the master key, so rotating or revoking it never touches the chunks.
-    """
-
-    name: str
-
-    def data_key(self, key_id: str) -> bytes:
-        """A 32-byte data key for the store ``key_id``."""
-        ...
-
-    def wrap(self, data_key: bytes) -> bytes:
-        """``data_key`` encrypted under the master key."""
-        ...
-
-    def unwrap(self, blob: bytes) -> bytes:
-        """The data key inside ``blob``; raises if it was not wrapped by this master key."""
-        ...
-
-
-_WRAP_MAGIC = b"IMAMBIG-KW\x01"
-_FINGERPRINT_BYTES = 8
-
-
-def _hkdf(master: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master)
-
-
-class LocalKeyProvider:
-    """Envelope encryption with a master key held locally (env var or file).
-
-    Data keys are derived from the master key and the store id, so rebuilding a store
-    reproduces its key and its chunks byte for byte (a cloud KMS would draw a random
-    key; the wrapped blob of the first build is then reused). Wrapping is AES-256-GCM
-    with a deterministic nonce (:mod:`imambig.access.encryption`), for the same reason.
-    """
-
-    def __init__(self, master_key: Secret | bytes, name: str = "local") -> None:
-        master = reveal(master_key)
-        if len(master) < MIN_SECRET_BYTES:
-            raise SecretError(
-                f"keystore master key is {len(master)} bytes; at least {MIN_SECRET_BYTES} "
-                "are required"
-            )
-        self.name = name
-        self._master = Secret(master)
-        self._wrapper = ChunkCipher(_hkdf(master, b"imambig/local-kms/wrap/v1"))
-        self._fingerprint = _hkdf(master, b"imambig/local-kms/fingerprint/v1")[:_FINGERPRINT_BYTES]
-
-    @classmethod
-    def from_spec(cls, spec: str, name: str = "local") -> LocalKeyProvider:
-        return cls(resolve_secret(spec), name)
-
-    @classmethod
-    def from_config(cls, config: KeyConfig | None = None) -> LocalKeyProvider:
-        config = config or KeyConfig()
-        return cls(resolve_secret(config.keystore_key_spec, min_bytes=config.min_secret_bytes))
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies the master key (safe to show; reveals nothing usable)."""
-        return self._fingerprint.hex()
-
-    def __repr__(self) -> str:
-        return f"LocalKeyProvider(name={self.name!r}, fingerprint={self.fingerprint!r})"
-
-    def data_key(self, key_id: str) -> bytes:
-        if not key_id:
-            raise ValueError("data key id must not be empty")
-        return _hkdf(
-            self._master.reveal(), b"imambig/local-kms/data-key/v1\0" + key_id.encode("utf-8")
-        )
-
-    def wrap(self, data_key: bytes) -> bytes:
-        if len(data_key) != DATA_KEY_BYTES:
-            raise ValueError(f"data key must be {DATA_KEY_BYTES} bytes, got {len(data_key)}")
-        header = _WRAP_MAGIC + self._fingerprint
-        return header + self._wrapper.seal(data_key, header)
-
-    def unwrap(self, blob: bytes) -> bytes:
-        header_len = len(_WRAP_MAGIC) + _FINGERPRINT_BYTES
-        if not blob.startswith(_WRAP_MAGIC) or len(blob) < header_len:
-            raise TamperedError("wrapped data key is malformed (bad magic or version)")
-        fingerprint = blob[len(_WRAP_MAGIC) : header_len]
-        if fingerprint != self._fingerprint:
-            raise TamperedError(
-                f"data key was wrapped under another master key (fingerprint "
-                f"{fingerprint.hex()}; this provider's is {self.fingerprint})"
-            )
-        return self._wrapper.open(blob[header_len:], blob[:header_len], "wrapped data key")

@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from scipy.stats import ks_2samp
 
+from imambig.access.secrets import Secret
 from imambig.attacks.scoring import AttackResult
 from imambig.attacks.suite import attacker_ambiguation, format_table, run_attacks
+from imambig.config import AttackConfig, default_k_public
 from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.keys import key_bound_bits, key_bytes
 from imambig.mechanism.noise_model import fit_noise_model
 from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
-from imambig.stores.image_store import open_image_store
+from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import to_tensor
+from imambig.stores.location import Location
 
 BATCH = 64
 KS_ALPHA = 0.01
@@ -64,7 +67,7 @@ def ks_pass_fraction(amb: Ambiguated, alpha: float = KS_ALPHA) -> float:
     return float(np.mean(passed))
 
 
-def _split(store, fit: int, own: int, targets: int, seed: int
+def _split(store: ImageStore, fit: int, own: int, targets: int, seed: int
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     train = rng.permutation(store.indices("train"))
@@ -79,22 +82,18 @@ def _split(store, fit: int, own: int, targets: int, seed: int
 
 
 def run_privacy_experiment(
-    model_url: str,
-    images_url: str,
-    attacks: Sequence[str],
-    k_publics: Sequence[int] | None = None,
-    fit_items: int = 2048,
-    own_items: int = 500,
-    target_items: int = 200,
-    seed: int = 0,
-    storage_options: dict | None = None,
+    model_location: Location,
+    images: Location,
+    config: AttackConfig,
     log: Callable[[str], None] | None = None,
 ) -> list[PrivacyRun]:
+    """One ``PrivacyRun`` per k' of ``config`` (default: the model's default k')."""
     say = log or (lambda _m: None)
-    model, info, _ = load_model(model_url, storage_options)
+    model, info, _ = load_model(model_location)
     c = model.config
-    store = open_image_store(images_url, storage_options)
-    fit_idx, own_idx, tgt_idx = _split(store, fit_items, own_items, target_items, seed)
+    store = open_image_store(images)
+    fit_idx, own_idx, tgt_idx = _split(store, config.fit_items, config.own_items,
+                                       config.target_items, config.seed)
     ids = [str(i) for i in store.item_ids()[tgt_idx]]
     fit = to_tensor(store.read(fit_idx))
     targets = to_tensor(store.read(tgt_idx))
@@ -102,17 +101,18 @@ def run_privacy_experiment(
     with torch.no_grad():
         h = torch.cat([model.bottleneck(targets[s : s + BATCH])
                        for s in range(0, len(targets), BATCH)])
-    owner = hashlib.sha256(b"imambig experiment owner" + seed.to_bytes(4, "little")).digest()
-    attacker = hashlib.sha256(b"imambig experiment attacker" + seed.to_bytes(4, "little")).digest()
+    seed = config.seed.to_bytes(4, "little")
+    owner = Secret(hashlib.sha256(b"imambig experiment owner" + seed).digest())
+    attacker = Secret(hashlib.sha256(b"imambig experiment attacker" + seed).digest())
     runs = []
-    for kp in k_publics or [2 * c.k]:
+    for kp in config.k_publics or (default_k_public(c.k),):
         say(f"k'={kp}: fitting the noise model on {len(fit_idx)} training images")
         noise = fit_noise_model(model, info.model_id,
                                 [fit[s : s + BATCH] for s in range(0, len(fit), BATCH)], kp)
         amb = ambiguate(model, h, noise, owner, info.model_id, ids)
         own = attacker_ambiguation(model, noise, own_images, attacker)
-        results = run_attacks(model, noise, amb, targets, own_images, list(attacks),
-                              attacker_amb=own, seed=seed, log=say)
+        results = run_attacks(model, noise, amb, targets, own_images, list(config.attacks),
+                              attacker_amb=own, seed=config.seed, log=say)
         runs.append(PrivacyRun(
             model_id=info.model_id, k=c.k, k_public=kp, key_bytes=key_bytes(c.n_maps, kp, c.k),
             key_bound_bytes=key_bound_bits(c.n_maps, kp, c.k) / 8,

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from imambig.access.secrets import Secret
+
 # Importing an attack module registers its attacks.
 from imambig.attacks import (  # noqa: F401
     discriminator,
@@ -39,7 +41,7 @@ def attacker_ambiguation(
     model: SparseAutoencoder,
     noise: NoiseModel,
     images: torch.Tensor,
-    secret: bytes,
+    secret: Secret,
     batch: int = 64,
 ) -> Ambiguated:
     """The attacker ambiguates its own images with its own secret, through the public
@@ -104,7 +106,7 @@ def run_attacks(
     if own is None and any(ATTACKS[n].trained for n in names):
         if attacker_images is None:
             raise ValueError("trained attacks need attacker_images or attacker_amb")
-        secret = hashlib.sha256(f"imambig attacker secret {seed}".encode()).digest()
+        secret = Secret(hashlib.sha256(f"imambig attacker secret {seed}".encode()).digest())
         say(f"attacker ambiguates its {len(attacker_images)} own images")
         own = attacker_ambiguation(model, noise, attacker_images, secret)
 

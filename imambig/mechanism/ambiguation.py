@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from imambig.access.secrets import noise_rng
+from imambig.access.secrets import Secret, noise_rng
 from imambig.mechanism.noise_model import NoiseModel, real_support
 from imambig.mechanism.quantizer import quantize
 from imambig.mechanism.record import Ambiguated
@@ -29,7 +29,7 @@ def ambiguate(
     model: SparseAutoencoder,
     h: torch.Tensor,
     noise: NoiseModel,
-    owner_secret: bytes,
+    owner_secret: Secret,
     model_id: str,
     item_ids: list[str],
 ) -> Ambiguated:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from imambig.model.autoencoder import SparseAutoencoder
-from imambig.stores.location import filesystem, write_bytes
+from imambig.stores.location import Location
 
 # Bumped whenever fakes are drawn differently: noise files and store versions carry it.
 NOISE_DESIGN = 2
@@ -149,19 +149,19 @@ class NoiseModel:
         kw["k"], kw["k_public"] = int(kw["k"]), int(kw["k_public"])
         return cls(**kw)
 
-    def save(self, url: str, storage_options: dict | None = None) -> None:
-        write_bytes(url, self.to_bytes(), storage_options)
+    def save(self, location: Location) -> None:
+        location.write_bytes(self.to_bytes())
 
     @classmethod
-    def load(cls, url: str, storage_options: dict | None = None) -> NoiseModel:
-        fs, path = filesystem(url, storage_options)
-        if not fs.exists(path):
-            raise FileNotFoundError(f"no noise model at {url} (`imambig encode` fits one on "
-                                    "the image store's training split)")
+    def load(cls, location: Location) -> NoiseModel:
+        data = location.read_bytes()
+        if data is None:
+            raise FileNotFoundError(f"no noise model at {location} (`imambig encode` fits one "
+                                    "on the image store's training split)")
         try:
-            return cls.from_bytes(fs.cat_file(path))
+            return cls.from_bytes(data)
         except ValueError as exc:
-            raise ValueError(f"{url}: {exc}") from None
+            raise ValueError(f"{location}: {exc}") from None
 
 
 def interpolate(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

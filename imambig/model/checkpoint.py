@@ -1,4 +1,4 @@
-"""Model checkpoints on any fsspec URL: config + weights + metadata + content hash.
+"""Model checkpoints at any location: config + weights + metadata + content hash.
 
 Two kinds of file live in a checkpoint folder:
 
@@ -21,7 +21,7 @@ import torch
 
 from imambig.config import ModelConfig
 from imambig.model.autoencoder import SparseAutoencoder
-from imambig.stores.location import join, read_bytes, write_bytes
+from imambig.stores.location import Location
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.pt"
@@ -46,14 +46,14 @@ def _torch_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def save_state(url: str, state: dict[str, Any], storage_options: dict | None = None) -> None:
-    write_bytes(join(url, STATE_FILE), _torch_bytes(state), storage_options)
+def save_state(folder: Location, state: dict[str, Any]) -> None:
+    folder.join(STATE_FILE).write_bytes(_torch_bytes(state))
     progress = {k: state[k] for k in ("epoch", "step_in_epoch", "global_step") if k in state}
-    write_bytes(join(url, PROGRESS_FILE), json.dumps(progress).encode(), storage_options)
+    folder.join(PROGRESS_FILE).write_bytes(json.dumps(progress).encode())
 
 
-def load_state(url: str, storage_options: dict | None = None) -> dict[str, Any] | None:
-    data = read_bytes(join(url, STATE_FILE), storage_options)
+def load_state(folder: Location) -> dict[str, Any] | None:
+    data = folder.join(STATE_FILE).read_bytes()
     if data is None:
         return None
     # Our own file: it holds RNG states and optimizer state, not only tensors.
@@ -68,13 +68,12 @@ class ModelInfo:
 
 
 def save_model(
-    url: str,
+    folder: Location,
     model: SparseAutoencoder,
     metadata: dict[str, Any],
-    storage_options: dict | None = None,
     extras: dict[str, Any] | None = None,
 ) -> str:
-    """Publish ``model.pt`` under folder ``url``; returns the model id.
+    """Publish ``model.pt`` under ``folder``; returns the model id.
 
     ``extras`` carries artefacts fitted on the model (e.g. the noise fit) so they
     travel with the weights; they do not change the model id.
@@ -89,28 +88,27 @@ def save_model(
         "metadata": metadata,
         "extras": extras or {},
     }
-    write_bytes(join(url, MODEL_FILE), _torch_bytes(payload), storage_options)
+    folder.join(MODEL_FILE).write_bytes(_torch_bytes(payload))
     return mid
 
 
 def load_model(
-    url: str, storage_options: dict | None = None, device: str | torch.device = "cpu"
+    location: Location, device: str | torch.device = "cpu"
 ) -> tuple[SparseAutoencoder, ModelInfo, dict[str, Any]]:
-    """Load ``model.pt`` from folder (or file) ``url``; verifies the content hash.
-
-    Returns (model in eval mode, info, extras).
+    """Load ``model.pt`` from a model folder (or the file itself); verifies the content
+    hash. Returns (model in eval mode, info, extras).
     """
-    file_url = url if url.endswith(".pt") else join(url, MODEL_FILE)
-    data = read_bytes(file_url, storage_options)
+    model_file = location if location.url.endswith(".pt") else location.join(MODEL_FILE)
+    data = model_file.read_bytes()
     if data is None:
-        raise FileNotFoundError(f"no model at {file_url} (train one with `imambig train`)")
+        raise FileNotFoundError(f"no model at {model_file} (train one with `imambig train`)")
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     if payload.get("format") != "imambig.model/1":
-        raise ValueError(f"{file_url} is not an imambig model file")
+        raise ValueError(f"{model_file} is not an imambig model file")
     config = ModelConfig.from_dict(payload["config"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     if model_id(config, payload["state_dict"]) != payload["model_id"]:
-        raise ValueError(f"{file_url}: weights do not match their model id (corrupted file?)")
+        raise ValueError(f"{model_file}: weights do not match their model id (corrupted file?)")
     model = SparseAutoencoder(config)
     model.load_state_dict(state)
     model.to(device).eval()

@@ -1,32 +1,61 @@
-"""Encode a whole collection on Dask: one task per chunk-aligned region.
+"""The one encode driver: lease -> prepare -> regions -> lease checks -> finish.
 
-Tasks take the job (URLs and secret specs) and an index range, and return a small
-manifest; arrays never pass through the scheduler. Workers run torch on one thread
-each and the default LocalCluster starts one worker process per core, so torch threads
-x Dask threads never exceed the cores.
+Whoever runs the regions (a Dask cluster for the command line, Prefect tasks for the
+flows, a plain loop in tests) supplies only a ``RegionMapper``: given the job and the
+plan, it runs ``encode_region`` for every region still to do, anywhere, and yields each
+region's manifest as it completes. Everything else happens here, once:
+
+1. refuse a keystore root that shares the public root, before anything is written;
+2. open what the run needs (``EncodeContext``: model.pt read once, k' settled, the
+   secrets resolved once);
+3. take the version's lease, so one run writes a version at a time;
+4. ``prepare`` the stores, map the regions, and stop if the lease was lost meanwhile;
+5. ``finish``: mark both stores complete and move the ``current`` pointers.
+
+Re-running after a crash redoes only the regions without a done-marker.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tqdm.auto import tqdm
 
 from imambig.access.keystore import assert_separate_roots
 from imambig.stages.encode_regions import (
+    EncodeContext,
     EncodeJob,
     Plan,
     RegionManifest,
     encode_region,
     finish,
-    lease_url,
     prepare,
-    target_version,
 )
-from imambig.stores.lease import Lease, LeaseHeld
+from imambig.stages.versions import lease_location
+from imambig.stores.lease import LEASE_TTL_S, Lease, LeaseHeld
+
+
+class RegionMapper(Protocol):
+    """How regions run: ``map`` calls ``encode_region(job, plan, start, stop)`` for each
+    of ``plan.regions`` and yields the manifests in completion order."""
+
+    workers: int  # how many run in parallel (known once mapping has started)
+
+    def map(self, job: EncodeJob, plan: Plan) -> Iterator[RegionManifest]: ...
+
+
+class SerialRegions:
+    """Every region in this process, one after the other (tests, small jobs)."""
+
+    workers = 1
+
+    def map(self, job: EncodeJob, plan: Plan) -> Iterator[RegionManifest]:
+        for start, stop in plan.regions:
+            yield encode_region(job, plan, start, stop)
 
 
 @dataclass
@@ -44,85 +73,49 @@ class EncodeReport:
         p = self.plan
         rate = self.encoded / self.seconds if self.seconds else 0.0
         return "\n".join([
-            f"public store: {p.public_url}",
-            f"keystore:     {p.keystore_url}",
+            f"public store: {p.public}",
+            f"keystore:     {p.keystore}",
             f"{p.n_items:,} items in {len(self.manifests) + p.done} regions; encoded "
             f"{self.encoded:,} now ({p.done} regions were already done) in {self.seconds:.1f} s "
             f"({rate:.1f} images/s on {self.workers} workers)",
         ])
 
 
-# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536. Setting it turns off
-# glibc's adaptive mmap threshold, so every large convolution buffer is mmapped and
-# unmapped again: torch encodes ~35 % slower (measured: 8.2 vs 12.8 images/s, paper
-# preset, one thread). Workers we start get no such variable.
-WORKER_DASK_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-
-
-def local_cluster(n_workers: int | None = None):
-    """One single-threaded worker process per core (or ``n_workers``), on 127.0.0.1."""
-    import dask
-    from distributed import LocalCluster
-
-    with dask.config.set(WORKER_DASK_CONFIG):
-        return LocalCluster(n_workers=n_workers or max(1, os.cpu_count() or 1),
-                            threads_per_worker=1, processes=True, dashboard_address=None,
-                            host="127.0.0.1")
-
-
-def _client(dask_address: str | None, n_workers: int | None):
-    from distributed import Client
-
-    if dask_address:
-        return Client(dask_address), None
-    cluster = local_cluster(n_workers)
-    return Client(cluster), cluster
+def _check(lease: Lease) -> None:
+    if lease.lost:
+        raise LeaseHeld(f"lost the lease {lease.location} to another run; not finishing")
 
 
 def run_encode(
     job: EncodeJob,
+    regions: RegionMapper,
     *,
-    dask_address: str | None = None,
-    n_workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
     on_region: Callable[[RegionManifest, int, int], None] | None = None,
-    lease_ttl_s: float = 120.0,
+    lease_ttl_s: float = LEASE_TTL_S,
 ) -> EncodeReport:
-    """Prepare, encode all missing regions in parallel, finish. Re-running after a crash
-    redoes only the regions without a done-marker."""
+    """Encode every image of ``job`` not encoded yet; ``on_region(manifest, done,
+    total)`` is called as each region completes (``done`` counts regions of earlier
+    runs too)."""
     t0 = time.perf_counter()
     assert_separate_roots(job.public_root, job.keys_root)  # before anything is written
-    lease = Lease(lease_url(job, target_version(job)), job.options, lease_ttl_s)
-    with lease:
-        plan = prepare(job, overwrite=overwrite)
+    context = EncodeContext.open(job)
+    with Lease(lease_location(context.job.keys_root, context.version), lease_ttl_s) as lease:
+        plan = prepare(context, overwrite=overwrite)
         report = EncodeReport(plan)
-        if plan.regions:
-            from distributed import as_completed
-
-            client, cluster = _client(dask_address, n_workers)
-            try:
-                report.workers = len(client.scheduler_info().get("workers", {}))
-                futures = [
-                    client.submit(encode_region, job, plan, s, e, key=f"encode-region-{s}-{e}",
-                                  retries=2, pure=False)
-                    for s, e in plan.regions
-                ]
-                bar = tqdm(total=plan.n_items, initial=plan.done * plan.chunk_items,
-                           disable=None if progress else True, unit="img", desc="encode")
-                for i, fut in enumerate(as_completed(futures), 1):
-                    m = fut.result()
-                    report.manifests.append(m)
-                    bar.update(m.items)
-                    if on_region:
-                        on_region(m, i, len(futures))
-                bar.close()
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
-        if lease.lost:
-            raise LeaseHeld(f"lost the lease {lease.url} to another run; not finishing")
-        finish(job, plan)
+        bar = tqdm(total=plan.n_items, initial=plan.done * plan.region_items,
+                   disable=None if progress else True, unit="img", desc="encode")
+        with contextlib.closing(regions.map(context.job, plan)) as manifests:
+            for manifest in manifests:
+                report.manifests.append(manifest)
+                bar.update(manifest.items)
+                if on_region:
+                    on_region(manifest, plan.done + len(report.manifests), plan.total)
+                _check(lease)
+        bar.close()
+        report.workers = regions.workers
+        _check(lease)
+        finish(context, plan)
     report.seconds = time.perf_counter() - t0
     return report

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from imambig.access.secrets import Secret
 from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.keys import encode_keys
 from imambig.mechanism.noise_model import NoiseModel
@@ -25,7 +26,7 @@ class EncodedBatch:
 def encode_images(
     model: SparseAutoencoder,
     noise: NoiseModel,
-    owner_secret: bytes,
+    owner_secret: Secret,
     model_id: str,
     images: np.ndarray,
     item_ids: list[str],

@@ -1,21 +1,28 @@
-"""Encoding a whole collection: template stores, chunk-aligned regions, finish.
+"""Encoding a collection region by region: lay out the stores, encode one region,
+finish.
 
-The job is described by URLs and secret *specs* only (``EncodeJob``), so it can be
-shipped to any worker; arrays never travel through the scheduler. Steps:
+A region is a run of ``region_items`` items that fills one public-store chunk and one
+keystore row, so regions can be written by many processes at once. The work is
+described by an ``EncodeJob`` (locations, settings and secret *sources*), so it can be
+shipped to any worker; arrays never travel through the scheduler. Steps, driven by
+``imambig.stages.encode_driver``:
 
-1. ``prepare``: load the model, fit (or load) the noise model, lay out the versioned
-   public store and keystore (or reopen them to resume / extend), return the regions
-   still to do.
-2. ``encode_region``: one region = one public chunk = one keystore row; encode,
-   write both, then write the region's done-marker. A region without a marker is
-   redone from scratch; since encoding is deterministic, redoing it writes the same
-   bytes, so a crash anywhere is repaired by re-running.
+1. ``prepare``: fit (or load) the noise model, lay out the versioned public store and
+   keystore (or reopen them to resume / extend), return the regions still to do.
+2. ``encode_region``: encode one region, write both stores, then the region's
+   done-marker. A region without a marker is redone from scratch; since encoding is
+   deterministic, redoing it writes the same bytes, so a crash anywhere is repaired by
+   re-running.
 3. ``finish``: mark both stores complete, consolidate metadata, and move the
    ``current`` pointer of the public and key roots to this version.
+
+What a process needs (the model, the owner's secrets) is opened once: by the driver
+for steps 1 and 3 (``EncodeContext.open``), and by each worker for step 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -28,46 +35,59 @@ from typing import Any
 import numpy as np
 import torch
 
-from imambig.access.keystore import Keystore, assert_separate_roots
-from imambig.access.secrets import LocalKeyProvider, owner_secret
-from imambig.config import EncodeConfig, KeyConfig
+from imambig.access.key_provider import LocalKeyProvider
+from imambig.access.keystore import Keystore
+from imambig.access.secrets import Secrets
+from imambig.config import EncodeConfig, SecretSources
 from imambig.mechanism.keys import key_bytes
 from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel, fit_noise_model
-from imambig.model.checkpoint import load_model
+from imambig.model.autoencoder import SparseAutoencoder
+from imambig.model.checkpoint import ModelInfo, load_model
 from imambig.stages.encode_images import encode_images
-from imambig.stores.image_store import open_image_store
+from imambig.stages.versions import set_current, version_name
+from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import to_tensor
-from imambig.stores.location import filesystem, join, write_bytes
+from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
 
-STATE_DIR = "_state"  # inside the keystore root: private, never published
-CURRENT = "current.json"
+STATE_DIR = "_state"  # inside the keystore: private, never published
 
 
 @dataclass(frozen=True)
 class EncodeJob:
-    images: str  # image store URL
-    model: str  # model folder URL (model.pt, noise fits)
-    public_root: str  # versioned public stores live under it
-    keys_root: str  # versioned keystores live under it (a different root)
+    """Everything a worker needs to know, and nothing secret: hashable and picklable."""
+
+    images: Location  # the image store
+    model: Location  # model folder (model.pt, noise fits)
+    public_root: Location  # versioned public stores live under it
+    keys_root: Location  # versioned keystores live under it (a different root)
     config: EncodeConfig = field(default_factory=EncodeConfig)
-    keys: KeyConfig = field(default_factory=KeyConfig)
-    storage_options: str = "{}"  # JSON, so the job stays hashable and picklable
+    secrets: SecretSources = field(default_factory=SecretSources)
 
     @property
-    def options(self) -> dict[str, Any]:
-        return json.loads(self.storage_options)
+    def k_public(self) -> int:
+        if self.config.k_public is None:
+            raise ValueError("k' is settled when the model is known (EncodeContext.open)")
+        return self.config.k_public
+
+    def noise_location(self) -> Location:
+        return self.model.join(f"noise_d{NOISE_DESIGN}_k{self.k_public}.npz")
 
 
 @dataclass(frozen=True)
 class Plan:
     version: str
-    public_url: str
-    keystore_url: str
+    public: Location  # this version's public store
+    keystore: Location  # this version's keystore
     n_items: int
-    chunk_items: int
-    regions: list[tuple[int, int]]  # still to do
+    region_items: int
+    regions: tuple[tuple[int, int], ...]  # still to do
     done: int  # regions already done
+
+    @property
+    def total(self) -> int:
+        """Regions of the whole collection."""
+        return math.ceil(self.n_items / self.region_items)
 
 
 @dataclass(frozen=True)
@@ -86,37 +106,54 @@ class RegionManifest:
 
 
 # ---------------------------------------------------------------------------
-# Resources, loaded once per worker process
+# What a process opens once
 # ---------------------------------------------------------------------------
 
 
+@dataclass
+class EncodeContext:
+    """The job with k' settled, its model (model.pt read once) and its secrets."""
+
+    job: EncodeJob
+    model: SparseAutoencoder
+    info: ModelInfo
+    secrets: Secrets
+
+    @classmethod
+    def open(cls, job: EncodeJob) -> EncodeContext:
+        model, info, _ = load_model(job.model)
+        job = dataclasses.replace(job, config=job.config.for_model(model.config.k))
+        return cls(job, model, info, Secrets(job.secrets))
+
+    @property
+    def version(self) -> str:
+        """The store version this job writes (model id and k'), known before any work."""
+        return version_name(self.info.model_id, self.job.k_public)
+
+    @functools.cached_property
+    def key_provider(self) -> LocalKeyProvider:
+        return LocalKeyProvider.from_secrets(self.secrets)
+
+
 @functools.lru_cache(maxsize=4)
-def _resources(job: EncodeJob) -> tuple[Any, str, NoiseModel, bytes, LocalKeyProvider]:
+def _worker_context(job: EncodeJob) -> tuple[EncodeContext, NoiseModel]:
+    """A worker's context for ``job`` (the driver's job, k' settled), once per process."""
     torch.set_num_threads(job.config.torch_threads)
-    model, info, _ = load_model(job.model, job.options)
-    noise = NoiseModel.load(noise_url(job, model.config.k), job.options)
-    secret = owner_secret(job.keys).reveal()
-    provider = LocalKeyProvider.from_config(job.keys)
-    return model, info.model_id, noise, secret, provider
+    context = EncodeContext.open(job)
+    return context, NoiseModel.load(job.noise_location())
 
 
-def noise_url(job: EncodeJob, k: int) -> str:
-    return join(job.model, f"noise_d{NOISE_DESIGN}_k{job.config.public_count(k)}.npz")
+def _marker(keystore: Location, start: int, stop: int) -> Location:
+    return keystore.join(STATE_DIR, "regions", f"{start:012d}-{stop:012d}.json")
 
 
-def version_name(model_id: str, k_public: int) -> str:
-    # The noise design is part of the name: a store is never finished with other fakes.
-    return f"v-{model_id}-k{k_public}-d{NOISE_DESIGN}"
+def _regions(n_items: int, region_items: int) -> list[tuple[int, int]]:
+    return [(s, min(s + region_items, n_items)) for s in range(0, n_items, region_items)]
 
 
-def _marker(keystore_url: str, start: int, stop: int) -> str:
-    return join(keystore_url, STATE_DIR, "regions", f"{start:012d}-{stop:012d}.json")
-
-
-def _done(job: EncodeJob, keystore_url: str, regions: list[tuple[int, int]]) -> set[tuple[int, int]]:
+def _done(keystore: Location, regions: list[tuple[int, int]]) -> set[tuple[int, int]]:
     """Regions whose done-marker exists (one listing, not one request per region)."""
-    fs, path = filesystem(join(keystore_url, STATE_DIR, "regions"), job.options)
-    names = {p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)} if fs.exists(path) else set()
+    names = keystore.join(STATE_DIR, "regions").names()
     return {r for r in regions if f"{r[0]:012d}-{r[1]:012d}.json" in names}
 
 
@@ -125,121 +162,98 @@ def _done(job: EncodeJob, keystore_url: str, regions: list[tuple[int, int]]) -> 
 # ---------------------------------------------------------------------------
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def ensure_noise_model(job: EncodeJob, loaded: tuple | None = None) -> str:
-    """Load the noise fit stored with the model, fitting it on the image store's
-    training split the first time. Returns its URL. ``loaded``: the (model, info) the
-    caller already has, so model.pt is not read again."""
-    model, info = loaded or load_model(job.model, job.options)[:2]
-    url = noise_url(job, model.config.k)
-    fs, path = filesystem(url, job.options)
-    if fs.exists(path):
-        return url
-    store = open_image_store(job.images, job.options)
+def ensure_noise_model(context: EncodeContext, store: ImageStore) -> Location:
+    """The noise fit stored with the model, fitted on the image store's training split
+    the first time. Returns its location."""
+    job = context.job
+    location = job.noise_location()
+    if location.exists():
+        return location
     idx = store.indices("train")
     if len(idx) == 0:
         idx = store.indices("all")
     idx = idx[: job.config.noise_fit_items]
     batches = (to_tensor(store.read(idx[s : s + 64])) for s in range(0, len(idx), 64))
-    noise = fit_noise_model(model, info.model_id, batches, job.config.public_count(model.config.k))
-    noise.save(url, job.options)
-    return url
+    noise = fit_noise_model(context.model, context.info.model_id, batches, job.k_public)
+    noise.save(location)
+    return location
 
 
-def target_version(job: EncodeJob) -> str:
-    """The store version this job writes (model id and k'), known before any work."""
-    model, info, _ = load_model(job.model, job.options)
-    return version_name(info.model_id, job.config.public_count(model.config.k))
-
-
-def lease_url(job: EncodeJob, version: str) -> str:
-    """Beside the versioned stores, not inside them: creating a store clears its folder."""
-    return join(job.keys_root, "_leases", f"{version}.json")
-
-
-def prepare(job: EncodeJob, overwrite: bool = False) -> Plan:
+def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     """Lay out or reopen the stores; call while holding the version's lease."""
-    assert_separate_roots(job.public_root, job.keys_root)
-    model, info, _ = load_model(job.model, job.options)
-    c, cfg = model.config, job.config
+    job, c = context.job, context.model.config
     if warning := c.privacy_warning():
-        warnings.warn(f"model {info.model_id}: {warning}", stacklevel=2)
-    kp = cfg.public_count(c.k)
-    store = open_image_store(job.images, job.options)
+        warnings.warn(f"model {context.info.model_id}: {warning}", stacklevel=2)
+    store = open_image_store(job.images)
     if (store.height, store.width) != (c.image_height, c.image_width):
         raise ValueError(f"image store holds {store.height}x{store.width} images, the model "
                          f"expects {c.image_height}x{c.image_width}")
-    # Fail on missing secrets before any work is done.
-    owner_secret(job.keys)
-    provider = LocalKeyProvider.from_config(job.keys)
-    nurl = ensure_noise_model(job, (model, info))
-    fs, npath = filesystem(nurl, job.options)
-    noise_fit = {"file": npath.rsplit("/", 1)[-1], "sha256": _sha256(fs.cat_file(npath))}
+    _ = context.secrets.owner_secret  # a missing secret fails here, before any work
+    provider = context.key_provider
+    noise = ensure_noise_model(context, store)
+    noise_fit = {"file": noise.name, "sha256": hashlib.sha256(noise.read_bytes()).hexdigest()}
 
-    version = version_name(info.model_id, kp)
-    public_url = join(job.public_root, version)
-    keystore_url = join(job.keys_root, version)
-    n, chunk = store.n_items, cfg.chunk_items
-    public = _open_or_create_public(public_url, job, store, c, kp, info.model_id,
-                                    noise_fit, overwrite)
-    keystore = _open_or_create_keystore(keystore_url, job, public, provider, overwrite)
+    version = context.version
+    public_location = job.public_root.join(version)
+    keystore_location = job.keys_root.join(version)
+    n = store.n_items
+    public = _open_or_create_public(public_location, context, store, noise_fit, overwrite)
+    keystore = _open_or_create_keystore(keystore_location, public, provider, overwrite)
     if public.n_items < n:  # new images since the last run: extend, keep old chunks
-        _extend(job, public, keystore, n)
-    regions = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    done = _done(job, keystore_url, regions)
-    todo = [r for r in regions if r not in done]
-    return Plan(version, public_url, keystore_url, n, chunk, todo, len(regions) - len(todo))
+        _extend(public, keystore, n)
+    regions = _regions(n, job.config.region_items)
+    done = _done(keystore_location, regions)
+    todo = tuple(r for r in regions if r not in done)
+    return Plan(version, public_location, keystore_location, n, job.config.region_items,
+                todo, len(regions) - len(todo))
 
 
-def _open_or_create_public(url, job, store, c, kp, model_id, noise_fit, overwrite):
+def _open_or_create_public(location: Location, context: EncodeContext, store: ImageStore,
+                           noise_fit: dict[str, str], overwrite: bool) -> PublicStore:
+    job, c = context.job, context.model.config
+    source = store.attrs.get("source", job.images.url)
     try:
-        public = PublicStore.open(url, job.options, mode="r+")
+        public: PublicStore | None = PublicStore.open(location, mode="r+")
     except (FileNotFoundError, ValueError, KeyError):
         public = None
     same = public is not None and (
         public.attrs.get("noise_fit") == noise_fit
-        and public.chunk_items == job.config.chunk_items
-        and public.attrs.get("source") == store.attrs.get("source", job.images)
+        and public.chunk_items == job.config.region_items
+        and public.attrs.get("source") == source
     )
     if public is not None and not same and not overwrite:
-        raise ValueError(f"{url} holds a public store built with other settings; pass "
+        raise ValueError(f"{location} holds a public store built with other settings; pass "
                          "--overwrite to rebuild it")
     if public is None or not same:
         public = PublicStore.create(
-            url, n_items=store.n_items, chunk_items=job.config.chunk_items, n_maps=c.n_maps,
-            code_length=c.code_length, k=c.k, k_public=kp, model_id=model_id,
-            source=store.attrs.get("source", job.images),
+            location, n_items=store.n_items, chunk_items=job.config.region_items,
+            n_maps=c.n_maps, code_length=c.code_length, k=c.k, k_public=job.k_public,
+            model_id=context.info.model_id, source=source,
             image_size=(c.image_height, c.image_width), noise_fit=noise_fit,
-            storage_options=job.options,
         )
     return public
 
 
-def _open_or_create_keystore(url, job, public, provider, overwrite):
+def _open_or_create_keystore(location: Location, public: PublicStore,
+                             provider: LocalKeyProvider, overwrite: bool) -> Keystore:
     try:
-        ks = Keystore.open(url, provider, job.options, mode="r+")
+        ks = Keystore.open(location, provider, mode="r+")
         if ks.attrs["public_store_id"] == public.attrs["store_id"] and not (
             overwrite and not public.attrs.get("complete")
         ):
             return ks
     except (FileNotFoundError, KeyError):
         pass
-    fs, path = filesystem(join(url, STATE_DIR), job.options)
-    if fs.exists(path):  # markers of another store version are meaningless now
-        fs.rm(path, recursive=True)
+    location.join(STATE_DIR).delete()  # markers of another store version mean nothing now
     a = public.attrs
     return Keystore.create(
-        url, public_store_id=a["store_id"], model_id=a["model_id"], n_items=a["n_items"],
+        location, public_store_id=a["store_id"], model_id=a["model_id"], n_items=a["n_items"],
         chunk_items=a["chunk_items"], n_maps=a["n_maps"], k=a["k"], k_public=a["k_public"],
         key_bytes=key_bytes(a["n_maps"], a["k_public"], a["k"]), provider=provider,
-        storage_options=job.options,
     )
 
 
-def _extend(job: EncodeJob, public: PublicStore, keystore: Keystore, n: int) -> None:
+def _extend(public: PublicStore, keystore: Keystore, n: int) -> None:
     old = public.n_items
     for name in ("support", "values", "item_id"):
         arr = public.group[name]
@@ -254,36 +268,34 @@ def _extend(job: EncodeJob, public: PublicStore, keystore: Keystore, n: int) -> 
     # old items), so its marker no longer means done.
     last = (old // public.chunk_items) * public.chunk_items
     if last < old:
-        fs, path = filesystem(_marker(keystore.url, last, old), job.options)
-        if fs.exists(path):
-            fs.rm(path)
+        _marker(keystore.location, last, old).delete()
 
 
 # ---------------------------------------------------------------------------
-# 2. one region
+# 2. one region (on a worker)
 # ---------------------------------------------------------------------------
 
 
 def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionManifest:
-    marker = _marker(plan.keystore_url, start, stop)
-    fs, mpath = filesystem(marker, job.options)
-    if fs.exists(mpath):
-        return RegionManifest(**{**json.loads(fs.cat_file(mpath)), "skipped": True})
+    marker = _marker(plan.keystore, start, stop)
+    if (done := marker.read_bytes()) is not None:
+        return RegionManifest(**{**json.loads(done), "skipped": True})
     t0, started = time.perf_counter(), time.time()
-    model, model_id, noise, secret, provider = _resources(job)
-    store = open_image_store(job.images, job.options)
+    context, noise = _worker_context(job)
+    store = open_image_store(job.images)
     images = store.read(slice(start, stop))
     ids = store.item_ids()[start:stop].tolist()
-    enc = encode_images(model, noise, secret, model_id, images, ids, job.config.micro_batch)
-    public = PublicStore.open(plan.public_url, job.options, mode="r+")
+    enc = encode_images(context.model, noise, context.secrets.owner_secret,
+                        context.info.model_id, images, ids, job.config.micro_batch)
+    public = PublicStore.open(plan.public, mode="r+")
     public.write_region(start, enc.mask, enc.values, ids)
-    keystore = Keystore.open(plan.keystore_url, provider, job.options, mode="r+")
-    keystore.write_row(start // plan.chunk_items, enc.keys)
+    keystore = Keystore.open(plan.keystore, context.key_provider, mode="r+")
+    keystore.write_row(start // plan.region_items, enc.keys)
     digest = hashlib.sha256(np.packbits(enc.mask).tobytes() + enc.values.tobytes())
     manifest = RegionManifest(start, stop, stop - start, digest.hexdigest(),
                               time.perf_counter() - t0, started, time.time())
     # Written last: its presence means both the public chunk and the key row are in.
-    write_bytes(marker, json.dumps(manifest.to_dict()).encode(), job.options)
+    marker.write_bytes(json.dumps(manifest.to_dict()).encode())
     return manifest
 
 
@@ -292,29 +304,13 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionMa
 # ---------------------------------------------------------------------------
 
 
-def finish(job: EncodeJob, plan: Plan) -> None:
-    regions = [(s, min(s + plan.chunk_items, plan.n_items))
-               for s in range(0, plan.n_items, plan.chunk_items)]
-    done = _done(job, plan.keystore_url, regions)
-    missing = [r for r in regions if r not in done]
+def finish(context: EncodeContext, plan: Plan) -> None:
+    regions = _regions(plan.n_items, plan.region_items)
+    missing = [r for r in regions if r not in _done(plan.keystore, regions)]
     if missing:
         raise RuntimeError(f"{len(missing)} regions are not done (first {missing[0]}); "
                            "re-run encode to finish them")
-    _, _, _, _, provider = _resources(job)
-    PublicStore.open(plan.public_url, job.options, mode="r+").finish()
-    Keystore.open(plan.keystore_url, provider, job.options, mode="r+").finish()
-    pointer = json.dumps({"version": plan.version, "n_items": plan.n_items}).encode()
-    for root in (job.public_root, job.keys_root):
-        write_bytes(join(root, CURRENT), pointer, job.options)
-
-
-def current_version(root: str, storage_options: dict | None = None) -> str:
-    """URL of the store version the root's ``current`` pointer names."""
-    fs, path = filesystem(join(root, CURRENT), storage_options)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{root} has no complete store yet (no {CURRENT})")
-    return join(root, json.loads(fs.cat_file(path))["version"])
-
-
-__all__ = ["EncodeJob", "Plan", "RegionManifest", "current_version", "encode_region",
-           "ensure_noise_model", "finish", "lease_url", "prepare", "target_version"]
+    PublicStore.open(plan.public, mode="r+").finish()
+    Keystore.open(plan.keystore, context.key_provider, mode="r+").finish()
+    for root in (context.job.public_root, context.job.keys_root):
+        set_current(root, plan.version, plan.n_items)

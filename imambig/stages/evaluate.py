@@ -10,14 +10,16 @@ user needs (key + the true values).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from imambig.access.key_provider import KeyProvider
 from imambig.access.keystore import Keystore
-from imambig.access.secrets import KeyProvider
 from imambig.attacks.suite import run_attacks
+from imambig.config import EvaluateConfig
 from imambig.evaluation import rate_distortion as rd
 from imambig.evaluation.grid import comparison_grid
 from imambig.evaluation.metrics import ms_ssim_scales
@@ -27,11 +29,8 @@ from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor
-from imambig.stores.location import filesystem, join, write_bytes
+from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
-
-DEFAULT_ATTACKS = ("random", "largest", "smallest", "magnitude", "position", "discriminator",
-                   "reencode", "least_squares", "least_squares_reencode")
 
 
 @dataclass
@@ -58,6 +57,11 @@ class Evaluation:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
+    def save(self, out: Location) -> None:
+        """``evaluation.json`` and ``evaluation.md`` in folder ``out``."""
+        out.join("evaluation.json").write_bytes(self.to_json().encode())
+        out.join("evaluation.md").write_bytes(self.markdown().encode())
+
     def markdown(self) -> str:
         head = ("| setting | PSNR (dB) | SSIM | support recall | chance | AUC |\n"
                 "|---|---|---|---|---|---|\n")
@@ -72,68 +76,62 @@ class Evaluation:
                 f"{self.n_items} {self.split} items, model `{self.model_id}`.\n")
 
 
-def _stored_bytes(url: str, storage_options: dict | None, names: tuple[str, ...]) -> int:
-    fs, path = filesystem(url, storage_options)
+def _stored_bytes(store: Location, names: tuple[str, ...]) -> int:
+    fs, path = store.filesystem()
     return sum(sum(fs.du(f"{path}/{n}", total=False).values()) for n in names)
 
 
 def evaluate_stores(
-    images: str,
-    model: str,
-    public: str,
-    keystore: str,
+    images: Location,
+    model: Location,
+    public: Location,
+    keystore: Location,
     provider: KeyProvider,
-    storage_options: dict | None = None,
-    split: str = "test",
-    max_items: int = 200,
-    attacker_items: int = 512,
-    attacks: tuple[str, ...] = DEFAULT_ATTACKS,
-    log: Any = None,
-    grid_url: str | None = None,
-    grid_items: int = 6,
-    codecs: tuple[str, ...] = rd.CODECS,
-    rd_plot_url: str | None = None,
-    rd_items: int = 64,
+    config: EvaluateConfig,
+    *,
+    out: Location | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Evaluation:
     """Read the stores and measure: Table-1 rows (authorized k=k/2 and k, the codecs at
-    the authorized standalone bytes of each image), the attack rows, the rates, and
-    optionally the grid PNG and the rate-distortion PNG (on the first ``rd_items``)."""
+    the authorized standalone bytes of each image), the attack rows and the rates; with
+    ``out``, write ``grid.png`` and (unless ``config.rd_items`` is 0) the
+    rate-distortion plot ``rd.png`` there (on the first ``rd_items`` items)."""
     say = log or (lambda _m: None)
     # no torch.no_grad() here: the learned attacks train their own classifiers
-    net, info, _ = load_model(model, storage_options)
-    store = open_image_store(images, storage_options)
-    pub = PublicStore.open(public, storage_options)
-    ks = Keystore.open(keystore, provider, storage_options)
+    net, info, _ = load_model(model)
+    store = open_image_store(images)
+    pub = PublicStore.open(public)
+    ks = Keystore.open(keystore, provider)
     if pub.attrs["model_id"] != info.model_id:
         raise ValueError(f"{public} was encoded with model {pub.attrs['model_id']}, "
                          f"not {info.model_id}")
     ids = store.item_ids()
-    target = store.indices(split)[:max_items]
+    target = store.indices(config.split)[: config.max_items]
     if len(target) == 0:
-        raise ValueError(f"the image store has no {split!r} items")
+        raise ValueError(f"the image store has no {config.split!r} items")
     pidx = pub.index_of([str(i) for i in ids[target]])
     mask, values = pub.read(pidx)
     real = decode_keys(ks.keys(pidx))
     amb = Ambiguated(mask, values, real)
     x = to_tensor(store.read(target))
-    own = store.indices("train")[:attacker_items]
-    noise = NoiseModel.load(join(model, pub.attrs["noise_fit"]["file"]), storage_options)
-    results = run_attacks(net, noise, amb, x, to_tensor(store.read(own)), list(attacks),
+    own = store.indices("train")[: config.attacker_items]
+    noise = NoiseModel.load(model.join(pub.attrs["noise_fit"]["file"]))
+    results = run_attacks(net, noise, amb, x, to_tensor(store.read(own)), list(config.attacks),
                           log=log)
     rows = [r.to_dict() for r in results]
     k = int(pub.attrs["k"])
-    if grid_url:
+    if out is not None:
         # the attacker column: a random guess, the paper's attack (the trained attacks
         # do no better on this design; see the table)
         rng = np.random.default_rng(0)
-        g = amb.real[:grid_items]
+        g = amb.real[: config.grid_items]
         scores = rng.random(g.shape)
         top = np.argsort(-scores, -1)[..., :k]
         guess = np.zeros_like(g)
         np.put_along_axis(guess, top, True, -1)
-        sub = Ambiguated(amb.mask[:grid_items], amb.values[:grid_items], g)
-        png = comparison_grid(net, x[:grid_items], sub, guess)
-        write_bytes(grid_url, png, storage_options)
+        sub = Ambiguated(amb.mask[: config.grid_items], amb.values[: config.grid_items], g)
+        png = comparison_grid(net, x[: config.grid_items], sub, guess)
+        out.join("grid.png").write_bytes(png)
 
     table: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[float, float]]] = {}
@@ -144,7 +142,7 @@ def evaluate_stores(
         table += [asdict(with_key), asdict(alone)]
     assert alone is not None
     budgets = [alone.bytes_per_image] * len(x)
-    for codec in codecs:
+    for codec in config.codecs:
         say(f"{codec} at the authorized k={k} standalone bytes")
         table.append(asdict(rd.codec_at_bytes(x, codec, budgets)))
     by_name = {r["name"]: r for r in rows}
@@ -153,23 +151,24 @@ def evaluate_stores(
             r = by_name[name]
             table.append({"name": name, "psnr": r["psnr"], "ssim": r["ssim"], "ms_ssim": None,
                           "bytes_per_image": None, "bpp": None, "notes": "from the attack suite"})
-    if rd_plot_url:
-        say(f"rate-distortion curves on {min(rd_items, len(x))} items")
-        sub_x = x[:rd_items]
-        sub = Ambiguated(amb.mask[:rd_items], amb.values[:rd_items], amb.real[:rd_items])
+    if out is not None and config.rd_items:
+        n_rd = config.rd_items
+        say(f"rate-distortion curves on {min(n_rd, len(x))} items")
+        sub_x = x[:n_rd]
+        sub = Ambiguated(amb.mask[:n_rd], amb.values[:n_rd], amb.real[:n_rd])
         curves = rd.our_curves(net, sub, sub_x)
-        for codec in codecs:
+        for codec in config.codecs:
             curves[codec.upper()] = rd.codec_curve(sub_x, codec)
-        title = f"{len(sub_x)} {split} images, {x.shape[2]}x{x.shape[3]}, model {info.model_id[:12]}"
-        write_bytes(rd_plot_url, rd.plot_rd(curves, title), storage_options)
+        title = f"{len(sub_x)} {config.split} images, {x.shape[2]}x{x.shape[3]}, model {info.model_id[:12]}"
+        out.join("rd.png").write_bytes(rd.plot_rd(curves, title))
 
     hw = pub.attrs["image_height"] * pub.attrs["image_width"]
     n = pub.n_items
-    public_bytes = _stored_bytes(pub.url, storage_options, ("support", "values")) / n
+    public_bytes = _stored_bytes(pub.location, ("support", "values")) / n
     key_bytes = ks.key_bytes
     # An authorized user needs the key and the true values (k per map) at the stored
     # precision: the k real of the k' public values, at their share of the stored bytes.
-    true_value_bytes = (_stored_bytes(pub.url, storage_options, ("values",)) / n
+    true_value_bytes = (_stored_bytes(pub.location, ("values",)) / n
                         * pub.attrs["k"] / pub.attrs["k_public"])
     rates = {
         "public record bytes/image": public_bytes,
@@ -178,10 +177,11 @@ def evaluate_stores(
         "key bpp": key_bytes * 8 / hw,
         "authorized (key + true values) bpp": (key_bytes + true_value_bytes) * 8 / hw,
     }
-    settings = {"attacker_items": len(own), "attacks": list(attacks), "codecs": list(codecs),
+    settings = {"attacker_items": len(own), "attacks": list(config.attacks), "codecs": list(config.codecs),
                 "ssim": "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 255",
                 "ms_ssim_scales": ms_ssim_scales(x.shape[2], x.shape[3])}
-    return Evaluation(rows, rates, len(target), split, info.model_id, settings, table, curves)
+    return Evaluation(rows, rates, len(target), config.split, info.model_id, settings, table,
+                      curves)
 
 
 def as_table(ev: Evaluation) -> list[dict[str, Any]]:
@@ -198,4 +198,4 @@ def load_evaluation(text: str) -> Evaluation:
     return Evaluation(**json.loads(text))
 
 
-__all__ = ["DEFAULT_ATTACKS", "Evaluation", "as_table", "evaluate_stores", "load_evaluation"]
+__all__ = ["Evaluation", "as_table", "evaluate_stores", "load_evaluation"]

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from imambig.config import IngestConfig
 from imambig.stores.image_store import ImageStoreWriter, store_state
-from imambig.stores.location import filesystem, join
+from imambig.stores.location import Location
 from imambig.stores.splits import (
     NO_PARTITION,
     SPLIT_NAMES,
@@ -78,7 +78,7 @@ class SourceEntry:
 
 @dataclass
 class Source:
-    url: str
+    location: Location
     fs: AbstractFileSystem
     entries: list[SourceEntry]  # sorted by item id
     identities: dict[str, int] | None = None
@@ -123,29 +123,30 @@ def _read_table(fs: AbstractFileSystem, path: str) -> dict[str, int]:
     return table
 
 
-def discover_source(url: str, storage_options: dict[str, Any] | None = None) -> Source:
-    """List the images of ``url`` (folder, CelebA root or fsspec URL), sorted by id."""
-    fs, root = filesystem(url, storage_options)
+def discover_source(location: Location) -> Source:
+    """List the images at ``location`` (folder, CelebA root or URL prefix), sorted by id."""
+    fs, root = location.filesystem()
     if not fs.exists(root):
-        raise FileNotFoundError(f"source {url} does not exist")
+        raise FileNotFoundError(f"source {location} does not exist")
     if not fs.isdir(root):
-        raise ValueError(f"source {url} is a file; give the folder (or URL prefix) of the images")
+        raise ValueError(f"source {location} is a file; give the folder (or URL prefix) of the images")
 
-    img_dir, partition_path = join(root, CELEBA_IMAGES), join(root, CELEBA_PARTITION)
+    img_dir, partition_path = f"{root}/{CELEBA_IMAGES}", f"{root}/{CELEBA_PARTITION}"
     if fs.isdir(img_dir) and fs.isfile(partition_path):
         found, ignored = _list_images(fs, img_dir)
         partition = _read_table(fs, partition_path)
-        identity_path = join(root, CELEBA_IDENTITY)
+        identity_path = f"{root}/{CELEBA_IDENTITY}"
         identities = _read_table(fs, identity_path) if fs.isfile(identity_path) else None
         # Files listed but absent are kept as entries so that they are reported.
         ids = sorted(found.keys() | partition.keys())
         return Source(
-            url, fs, [SourceEntry(i, found.get(i)) for i in ids],
+            location, fs, [SourceEntry(i, found.get(i)) for i in ids],
             identities=identities, partition=partition, is_celeba=True, ignored=ignored,
         )
 
     found, ignored = _list_images(fs, root)
-    return Source(url, fs, [SourceEntry(i, found[i]) for i in sorted(found)], ignored=ignored)
+    return Source(location, fs, [SourceEntry(i, found[i]) for i in sorted(found)],
+                  ignored=ignored)
 
 
 # ---------------------------------------------------------------------------
@@ -421,45 +422,42 @@ def _batch_items(p: DecodeParams) -> int:
 
 
 def ingest(
-    source: str,
-    out: str,
-    cfg: IngestConfig | None = None,
+    source: Location,
+    out: Location,
+    cfg: IngestConfig,
     *,
-    limit: int | None = None,
-    storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
     """Ingest the images of ``source`` into a new image store at ``out``.
 
-    ``limit`` keeps only the first N source files (sorted by id); ``storage_options``
-    apply to ``source`` and ``out``; ``on_progress(n)`` is called after each decoded
-    batch with the number of files it covered.
+    ``cfg.limit`` keeps only the first N source files (sorted by id); ``on_progress(n)``
+    is called after each decoded batch with the number of files it covered.
     """
-    cfg = cfg or IngestConfig()
     started = time.perf_counter()
     spec = parse_split_spec(cfg.split)  # fail on a bad spec before any work
     if min(cfg.height, cfg.width, cfg.chunk_items, cfg.min_side) < 1:
         raise ValueError("height, width, chunk_items and min_side must be positive")
     if cfg.crop is not None and cfg.crop < 1:
         raise ValueError(f"crop must be positive, got {cfg.crop}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+    if cfg.limit is not None and cfg.limit < 0:
+        raise ValueError(f"limit must be >= 0, got {cfg.limit}")
 
-    state = store_state(out, storage_options)
+    state = store_state(out)
     if state == "complete" and not overwrite:
         raise ValueError(f"image store {out} exists; pass --overwrite to replace it")
     if state == "foreign":
         raise ValueError(f"{out} exists and is not an image store; refusing to replace it")
 
-    src = discover_source(source, storage_options)
+    src = discover_source(source)
     if not src.entries:
         raise ValueError(f"no image files found under {source}")
     if spec.kind == "official" and src.partition is None:
         raise ValueError(NO_PARTITION)
-    entries = src.entries if limit is None else src.entries[:limit]
+    entries = src.entries if cfg.limit is None else src.entries[: cfg.limit]
 
-    report = IngestReport(source=source, out=out, seen=len(entries), ignored=src.ignored)
+    report = IngestReport(source=source.url, out=out.url, seen=len(entries),
+                          ignored=src.ignored)
     todo: list[tuple[str, str]] = []  # (item id, path) of the files to decode
     for e in entries:
         if e.path is None:
@@ -475,8 +473,8 @@ def ingest(
     params = DecodeParams(cfg.height, cfg.width, crop, cfg.min_side, cfg.max_pixels)
     writer = ImageStoreWriter.create(
         out, n_items=len(todo), height=cfg.height, width=cfg.width,
-        chunk_items=cfg.chunk_items, storage_options=storage_options,
-        attrs={"source": source, "split_spec": str(spec), "seed": cfg.seed, "crop": crop},
+        chunk_items=cfg.chunk_items,
+        attrs={"source": source.url, "split_spec": str(spec), "seed": cfg.seed, "crop": crop},
     )
 
     step = _batch_items(params)
@@ -528,10 +526,10 @@ def ingest(
     report.splits = split_counts(splits)
     report.set_aside.sort(key=lambda r: r["item"])
     report.reasons = dict(sorted(Counter(r["reason"] for r in report.set_aside).items()))
-    report.report_url = join(out, REPORT_NAME)
+    report_location = out.join(REPORT_NAME)
+    report.report_url = report_location.url
     report.elapsed_s = round(time.perf_counter() - started, 3)
-    out_fs, out_path = filesystem(out, storage_options)
-    out_fs.pipe_file(join(out_path, REPORT_NAME), json.dumps(report.to_dict(), indent=1).encode())
+    report_location.write_bytes(json.dumps(report.to_dict(), indent=1).encode())
 
     writer.finish(set_aside=report.n_set_aside, split_counts=report.splits, report=REPORT_NAME)
     return report

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from imambig.stores.location import filesystem, join, read_bytes, write_bytes
+from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
 from storage_schemas.validate import validate
 
@@ -22,34 +22,28 @@ MANIFEST = "MANIFEST.json"
 
 @dataclass(frozen=True)
 class PublishReport:
-    source: str
-    target: str
+    source: Location
+    target: Location
     objects: int
     copied: int
     bytes: int
-    manifest: str
+    manifest: Location
 
     def summary(self) -> str:
         return (f"published {self.source} -> {self.target}: {self.objects} objects "
                 f"({self.bytes:,} bytes, {self.copied} copied now); manifest {self.manifest}")
 
 
-def publish(
-    source: str,
-    target_root: str,
-    storage_options: dict | None = None,
-    target_options: dict | None = None,
-) -> PublishReport:
+def publish(source: Location, target_root: Location) -> PublishReport:
     """Copy public store ``source`` under ``target_root`` (same version name)."""
-    report = validate(source, storage_options)
+    report = validate(source)
     if not report.ok:
         raise ValueError(f"refusing to publish an invalid store:\n{report.summary()}")
-    store = PublicStore.open(source, storage_options)
-    version = source.rstrip("/").rsplit("/", 1)[-1]
-    target = join(target_root, version)
-    sfs, spath = filesystem(source, storage_options)
-    tfs, tpath = filesystem(target, target_options if target_options is not None
-                            else storage_options)
+    store = PublicStore.open(source)
+    version = source.name
+    target = target_root.join(version)
+    sfs, spath = source.filesystem()
+    tfs, tpath = target.filesystem()
     entries, copied, total = [], 0, 0
     for obj in sorted(sfs.find(spath)):
         rel = obj[len(spath) :].lstrip("/")
@@ -58,10 +52,10 @@ def publish(
         dest = f"{tpath}/{rel}"
         existing = tfs.cat_file(dest) if tfs.exists(dest) else None
         if existing is None or hashlib.sha256(existing).hexdigest() != digest:
-            write_bytes(join(target, rel), data, target_options or storage_options)
+            target.join(rel).write_bytes(data)
             back = tfs.cat_file(dest)
             if hashlib.sha256(back).hexdigest() != digest:
-                raise OSError(f"{join(target, rel)}: read-back checksum mismatch after copy")
+                raise OSError(f"{target.join(rel)}: read-back checksum mismatch after copy")
             copied += 1
         entries.append({"path": rel, "bytes": len(data), "sha256": digest})
         total += len(data)
@@ -74,17 +68,17 @@ def publish(
         "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "objects": entries,
     }
-    murl = join(target, MANIFEST)
-    write_bytes(murl, json.dumps(manifest, indent=1).encode(), target_options or storage_options)
-    return PublishReport(source, target, len(entries), copied, total, murl)
+    manifest_location = target.join(MANIFEST)
+    manifest_location.write_bytes(json.dumps(manifest, indent=1).encode())
+    return PublishReport(source, target, len(entries), copied, total, manifest_location)
 
 
-def verify_publication(target: str, storage_options: dict | None = None) -> list[str]:
+def verify_publication(target: Location) -> list[str]:
     """Re-check every object of a publication against its manifest; list the problems."""
-    raw = read_bytes(join(target, MANIFEST), storage_options)
+    raw = target.join(MANIFEST).read_bytes()
     if raw is None:
         return [f"{target} has no {MANIFEST} (unpublished or interrupted)"]
-    fs, path = filesystem(target, storage_options)
+    fs, path = target.filesystem()
     problems = []
     for e in json.loads(raw)["objects"]:
         p = f"{path}/{e['path']}"

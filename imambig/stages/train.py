@@ -26,7 +26,7 @@ from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import autocast, resolve
 from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import epoch_order, iter_batches, to_tensor
-from imambig.stores.location import join
+from imambig.stores.location import Location
 
 # Settings that may change between a run and its resumption without invalidating it.
 _RESUMABLE_CHANGES = {"epochs", "minutes", "device", "num_threads"}
@@ -34,7 +34,7 @@ _RESUMABLE_CHANGES = {"epochs", "minutes", "device", "num_threads"}
 
 @dataclass
 class TrainResult:
-    out: str
+    out: Location
     model_id: str
     epochs: int
     val_psnr: list[float] = field(default_factory=list)
@@ -44,7 +44,7 @@ class TrainResult:
     def summary(self) -> str:
         psnr = ", ".join(f"{p:.2f}" for p in self.val_psnr)
         lines = [
-            f"model {self.model_id} written to {join(self.out, ckpt.MODEL_FILE)}",
+            f"model {self.model_id} written to {self.out.join(ckpt.MODEL_FILE)}",
             f"validation PSNR per epoch (dB): {psnr}",
             f"training throughput: {self.images_per_s:.1f} images/s",
         ]
@@ -142,17 +142,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def train(
-    images_url: str,
-    out_url: str,
+    images: Location,
+    out: Location,
     cfg: TrainConfig,
-    storage_options: dict | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train on the store's train split; checkpoints and the final model go to ``out_url``."""
+    """Train on the store's train split; checkpoints and the final model go to ``out``."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = pick_device(cfg.device)
-    store = open_image_store(images_url, storage_options)
+    store = open_image_store(images)
     mc = cfg.model
     if warning := mc.privacy_warning():
         warnings.warn(warning, stacklevel=2)
@@ -174,7 +173,7 @@ def train(
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
 
     epoch, step_in_epoch, global_step, elapsed, history = 0, 0, 0, 0.0, []
-    state = ckpt.load_state(out_url, storage_options)
+    state = ckpt.load_state(out)
     if state is not None:
         saved = TrainConfig.from_dict(state["config"]).to_dict()
         now = cfg.to_dict()
@@ -183,7 +182,7 @@ def train(
             diff.append(f"precision (was {state['precision']}, now {precision})")
         if diff:
             raise ValueError(
-                f"{out_url} holds a run with different settings ({', '.join(diff)}); "
+                f"{out} holds a run with different settings ({', '.join(diff)}); "
                 "use another --out or the same settings to resume"
             )
         model.load_state_dict(state["model"])
@@ -203,7 +202,7 @@ def train(
 
     def snapshot() -> None:
         ckpt.save_state(
-            out_url,
+            out,
             {
                 "config": cfg.to_dict(),
                 "precision": precision,
@@ -217,7 +216,6 @@ def train(
                 "elapsed": elapsed,
                 "val_psnr": history,
             },
-            storage_options,
         )
 
     published = average.model if average else model
@@ -275,15 +273,15 @@ def train(
         "train_config": cfg.to_dict(),
         "precision": precision,
         "train_minutes": round(elapsed / 60, 2),
-        "images": images_url,
+        "images": images.url,
         "train_items": len(train_idx),
         "val_psnr": history,
         "global_step": global_step,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "torch": torch.__version__,
     }
-    mid = ckpt.save_model(out_url, published, metadata, storage_options)
+    mid = ckpt.save_model(out, published, metadata)
     return TrainResult(
-        out=out_url, model_id=mid, epochs=epoch, val_psnr=history,
+        out=out, model_id=mid, epochs=epoch, val_psnr=history,
         images_per_s=seen / t_train if t_train else 0.0, resumed_from_step=resumed_from,
     )

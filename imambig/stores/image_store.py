@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from imambig.stores.location import filesystem, join, open_store
+from imambig.stores.location import Location
 from imambig.stores.splits import SPLIT_NAMES, UNKNOWN_IDENTITY, split_code
 from storage_schemas import image_store_v1
 
@@ -44,14 +44,15 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def store_state(url: str, storage_options: dict[str, Any] | None = None) -> StoreState:
-    """What is at ``url``: nothing, a complete or incomplete image store, or other data."""
-    fs, path = filesystem(url, storage_options)
+def store_state(location: Location) -> StoreState:
+    """What is at ``location``: nothing, a complete or incomplete image store, or other
+    data."""
+    fs, path = location.filesystem()
     if not fs.exists(path):
         return "absent"
     if not fs.isdir(path):
         return "foreign"
-    meta_path = join(path, "zarr.json")
+    meta_path = f"{path}/zarr.json"
     if not fs.exists(meta_path):
         return "absent" if not fs.ls(path, detail=False) else "foreign"
     try:
@@ -73,20 +74,19 @@ class ImageStoreWriter:
     @classmethod
     def create(
         cls,
-        url: str,
+        location: Location,
         *,
         n_items: int,
         height: int,
         width: int,
         chunk_items: int,
         attrs: dict[str, Any] | None = None,
-        storage_options: dict[str, Any] | None = None,
     ) -> ImageStoreWriter:
-        """Lay out an empty store of ``n_items`` at ``url``, replacing what is there."""
+        """Lay out an empty store of ``n_items`` at ``location``, replacing what is there."""
         if min(height, width, chunk_items) < 1 or n_items < 0:
             raise ValueError("height, width and chunk_items must be positive, n_items >= 0")
         group = zarr.open_group(
-            open_store(url, storage_options, mode="w"),
+            location.zarr_store(mode="w"),
             mode="w",
             attributes={
                 **(attrs or {}),
@@ -120,11 +120,11 @@ class ImageStoreWriter:
         return cls(group)
 
     @classmethod
-    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> ImageStoreWriter:
+    def open(cls, location: Location) -> ImageStoreWriter:
         """Reopen a store laid out by ``create`` to write more regions into it."""
-        group = zarr.open_group(open_store(url, storage_options, mode="r+"), mode="r+")
+        group = zarr.open_group(location.zarr_store(mode="r+"), mode="r+")
         if group.attrs.get("schema") != SCHEMA:
-            raise ValueError(f"{url} is not an image store (schema {SCHEMA})")
+            raise ValueError(f"{location} is not an image store (schema {SCHEMA})")
         return cls(group)
 
     @property
@@ -184,22 +184,21 @@ class ImageStoreWriter:
 class ImageStore:
     """Read view of a complete image store. Picklable: workers reopen it lazily."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.url = url
-        self.storage_options = dict(storage_options or {})
+    def __init__(self, location: Location) -> None:
+        self.location = location
         self._open()
 
     def _open(self) -> None:
         try:
-            group = zarr.open_group(open_store(self.url, self.storage_options, mode="r"), mode="r")
+            group = zarr.open_group(self.location.zarr_store(mode="r"), mode="r")
         except FileNotFoundError:
-            raise FileNotFoundError(f"no image store at {self.url}") from None
+            raise FileNotFoundError(f"no image store at {self.location}") from None
         attrs = group.attrs.asdict()
         if attrs.get("schema") != SCHEMA:
-            raise ValueError(f"{self.url} is not an image store (expected schema {SCHEMA})")
+            raise ValueError(f"{self.location} is not an image store (expected schema {SCHEMA})")
         if attrs.get("complete") is not True:
             raise ValueError(
-                f"image store {self.url} was not completely written; re-run ingest to finish it"
+                f"image store {self.location} was not completely written; re-run ingest to finish it"
             )
         self._group = group
         self._attrs = attrs
@@ -207,18 +206,17 @@ class ImageStore:
         self._labels: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options}
+        return {"location": self.location}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.url = state["url"]
-        self.storage_options = state["storage_options"]
+        self.location = state["location"]
         self._open()
 
     def __len__(self) -> int:
         return self.n_items
 
     def __repr__(self) -> str:
-        return f"ImageStore({self.url!r}, n_items={self.n_items}, {self.height}x{self.width})"
+        return f"ImageStore({self.location.url!r}, n_items={self.n_items}, {self.height}x{self.width})"
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -301,6 +299,6 @@ class ImageStore:
         return np.flatnonzero(self.splits() == split_code(split)).astype(np.int64)
 
 
-def open_image_store(url: str, storage_options: dict[str, Any] | None = None) -> ImageStore:
-    """Open the complete image store at ``url`` (path or fsspec URL) for reading."""
-    return ImageStore(url, storage_options)
+def open_image_store(location: Location) -> ImageStore:
+    """Open the complete image store at ``location`` for reading."""
+    return ImageStore(location)

@@ -20,9 +20,12 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-from imambig.stores.location import filesystem
+from imambig.stores.location import Location
+
+LEASE_TTL_S = 120.0  # a holder that stops renewing for this long is taken over
 
 
 class LeaseHeld(RuntimeError):
@@ -92,7 +95,7 @@ class _Local:
         self.path = path
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self) -> Iterator[None]:
         with open(self.path + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
@@ -139,13 +142,13 @@ class _Local:
             return True
 
 
-def _backend(url: str, storage_options: dict | None) -> Any:
-    fs, path = filesystem(url, storage_options)
+def _backend(location: Location) -> Any:
+    fs, path = location.filesystem()
     if "file" in fs.protocol:
         return _Local(path)
     if "s3" in fs.protocol:
         return S3ObjectCAS(fs, path)
-    raise ValueError(f"leases need a local path or s3:// URL, not {url}")
+    raise ValueError(f"leases need a local path or s3:// URL, not {location}")
 
 
 # ---------------------------------------------------------------------------
@@ -170,13 +173,12 @@ def _holder_dead(held: dict[str, Any]) -> bool:
 
 class Lease:
     def __init__(
-        self, url: str, storage_options: dict | None = None, ttl_s: float = 120.0,
-        owner: str | None = None,
+        self, location: Location, ttl_s: float = LEASE_TTL_S, owner: str | None = None
     ) -> None:
-        self.url = url
+        self.location = location
         self.ttl_s = ttl_s
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._cas = _backend(url, storage_options)
+        self._cas = _backend(location)
         self._token: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,7 +207,7 @@ class Lease:
                 since = time.strftime("%H:%M:%S", time.localtime(held.get("acquired", 0)))
                 raise LeaseHeld(
                     f"another encode run ({held.get('owner')}, since {since}) is writing this "
-                    f"store (lease {self.url}); wait for it to finish, or if it died on "
+                    f"store (lease {self.location}); wait for it to finish, or if it died on "
                     f"another host, retry after its lease expires in "
                     f"{held['expires'] - time.time():.0f} s"
                 )
@@ -213,7 +215,7 @@ class Lease:
             self._token = (self._cas.replace(self._record(), got[1]) if got
                            else self._cas.create(self._record()))
             if self._token is None:
-                raise LeaseHeld(f"another encode run took over the lease {self.url} first")
+                raise LeaseHeld(f"another encode run took over the lease {self.location} first")
         self._thread = threading.Thread(target=self._renew, daemon=True, name="imambig-lease")
         self._thread.start()
         return self

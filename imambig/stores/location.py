@@ -1,13 +1,21 @@
-"""Where artefacts live: local paths and fsspec URLs behind one small interface.
+"""Where bytes live: a ``Location`` is a URL plus the fsspec storage options to reach it.
 
-A location is either a plain path (``runs/images``) or an fsspec URL with a protocol
-(``s3://bucket/prefix``, ``file:///abs/path``, ``memory://x``). ``open_store`` gives the
-Zarr store for it, ``filesystem`` the fsspec file system for side files (reports,
-checkpoints) and for listing sources.
+A URL is a plain path (``runs/images``) or an fsspec URL with a protocol
+(``s3://bucket/prefix``, ``file:///abs/path``, ``memory://x``). The two always travel
+together, so no function takes one without the other. A location is a frozen, hashable
+value (like pangeo-forge's ``FSSpecTarget``): it can key a cache, be pickled to a Dask
+worker, and be a Prefect flow parameter, given either as a URL string or as
+``{"url": ..., "storage_options": {...}}``.
+
+It has the few operations the stores need: ``join``, ``exists``, ``read_bytes``,
+``write_bytes``, ``delete``, ``names`` (a listing), ``zarr_store`` and, for anything
+else, ``filesystem``.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import fsspec
@@ -18,76 +26,141 @@ from zarr.storage import FsspecStore, LocalStore
 Mode = Literal["r", "r+", "a", "w", "w-"]
 
 
-def has_protocol(url: str) -> bool:
-    """True for ``proto://...`` URLs, False for plain local paths."""
-    return "://" in url
+@dataclass(frozen=True)
+class Location:
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or not self.url:
+            raise ValueError(f"a location needs a URL or path, got {self.url!r}")
+        # A private copy: the caller's dict may change, this value must not.
+        object.__setattr__(self, "storage_options", dict(self.storage_options or {}))
 
-def _options(url: str, storage_options: dict[str, Any] | None, for_zarr: bool = False
-             ) -> dict[str, Any]:
-    opts = dict(storage_options or {})
-    if has_protocol(url) and for_zarr:
-        # Zarr drives its file system from its own event loop; a cached fsspec instance
-        # bound to another loop (e.g. an s3fs used synchronously before) fails with
-        # "attached to a different loop". A fresh instance per store avoids that. Plain
-        # synchronous use shares cached instances (and their connection pools).
-        opts.setdefault("skip_instance_cache", True)
-    return opts
+    def __hash__(self) -> int:
+        return hash((self.url, json.dumps(self.storage_options, sort_keys=True, default=str)))
 
+    def __str__(self) -> str:
+        return self.url
 
-def open_store(
-    url: str, storage_options: dict[str, Any] | None = None, mode: Mode = "r"
-) -> Store:
-    """The Zarr store at ``url``; read-only when ``mode`` is ``"r"``.
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """As a Prefect parameter: a URL string, or ``{"url", "storage_options"}``.
 
-    Creating or clearing is left to ``zarr.open_group(store, mode=...)``; ``mode`` here
-    only decides whether the store accepts writes.
-    """
-    read_only = mode == "r"
-    if url.startswith("file://"):
-        # Zarr's own local store creates parent folders; fsspec's local file system does not.
-        url = fsspec.core.strip_protocol(url)
-    if has_protocol(url):
-        return FsspecStore.from_url(
-            url, storage_options=_options(url, storage_options, for_zarr=True),
-            read_only=read_only
+        Written out rather than derived from the dataclass: pydantic reuses a derived
+        schema by reference, which would drop the URL-string form after its first use.
+        """
+        from pydantic_core import core_schema as cs
+
+        from_url = cs.no_info_after_validator_function(cls, cs.str_schema())
+        fields = cs.typed_dict_schema({
+            "url": cs.typed_dict_field(cs.str_schema()),
+            "storage_options": cs.typed_dict_field(
+                cs.dict_schema(cs.str_schema(), cs.any_schema()), required=False),
+        }, cls_name="Location")
+        from_dict = cs.no_info_after_validator_function(lambda d: cls(**d), fields)
+        return cs.json_or_python_schema(
+            json_schema=cs.union_schema([from_url, from_dict]),
+            python_schema=cs.union_schema([cs.is_instance_schema(cls), from_url, from_dict]),
+            serialization=cs.plain_serializer_function_ser_schema(
+                lambda loc: {"url": loc.url, "storage_options": loc.storage_options}),
         )
-    return LocalStore(url, read_only=read_only)
 
+    # -- naming ------------------------------------------------------------------------
 
-def filesystem(
-    url: str, storage_options: dict[str, Any] | None = None
-) -> tuple[AbstractFileSystem, str]:
-    """The synchronous fsspec file system of ``url`` and the path inside it."""
-    fs, path = fsspec.core.url_to_fs(url, **_options(url, storage_options))
-    # fsspec shares instances, and with them their directory listings; other processes
-    # (Dask workers, another run) write the same stores, so each use starts fresh.
-    fs.invalidate_cache()
-    return fs, path.rstrip("/") or path
+    @property
+    def has_protocol(self) -> bool:
+        """True for ``proto://...`` URLs, False for plain local paths."""
+        return "://" in self.url
 
+    @property
+    def is_remote(self) -> bool:
+        return self.has_protocol and not self.url.startswith("file://")
 
-def join(url: str, *parts: str) -> str:
-    """``url`` with ``parts`` appended, '/'-separated (also for local paths)."""
-    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
+    @property
+    def name(self) -> str:
+        """The last path segment (e.g. a store version)."""
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
 
+    def join(self, *parts: str) -> Location:
+        """This location with ``parts`` appended, '/'-separated (also for local paths)."""
+        url = "/".join([self.url.rstrip("/"), *(p.strip("/") for p in parts)])
+        return Location(url, self.storage_options)
 
-def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
-    """Write a whole small object. Local files go to a temporary name first and are
-    renamed, so a kill never leaves a half-written file; an S3 PUT is atomic already."""
-    fs, path = filesystem(url, storage_options)
-    if "file" in fs.protocol:
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{path}.tmp"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    # -- bytes -------------------------------------------------------------------------
 
+    def _options(self, for_zarr: bool = False) -> dict[str, Any]:
+        opts = dict(self.storage_options)
+        if self.has_protocol and for_zarr:
+            # Zarr drives its file system from its own event loop; a cached fsspec
+            # instance bound to another loop (e.g. an s3fs used synchronously before)
+            # fails with "attached to a different loop". A fresh instance per store
+            # avoids that. Plain synchronous use shares cached instances (and their
+            # connection pools).
+            opts.setdefault("skip_instance_cache", True)
+        return opts
 
-def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes | None:
-    """The object at ``url``, or None when there is none."""
-    fs, path = filesystem(url, storage_options)
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        return None
+    def filesystem(self) -> tuple[AbstractFileSystem, str]:
+        """The synchronous fsspec file system and the path inside it."""
+        fs, path = fsspec.core.url_to_fs(self.url, **self._options())
+        # fsspec shares instances, and with them their directory listings; other
+        # processes (Dask workers, another run) write the same stores, so each use
+        # starts fresh.
+        fs.invalidate_cache()
+        return fs, path.rstrip("/") or path
+
+    def exists(self) -> bool:
+        fs, path = self.filesystem()
+        return fs.exists(path)
+
+    def read_bytes(self) -> bytes | None:
+        """The object here, or None when there is none."""
+        fs, path = self.filesystem()
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write a whole small object. Local files go to a temporary name first and are
+        renamed, so a kill never leaves a half-written file; an S3 PUT is atomic already."""
+        fs, path = self.filesystem()
+        if "file" in fs.protocol:
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            tmp = f"{path}.tmp"
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
+        else:
+            fs.pipe_file(path, data)
+
+    def delete(self) -> None:
+        """Remove the object or folder here (and all under it); nothing when absent."""
+        fs, path = self.filesystem()
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    def names(self) -> set[str]:
+        """Names directly under this folder; empty when there is none."""
+        fs, path = self.filesystem()
+        if not fs.exists(path):
+            return set()
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+
+    # -- zarr --------------------------------------------------------------------------
+
+    def zarr_store(self, mode: Mode = "r") -> Store:
+        """The Zarr store here; read-only when ``mode`` is ``"r"``.
+
+        Creating or clearing is left to ``zarr.open_group(store, mode=...)``; ``mode``
+        here only decides whether the store accepts writes.
+        """
+        read_only = mode == "r"
+        url = self.url
+        if url.startswith("file://"):
+            # Zarr's own local store creates parent folders; fsspec's local file system
+            # does not.
+            url = fsspec.core.strip_protocol(url)
+        if "://" in url:
+            return FsspecStore.from_url(url, storage_options=self._options(for_zarr=True),
+                                        read_only=read_only)
+        return LocalStore(url, read_only=read_only)

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from imambig.stores.location import open_store
+from imambig.stores.location import Location, Mode
 from storage_schemas import public_store_v1
 
 SCHEMA = public_store_v1.SCHEMA
@@ -42,19 +42,19 @@ def unpack_support(bits: np.ndarray, code_length: int) -> np.ndarray:
 class PublicStore:
     """Read and write access to one public store."""
 
-    def __init__(self, group: zarr.Group, url: str) -> None:
+    def __init__(self, group: zarr.Group, location: Location) -> None:
         self.group = group
-        self.url = url
+        self.location = location
         self.attrs: dict[str, Any] = dict(group.attrs)
         if self.attrs.get("schema") != SCHEMA:
-            raise ValueError(f"{url} is not a public store (schema {SCHEMA})")
+            raise ValueError(f"{location} is not a public store (schema {SCHEMA})")
 
     # -- creation ---------------------------------------------------------------------
 
     @classmethod
     def create(
         cls,
-        url: str,
+        location: Location,
         *,
         n_items: int,
         chunk_items: int,
@@ -66,7 +66,6 @@ class PublicStore:
         source: str,
         image_size: tuple[int, int],
         noise_fit: dict[str, Any],
-        storage_options: dict[str, Any] | None = None,
     ) -> PublicStore:
         attrs = {
             "schema": SCHEMA,
@@ -85,7 +84,7 @@ class PublicStore:
             "source": source,
             "complete": False,
         }
-        group = zarr.open_group(open_store(url, storage_options, "w"), mode="w", attributes=attrs)
+        group = zarr.open_group(location.zarr_store("w"), mode="w", attributes=attrs)
         layout = public_store_v1.LAYOUT
         group.create_array(
             "support", shape=layout.shape("support", attrs), dtype="uint8",
@@ -101,20 +100,18 @@ class PublicStore:
             "item_id", shape=(n_items,), dtype=str, chunks=(chunk_items,),
             dimension_names=("item",),
         )
-        return cls(group, url)
+        return cls(group, location)
 
     @classmethod
-    def open(
-        cls, url: str, storage_options: dict[str, Any] | None = None, mode: str = "r"
-    ) -> PublicStore:
+    def open(cls, location: Location, mode: Mode = "r") -> PublicStore:
         try:
             # Writers read the live metadata; consolidated metadata is a snapshot for
             # readers, refreshed by ``finish``.
-            group = zarr.open_group(open_store(url, storage_options, mode), mode=mode,
+            group = zarr.open_group(location.zarr_store(mode), mode=mode,
                                     use_consolidated=None if mode == "r" else False)
         except FileNotFoundError:
-            raise FileNotFoundError(f"no public store at {url}") from None
-        return cls(group, url)
+            raise FileNotFoundError(f"no public store at {location}") from None
+        return cls(group, location)
 
     # -- access -----------------------------------------------------------------------
 
@@ -161,7 +158,7 @@ class PublicStore:
         lookup = {v: i for i, v in enumerate(ids.tolist())}
         missing = [i for i in item_ids if i not in lookup]
         if missing:
-            raise ValueError(f"{len(missing)} items are not in {self.url}: {missing[:5]}")
+            raise ValueError(f"{len(missing)} items are not in {self.location}: {missing[:5]}")
         return np.array([lookup[i] for i in item_ids], dtype=np.int64)
 
     def finish(self) -> None:
