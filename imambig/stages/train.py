@@ -7,6 +7,7 @@ so a killed-and-resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -112,6 +113,16 @@ def validate(
         scores.append(psnr_uint8(to_uint8(y).cpu(), torch.from_numpy(raw).permute(0, 3, 1, 2)))
     model.train(was_training)
     return float(np.concatenate(scores).mean()) if scores else float("nan")
+
+
+def _kernels_for(x: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """oneDNN's CPU backward of the strided grouped convolution in channels-last layout
+    corrupts the heap for odd batch sizes above 1 when torch runs more than one thread
+    (torch 2.13: "double free or corruption", or a segfault). Such batches (the last one
+    of an epoch, typically) run on torch's own kernels instead."""
+    if x.device.type == "cpu" and len(x) % 2 and len(x) > 1:
+        return torch.backends.mkldnn.flags(enabled=False)
+    return contextlib.nullcontext()
 
 
 def _split_indices(store: ImageStore, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -240,11 +251,11 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(progress_fraction(), cfg.warmup,
                                                  cfg.min_lr_ratio)
-            with autocast(precision, device):
+            with autocast(precision, device), _kernels_for(x):
                 logits, _ = model(x)
-            loss = reconstruction_loss(logits, x, cfg.loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+                loss = reconstruction_loss(logits, x, cfg.loss)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             opt.step()
             if average is not None:
                 average.update(model, global_step)
