@@ -116,3 +116,14 @@ def test_resume_refuses_different_settings(synthetic_store: Location, tmp_path: 
     train(synthetic_store, out, _cfg(epochs=1), progress=False)
     with pytest.raises(ValueError, match="different settings"):
         train(synthetic_store, out, _cfg(epochs=1, lr=1e-4), progress=False)
+
+
+def test_odd_sized_batches_train_on_several_threads(synthetic_store: Location,
+                                                     tmp_path: Path) -> None:
+    # oneDNN corrupted the heap on these (channels-last strided grouped conv backward);
+    # a fresh process, so a crash fails this test instead of the session.
+    cmd = [sys.executable, "-m", "imambig.cli", "train", "--images", str(synthetic_store),
+           "--out", str(tmp_path / "m"), "--preset", "tiny", "--batch-size", "16",
+           "--max-items", "35", "--epochs", "2", "--threads", "2", "--val-items", "8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
