@@ -5,8 +5,8 @@ One frozen config per stage (``IngestConfig``, ``TrainConfig``, ``EncodeConfig``
 ``ModelConfig`` (the network's shape) and ``SecretSources`` (where the owner's secrets
 are found). Configs say *how* a stage runs; *where* its inputs and outputs live is a
 ``Location`` (``imambig.stores.location``), passed beside them. The command line and
-the Prefect flows build these objects and hand them on whole, so every default below
-is written once.
+the Prefect orchestration build these objects and hand them on whole, so every default
+below is written once.
 
 Frozen dataclasses: hashable, stored beside artefacts (``to_dict``/``from_dict``),
 pickled to workers, and validated by Prefect (pydantic) when they are flow parameters.

@@ -105,17 +105,19 @@ def run_privacy_experiment(
     owner = Secret(hashlib.sha256(b"imambig experiment owner" + seed).digest())
     attacker = Secret(hashlib.sha256(b"imambig experiment attacker" + seed).digest())
     runs = []
-    for kp in config.k_publics or (default_k_public(c.k),):
-        say(f"k'={kp}: fitting the noise model on {len(fit_idx)} training images")
+    for k_public in config.k_publics or (default_k_public(c.k),):
+        say(f"k'={k_public}: fitting the noise model on {len(fit_idx)} training images")
         noise = fit_noise_model(model, info.model_id,
-                                [fit[s : s + BATCH] for s in range(0, len(fit), BATCH)], kp)
+                                [fit[s : s + BATCH] for s in range(0, len(fit), BATCH)],
+                                k_public)
         amb = ambiguate(model, h, noise, owner, info.model_id, ids)
         own = attacker_ambiguation(model, noise, own_images, attacker)
         results = run_attacks(model, noise, amb, targets, own_images, list(config.attacks),
                               attacker_amb=own, seed=config.seed, log=say)
         runs.append(PrivacyRun(
-            model_id=info.model_id, k=c.k, k_public=kp, key_bytes=key_bytes(c.n_maps, kp, c.k),
-            key_bound_bytes=key_bound_bits(c.n_maps, kp, c.k) / 8,
+            model_id=info.model_id, k=c.k, k_public=k_public,
+            key_bytes=key_bytes(c.n_maps, k_public, c.k),
+            key_bound_bytes=key_bound_bits(c.n_maps, k_public, c.k) / 8,
             ks_pass_fraction=ks_pass_fraction(amb), results=results))
     return runs
 

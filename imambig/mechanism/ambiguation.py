@@ -37,16 +37,16 @@ def ambiguate(
     c = model.config
     if noise.model_id != model_id:
         raise ValueError(f"noise model was fitted for model {noise.model_id}, not {model_id}")
-    B, k, kp = h.shape[0], c.k, noise.k_public
+    B, k, k_public = h.shape[0], c.k, noise.k_public
     dense = model.linear(h.float().cpu())
     real_idx, real_vals, threshold = real_support(dense, k)
     support = torch.zeros_like(dense, dtype=torch.bool).scatter(-1, real_idx, True)
 
     rngs = [noise_rng(owner_secret, model_id, item) for item in item_ids]
-    decoys, u = noise.draw(rngs, kp - k)
+    decoys, u = noise.draw(rngs, k_public - k)
     decoy = noise.decoy_codes(model, decoys)
     weights = torch.from_numpy(noise.position_weights).float()
-    fake_idx = (decoy.abs() * weights).masked_fill(support, -1.0).topk(kp - k, dim=-1).indices
+    fake_idx = (decoy.abs() * weights).masked_fill(support, -1.0).topk(k_public - k, dim=-1).indices
     excess_scale = (real_vals.abs() - threshold).mean(-1, keepdim=True).clamp_min(1e-12)
     fake_vals = noise.fake_values(decoy.gather(-1, fake_idx).sign(), threshold, excess_scale,
                                   fake_idx, u)
@@ -55,6 +55,6 @@ def ambiguate(
     code.scatter_(-1, real_idx, real_vals)
     code.scatter_(-1, fake_idx, fake_vals)
     mask = support.clone().scatter_(-1, fake_idx, True)
-    values = quantize(code[mask].view(B, c.n_maps, kp))
-    real = support[mask].view(B, c.n_maps, kp)
+    values = quantize(code[mask].view(B, c.n_maps, k_public))
+    real = support[mask].view(B, c.n_maps, k_public)
     return Ambiguated(mask.numpy(), values.numpy(), real.numpy())

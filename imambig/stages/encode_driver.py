@@ -1,7 +1,7 @@
 """The one encode driver: lease -> prepare -> regions -> lease checks -> finish.
 
-Whoever runs the regions (a Dask cluster for the command line, Prefect tasks for the
-flows, a plain loop in tests) supplies only a ``RegionMapper``: given the job and the
+Whoever runs the regions (a Dask cluster for the command line, Prefect tasks under
+Prefect, a plain loop in tests) supplies only a ``RegionMapper``: given the job and the
 plan, it runs ``encode_region`` for every region still to do, anywhere, and yields each
 region's manifest as it completes. Everything else happens here, once:
 
