@@ -19,6 +19,7 @@ import torch
 from imambig.access.secrets import Secret
 from imambig.config import preset
 from imambig.mechanism.ambiguation import ambiguate
+from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.keys import encode_keys
 from imambig.mechanism.noise_model import fit_noise_model
 from imambig.model.autoencoder import SparseAutoencoder
@@ -50,7 +51,6 @@ def main() -> None:
     c = model.config
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (a.items, c.image_height, c.image_width, 3), dtype=np.uint8)
-    ids = [f"item-{i}" for i in range(a.items)]
     with torch.no_grad():
         noise = fit_noise_model(model, "bench", [to_tensor(images)], k_public=2 * c.k)
         x = to_tensor(images)
@@ -62,15 +62,16 @@ def main() -> None:
 
         hs = [model.bottleneck(x[s : s + mb]) for s in range(0, a.items, mb)]
 
+        decoys = DecoyMap.for_owner(noise, KEY)
+
         def amb() -> list:
-            return [ambiguate(model, h, noise, KEY, "bench", ids[i * mb : (i + 1) * mb])
-                    for i, h in enumerate(hs)]
+            return [ambiguate(model, h, noise, decoys) for h in hs]
 
         reals = np.concatenate([r.real for r in amb()])
         t_fwd = best_of(forward)
         t_amb = best_of(amb)
         t_key = best_of(lambda: encode_keys(reals))
-        t_all = best_of(lambda: encode_images(model, noise, KEY, "bench", images, ids, mb))
+        t_all = best_of(lambda: encode_images(model, noise, decoys, images, "fp32", mb))
     n = a.items
     print(f"preset={a.preset} items={n} threads={a.threads} micro_batch={mb} "
           f"L={c.n_maps} m={c.code_length} k={c.k} k'={2 * c.k}")

@@ -27,6 +27,7 @@ from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
 from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig, IngestConfig
+from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.model.checkpoint import load_model
 from imambig.stages.dask_regions import DaskRegions
@@ -82,13 +83,12 @@ def main() -> None:
         public = PublicStore.open(report.plan.public)
         owner = Secrets()
         ks = Keystore.open(report.plan.keystore, LocalKeyProvider.from_secrets(owner))
-        ids = store.item_ids()
-        secret = owner.owner_secret
+        decoys = DecoyMap.for_owner(noise, owner.owner_secret)
         picks = np.sort(np.random.default_rng(0).choice(store.n_items, a.check, replace=False))
         equal = 0
         for i in picks.tolist():
-            alone = encode_images(model, noise, secret, info.model_id,
-                                  store.read(slice(i, i + 1)), [str(ids[i])])
+            alone = encode_images(model, noise, decoys, store.read(slice(i, i + 1)),
+                                  report.precision)
             mask, values = public.read(np.array([i]))
             equal += int(np.array_equal(mask[0], alone.mask[0])
                          and values[0].tobytes() == alone.values[0].tobytes()

@@ -22,6 +22,7 @@ from typing import Any
 from imambig.config import (
     DEFAULT_PRESET,
     PRESETS,
+    SECOND_RELEASES,
     AttackConfig,
     EncodeConfig,
     EvaluateConfig,
@@ -30,6 +31,7 @@ from imambig.config import (
     TrainConfig,
     preset,
 )
+from imambig.model.precision import CHOICES as PRECISIONS
 from imambig.stores.location import Location
 
 Handler = Callable[[argparse.Namespace], int]
@@ -116,7 +118,8 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
 
 
 def encode_config(a: argparse.Namespace) -> EncodeConfig:
-    return EncodeConfig(k_public=a.k_public, region_items=a.region_items)
+    return EncodeConfig(k_public=a.k_public, region_items=a.region_items,
+                        precision=a.precision)
 
 
 def evaluate_config(a: argparse.Namespace) -> EvaluateConfig:
@@ -125,8 +128,14 @@ def evaluate_config(a: argparse.Namespace) -> EvaluateConfig:
 
 
 def attack_config(a: argparse.Namespace) -> AttackConfig:
+    second = () if a.second_release == ("none",) else a.second_release
     return AttackConfig(attacks=a.attacks, k_publics=tuple(int(x) for x in a.k_public),
-                        fit_items=a.fit, own_items=a.own, target_items=a.targets, seed=a.seed)
+                        fit_items=a.fit, own_items=a.own, releases=a.releases,
+                        inversion_epochs=a.inversion_epochs, target_items=a.targets,
+                        second_releases=second, pair_items=a.pairs,
+                        second_model=a.second_model, identity=a.identity,
+                        gallery_per_identity=a.gallery, linkage=a.linkage,
+                        precision=a.precision, seed=a.seed)
 
 
 def _say(message: str) -> None:
@@ -221,7 +230,7 @@ def _add_train(sub: Subparsers) -> None:
                    help="no random horizontal flips")
     p.add_argument("--ema", type=float, default=d.ema,
                    help="decay of the published weight average (e.g. 0.999; 0: none)")
-    p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"],
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
                    help="bf16 autocast (CPUs with AVX-512 BF16/AMX, recent GPUs) or fp32; "
                         "auto picks bf16 where the hardware has it")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -271,6 +280,10 @@ def _add_encode(sub: Subparsers) -> None:
     p.add_argument("--keys", required=True, help="keystore root URL (private)")
     p.add_argument("--k-public", type=int, default=d.k_public,
                    help="public non-zeros per map, k' (default: 2k)")
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
+                   help="the encoder's arithmetic: bf16 where the hardware has it (auto), or "
+                        "fp32. Records depend on it, and a model's codes are published at "
+                        "one precision only")
     p.add_argument("--region-items", "--chunk-items", dest="region_items", type=int,
                    default=d.region_items,
                    help="items per region: one public-store chunk, one keystore row, one task")
@@ -509,15 +522,37 @@ def _add_attack(sub: Subparsers) -> None:
                    help="comma list of k' (public non-zeros per map); default 2k")
     p.add_argument("--fit", type=int, default=d.fit_items,
                    help="training images for the noise fit")
-    p.add_argument("--own", type=int, default=d.own_items, help="the attacker's own images")
+    p.add_argument("--own", type=int, default=d.own_items,
+                   help="the attacker's own images: the training images the fit leaves, at "
+                        "most this many (0: all)")
+    p.add_argument("--releases", type=int, default=d.releases,
+                   help="ambiguations of each own image (one attacker secret each) that the "
+                        "learned inversion trains on")
+    p.add_argument("--inversion-epochs", type=int, default=d.inversion_epochs)
     p.add_argument("--targets", type=int, default=d.target_items, help="test images attacked")
+    p.add_argument("--second-release", type=_comma_list, default=d.second_releases,
+                   help="second releases of each target to compare with its first record "
+                        f"(comma list from {', '.join(SECOND_RELEASES)}; 'none' for none)")
+    p.add_argument("--second-model", default=d.second_model,
+                   help="a model of the same shape trained from scratch: one more second "
+                        "release, 'retrained'")
+    p.add_argument("--pairs", type=int, default=d.pair_items,
+                   help="own near-duplicate pairs the second-release classifier learns from")
+    p.add_argument("--no-identity", dest="identity", action="store_false",
+                   help="skip the face-recognition rows (they need pip install 'imambig[face]')")
+    p.add_argument("--gallery", type=int, default=d.gallery_per_identity,
+                   help="gallery photos per test identity (never attacked)")
+    p.add_argument("--no-linkage", dest="linkage", action="store_false",
+                   help="skip the exact-photo linkage rows")
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
+                   help="the encoder's arithmetic, as for encode")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", default=None, help="write the results here as JSON")
     p.set_defaults(handler=_run_attack)
 
 
 def _run_attack(a: argparse.Namespace) -> int:
-    from imambig.attacks.experiment import run_privacy_experiment, to_json
+    from imambig.stages.privacy_experiment import run_privacy_experiment, to_json
 
     runs = run_privacy_experiment(location(a, a.model), location(a, a.images),
                                   attack_config(a), log=_say)

@@ -199,6 +199,9 @@ class TrainConfig:
     flip: bool = True  # random horizontal flips (faces are near-symmetric)
     ema: float = 0.0  # decay of the weight average validated and published; 0: none
     precision: str = "auto"  # auto | bf16 | fp32 (imambig.model.precision)
+    # Fine-tuning: start from this model folder's weights (same preset) instead of a
+    # random initialisation; the new model records it as its parent.
+    init: str | None = None
     seed: int = 0
     max_items: int | None = None  # cap the training split (quick runs)
     val_items: int = 256  # validation images evaluated each epoch
@@ -239,10 +242,12 @@ class EncodeConfig:
     precision: str = "auto"  # auto | bf16 | fp32
     noise_fit_items: int = 2048  # training images the noise model is fitted on
 
-    def for_model(self, k: int) -> EncodeConfig:
-        """This config with k' settled for a model of top-k ``k``: the one place where
-        a missing k' becomes a number."""
-        return dataclasses.replace(self, k_public=self.k_public or default_k_public(k))
+    def for_model(self, k: int, precision: str) -> EncodeConfig:
+        """This config with k' settled for a model of top-k ``k`` and the precision
+        resolved on this machine (``precision``): the one place where a missing k' or
+        ``auto`` becomes a value, so workers elsewhere compute exactly the same."""
+        return dataclasses.replace(self, k_public=self.k_public or default_k_public(k),
+                                   precision=precision)
 
 
 # ---------------------------------------------------------------------------
@@ -252,7 +257,14 @@ class EncodeConfig:
 # Every attack of the suite (``imambig.attacks``) but the slow LP.
 DEFAULT_ATTACKS: tuple[str, ...] = (
     "random", "largest", "smallest", "magnitude", "position", "discriminator", "reencode",
-    "least_squares", "least_squares_reencode",
+    "least_squares", "least_squares_reencode", "learned_inversion", "inversion_reencode",
+)
+# Second releases the privacy experiment makes of each target (imambig.stages.
+# near_duplicates, plus "precision": encoded at the other precision, and "finetune":
+# under a model fine-tuned one epoch from the first).
+SECOND_RELEASES: tuple[str, ...] = (
+    "copy", "jpeg90", "jpeg75", "resize+5", "resize-5", "shift2", "crop2", "precision",
+    "finetune",
 )
 
 
@@ -262,7 +274,9 @@ class EvaluateConfig:
 
     split: str = "test"  # the image-store split evaluated
     max_items: int = 200  # evaluate at most this many items of it
-    attacker_items: int = 512  # training images the attacker ambiguates itself
+    attacker_items: int = 2048  # training images the attacker ambiguates itself
+    releases: int = 3  # ambiguations of each (one attacker secret each): learned inversion
+    identity: bool = True  # face-recognition rows, where the recognizer is installed
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     codecs: tuple[str, ...] = ("jpeg", "webp", "avif")  # baselines at matched bytes
     grid_items: int = 6  # columns of grid.png
@@ -278,8 +292,20 @@ class AttackConfig:
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     k_publics: tuple[int, ...] = ()  # one run per k'; empty: default_k_public(k) only
     fit_items: int = 2048  # training images the noise model is fitted on
-    own_items: int = 500  # the attacker's own images
+    # The attacker's own images: every training image the noise fit does not use, at
+    # most this many (0: all of them). The learned inversion sees each ``releases``
+    # times, ambiguated with as many secrets of the attacker's own.
+    own_items: int = 0
+    releases: int = 3
+    inversion_epochs: int = 6
     target_items: int = 200  # test images attacked
+    second_releases: tuple[str, ...] = SECOND_RELEASES
+    pair_items: int = 500  # the attacker's own pairs that train the second-release classifier
+    second_model: str | None = None  # a model retrained from scratch: one more second release
+    identity: bool = True  # re-identification rows, where the face recognizer is installed
+    gallery_per_identity: int = 5  # other photos of each test identity in the gallery
+    linkage: bool = True  # exact-photo linkage rows
+    precision: str = "auto"  # the encoder's, as for encoding
     seed: int = 0
 
 

@@ -1,20 +1,26 @@
-"""Ambiguation: exact sizes, the authorized code, determinism, nothing public leaks
-which entries are real."""
+"""Ambiguation: exact sizes, the authorized code, determinism, records that depend on
+the image alone (not its item id), and fakes that move with the code between
+near-duplicates; nothing public leaks which entries are real."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from imambig.access.secrets import Secret
 from imambig.mechanism.ambiguation import ambiguate
+from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.keys import decode_keys, key_bytes
 from imambig.mechanism.noise_model import NoiseModel, fit_noise_model
-from imambig.mechanism.quantizer import quantize
+from imambig.mechanism.quantizer import VALUE_BITS, quantize, round_mantissa
 from imambig.model.checkpoint import load_model
 from imambig.model.layers.topk import topk_sparsify
-from imambig.stages.encode_images import encode_images
+from imambig.stages.encode_images import bottlenecks, encode_images
+from imambig.stages.near_duplicates import transform
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
@@ -33,18 +39,15 @@ def setup(synthetic_store: Location, tiny_model: Location):
         model, info.model_id, (to_tensor(store.read(train[s : s + 64])) for s in
                                range(0, len(train), 64)), k_public=2 * model.config.k,
     )
-    test = store.indices("test")[:24]
-    images = store.read(test)
-    ids = [str(i) for i in store.item_ids()[test]]
-    return model, info.model_id, noise, images, ids
+    images = store.read(store.indices("test")[:24])
+    return model, noise, DecoyMap.for_owner(noise, SECRET), images
 
 
 def test_sizes_and_real_support(setup) -> None:
-    model, mid, noise, images, ids = setup
+    model, noise, decoys, images = setup
     c = model.config
     with torch.no_grad():
-        h = model.bottleneck(to_tensor(images))
-        amb = ambiguate(model, h, noise, SECRET, mid, ids)
+        amb = ambiguate(model, bottlenecks(model, images), noise, decoys)
         z = model.encode(to_tensor(images))
     assert (amb.mask.sum(-1) == 2 * c.k).all()
     assert (amb.real.sum(-1) == c.k).all()
@@ -55,52 +58,105 @@ def test_sizes_and_real_support(setup) -> None:
     assert np.array_equal(real_mask, (z != 0).numpy())
 
 
+def test_public_values_keep_value_bits_mantissa_bits(setup) -> None:
+    model, noise, decoys, images = setup
+    amb = ambiguate(model, bottlenecks(model, images), noise, decoys)
+    assert np.array_equal(amb.values, round_mantissa(amb.values, VALUE_BITS))
+    assert not np.array_equal(amb.values, round_mantissa(amb.values, VALUE_BITS - 1))
+
+
 def test_authorized_code_is_the_quantized_topk_code(setup) -> None:
-    model, mid, noise, images, ids = setup
+    model, noise, decoys, images = setup
     with torch.no_grad():
-        x = to_tensor(images)
-        h = model.bottleneck(x)
-        amb = ambiguate(model, h, noise, SECRET, mid, ids)
+        h = bottlenecks(model, images)
+        amb = ambiguate(model, h, noise, decoys)
         expected = quantize(topk_sparsify(model.linear(h), model.config.k)).float()
         assert torch.equal(amb.authorized_code(), expected)
         assert torch.equal(model.decode(amb.authorized_code()), model.decode(expected))
 
 
-def test_same_item_same_bytes_other_secret_other_fakes(setup) -> None:
-    model, mid, noise, images, ids = setup
-    a = encode_images(model, noise, SECRET, mid, images, ids)
-    b = encode_images(model, noise, SECRET, mid, images, ids)
+def test_same_pixels_same_bytes_other_secret_other_fakes(setup) -> None:
+    model, noise, decoys, images = setup
+    a = encode_images(model, noise, decoys, images)
+    b = encode_images(model, noise, DecoyMap.for_owner(noise, SECRET), images)
     assert np.array_equal(a.mask, b.mask) and a.values.tobytes() == b.values.tobytes()
     assert a.keys == b.keys
-    c = encode_images(model, noise, OTHER, mid, images, ids)
+    c = encode_images(model, noise, DecoyMap.for_owner(noise, OTHER), images)
     assert not np.array_equal(a.mask, c.mask)
     # the real part is the same: only the fakes depend on the secret
     ra, rc = decode_keys(a.keys), decode_keys(c.keys)
     assert np.array_equal(a.values[ra], c.values[rc])
 
 
+def test_a_duplicate_anywhere_in_a_batch_gets_the_identical_record(setup) -> None:
+    """The same photo twice (another item id, another place in the collection) publishes
+    one record twice: nothing to intersect. Item ids used to seed the fakes."""
+    model, noise, decoys, images = setup
+    batch = np.concatenate([images[:9], images[3:4], images[9:]])  # item 3 again, at 9
+    enc = encode_images(model, noise, decoys, batch)
+    assert np.array_equal(enc.mask[3], enc.mask[9])
+    assert enc.values[3].tobytes() == enc.values[9].tobytes()
+    assert enc.keys[3] == enc.keys[9]
+
+
 def test_item_encoded_alone_equals_item_in_a_batch(setup) -> None:
-    model, mid, noise, images, ids = setup
-    bulk = encode_images(model, noise, SECRET, mid, images, ids)
+    model, noise, decoys, images = setup
+    bulk = encode_images(model, noise, decoys, images)
     for i in (0, 5, 13, 23):
-        alone = encode_images(model, noise, SECRET, mid, images[i : i + 1], ids[i : i + 1])
+        alone = encode_images(model, noise, decoys, images[i : i + 1])
         assert np.array_equal(alone.mask[0], bulk.mask[i])
         assert alone.values[0].tobytes() == bulk.values[i].tobytes()
         assert alone.keys[0] == bulk.keys[i]
 
 
+def _jpeg90(image: np.ndarray) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    return np.asarray(Image.open(io.BytesIO(transform(buf.getvalue(), "jpeg90"))).convert("RGB"))
+
+
+def test_fakes_of_a_near_duplicate_move_no_more_than_the_real_entries(setup) -> None:
+    """A re-saved copy keeps (almost) all its fakes where they were, as its real entries
+    stay: with fakes drawn afresh per item id the copy kept none of them."""
+    model, noise, decoys, images = setup
+    a = ambiguate(model, bottlenecks(model, images), noise, decoys)
+    copy = np.stack([_jpeg90(im) for im in images])
+    b = ambiguate(model, bottlenecks(model, copy), noise, decoys)
+    real_a, real_b = np.zeros_like(a.mask), np.zeros_like(b.mask)
+    real_a[a.mask], real_b[b.mask] = a.real.ravel(), b.real.ravel()
+    fake_a = a.mask & ~real_a
+    kept_real = (real_a & b.mask).sum() / real_a.sum()
+    kept_fake = (fake_a & b.mask).sum() / fake_a.sum()
+    assert kept_real > 0.9
+    assert kept_fake > kept_real - 0.05, (kept_real, kept_fake)
+
+
+def test_decoy_map_depends_on_secret_and_model(setup) -> None:
+    model, noise, decoys, images = setup
+    h = bottlenecks(model, images[:4])
+    again = DecoyMap.for_owner(noise, SECRET)
+    assert torch.equal(decoys.decoy(h), again.decoy(h))
+    assert torch.equal(decoys.projections(h), again.projections(h))
+    other_model = NoiseModel(**{**noise.__dict__, "model_id": "another-model"})
+    for other in (DecoyMap.for_owner(noise, OTHER), DecoyMap.for_owner(other_model, SECRET)):
+        assert not torch.allclose(decoys.decoy(h), other.decoy(h))
+    # projections are spread alike for every item, whatever its distance from the mean
+    p = decoys.projections(h)
+    spread = p.flatten(1).std(1)
+    assert torch.allclose(spread, torch.ones_like(spread), atol=0.1), spread
+
+
 def test_keys_decode_to_the_real_entries(setup) -> None:
-    model, mid, noise, images, ids = setup
-    enc = encode_images(model, noise, SECRET, mid, images, ids)
+    model, noise, decoys, images = setup
+    enc = encode_images(model, noise, decoys, images)
     c = model.config
     assert all(len(k) == key_bytes(c.n_maps, 2 * c.k, c.k) for k in enc.keys)
-    with torch.no_grad():
-        amb = ambiguate(model, model.bottleneck(to_tensor(images)), noise, SECRET, mid, ids)
+    amb = ambiguate(model, bottlenecks(model, images), noise, decoys)
     assert np.array_equal(decode_keys(enc.keys), amb.real)
 
 
-def test_noise_model_round_trip_and_model_binding(setup, tmp_path) -> None:
-    model, _, noise, _, _ = setup
+def test_noise_model_round_trip(setup, tmp_path) -> None:
+    _, noise, _, _ = setup
     url = str(tmp_path / "noise.npz")
     noise.save(Location(url))
     back = NoiseModel.load(Location(url))
@@ -108,11 +164,8 @@ def test_noise_model_round_trip_and_model_binding(setup, tmp_path) -> None:
     assert np.array_equal(back.components, noise.components)
     # a file from another noise design is refused by name, not with a KeyError
     with np.load(url) as z:
-        old = {k: z[k] for k in z.files if k != "flip_pos"}
+        old = {k: z[k] for k in z.files if k != "projection_cdf"}
     old_url = tmp_path / "old.npz"
     np.savez(old_url, **old)
-    with pytest.raises(ValueError, match=r"old\.npz.*flip_pos.*delete it to refit"):
+    with pytest.raises(ValueError, match=r"old\.npz.*projection_cdf.*another noise design"):
         NoiseModel.load(Location(str(old_url)))
-    with pytest.raises(ValueError, match="fitted for model"):
-        ambiguate(model, torch.zeros(1, model.config.n_maps, model.config.bottleneck_size),
-                  back, SECRET, "another-model", ["x"])

@@ -19,6 +19,7 @@ from imambig.attacks.linear_consistency import (
     least_squares_scores,
     lp_scores,
 )
+from imambig.attacks.linkage import link
 from imambig.attacks.magnitude import MagnitudeLikelihood, largest_scores, smallest_scores
 from imambig.attacks.position import PositionFrequency
 from imambig.attacks.random_guess import random_scores
@@ -30,10 +31,12 @@ from imambig.attacks.scoring import (
     roc_auc,
     support_recall,
 )
+from imambig.attacks.second_release import PairClassifier, intersect_scores
 from imambig.attacks.suite import attacker_ambiguation, format_table, run_attacks, to_json
 from imambig.config import ModelConfig, preset
 from imambig.evaluation.metrics import ssim
 from imambig.mechanism.ambiguation import ambiguate
+from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel, fit_noise_model
 from imambig.mechanism.record import Ambiguated, scatter_code
 from imambig.model.autoencoder import SparseAutoencoder
@@ -71,16 +74,16 @@ def target(setup: tuple[SparseAutoencoder, NoiseModel]) -> tuple[Ambiguated, tor
     images = smooth_images(12, 3)
     with torch.no_grad():
         h = model.bottleneck(images)
-    ids = [f"target/{i}" for i in range(len(images))]
-    return ambiguate(model, h, noise, Secret(b"owner secret, 32 bytes or more!!"), MODEL_ID, ids), images
+    owner = DecoyMap.for_owner(noise, Secret(b"owner secret, 32 bytes or more!!"))
+    return ambiguate(model, h, noise, owner), images
 
 
 @pytest.fixture(scope="module")
 def own(setup: tuple[SparseAutoencoder, NoiseModel]) -> Ambiguated:
     model, noise = setup
-    return attacker_ambiguation(
-        model, noise, smooth_images(48, 2), Secret(b"attacker secret of 32 bytes....!")
-    )
+    with torch.no_grad():
+        h = model.bottleneck(smooth_images(48, 2))
+    return attacker_ambiguation(model, noise, h, Secret(b"attacker secret of 32 bytes....!"))
 
 
 def with_oversized_fakes(amb: Ambiguated, factor: float = 4.0, seed: int = 0) -> Ambiguated:
@@ -279,12 +282,12 @@ def test_suite_reports_every_row(
     target: tuple[Ambiguated, torch.Tensor],
     own: Ambiguated,
 ) -> None:
-    model, noise = setup
+    model, _ = setup
     amb, images = target
     names = ["random", "largest", "smallest", "magnitude", "position", "lp"]
     results = run_attacks(
-        model, noise, amb, images, None, names, attacker_amb=own, max_items_lp=2, max_maps_lp=2
-    )
+        model, amb, images, names, releases=[own], max_items_lp=2, max_maps_lp=2
+    ).results
     assert [r.name for r in results[:2]] == ["authorized", "public as is"]
     assert results[0].recall is None and results[0].psnr is not None
     assert len(results) == 2 + len(names)
@@ -306,7 +309,8 @@ def test_attack_command_reports_every_k_public(synthetic_store, tiny_model, tmp_
     out = tmp_path / "attacks.json"
     code = main(["attack", "--model", str(tiny_model), "--images", str(synthetic_store), "--fit", "60",
                  "--own", "40", "--targets", "20", "--attacks", "random,magnitude,position",
-                 "--k-public", "24,32", "--json", str(out)])
+                 "--k-public", "24,32", "--second-release", "none", "--no-identity",
+                 "--no-linkage", "--json", str(out)])
     assert code == 0
     runs = json.loads(out.read_text())["runs"]
     assert [r["k_public"] for r in runs] == [24, 32]
@@ -315,7 +319,8 @@ def test_attack_command_reports_every_k_public(synthetic_store, tiny_model, tmp_
         assert 0.0 <= run["ks_pass_fraction"] <= 1.0
         rows = {r["name"]: r for r in run["results"]}
         assert {"authorized", "public as is", "random guess", "magnitude LR",
-                "position"} == set(rows)
+                "position", "mean face"} == set(rows)
+        assert run["floor_psnr"] == max(rows["random guess"]["psnr"], rows["mean face"]["psnr"])
         assert rows["random guess"]["chance"] == pytest.approx(16 / run["k_public"])
         assert rows["authorized"]["recall"] is None and rows["authorized"]["psnr"] > 5
         for name in ("random guess", "magnitude LR", "position"):
@@ -329,3 +334,69 @@ def test_attack_command_explains_a_store_too_small(synthetic_store, tiny_model, 
                  "--fit", "5000", "--attacks", "random"])
     assert code == 2
     assert "training items" in capsys.readouterr().err
+
+
+# -- second releases, learned inversion, linkage ----------------------------------------
+
+
+def test_intersecting_two_releases_with_fresh_fakes_recovers_the_key(
+    setup: tuple[SparseAutoencoder, NoiseModel], target: tuple[Ambiguated, torch.Tensor],
+) -> None:
+    """What item-id noise allowed: two records of one code with different fakes (here:
+    another secret). The intersection attack finds every real entry; the identical
+    record, which is what the same image publishes now, tells it nothing."""
+    model, noise = setup
+    amb, images = target
+    with torch.no_grad():
+        h = model.bottleneck(images)
+    fresh = ambiguate(model, h, noise, DecoyMap.for_owner(noise, Secret(b"f" * 32)))
+    assert support_recall(intersect_scores(amb, fresh), amb.real, 16) > 0.9  # chance 0.5
+    assert support_recall(intersect_scores(amb, amb), amb.real, 16) < 0.75
+
+
+def test_pair_classifier_learns_from_own_pairs(
+    setup: tuple[SparseAutoencoder, NoiseModel], own: Ambiguated,
+    target: tuple[Ambiguated, torch.Tensor],
+) -> None:
+    amb, _ = target
+    # A second record whose fakes all vanish: the classifier must learn "present in B".
+    def drop_fakes(a: Ambiguated) -> Ambiguated:
+        mask = a.mask.copy()
+        mask[a.mask] = a.real.ravel()
+        extra = np.zeros_like(mask)  # keep k' entries per map: add new positions
+        for b, m in np.ndindex(*mask.shape[:2]):
+            free = np.flatnonzero(~a.mask[b, m])[: (~a.real[b, m]).sum()]
+            extra[b, m, free] = True
+        mask |= extra
+        return Ambiguated(mask, np.ones(a.values.shape, np.float16), np.zeros_like(a.real))
+
+    clf = PairClassifier.fit(own, drop_fakes(own), epochs=2)
+    scores = clf.scores(amb, drop_fakes(amb))
+    assert scores.shape == amb.real.shape
+    assert support_recall(scores, amb.real, 16) > 0.9
+
+
+def test_learned_inversion_decodes_public_codes(
+    setup: tuple[SparseAutoencoder, NoiseModel], target: tuple[Ambiguated, torch.Tensor],
+    own: Ambiguated,
+) -> None:
+    model, _ = setup
+    amb, images = target
+    own_images = smooth_images(48, 2)
+    results = run_attacks(model, amb, images, ["learned_inversion", "inversion_reencode"],
+                          releases=[own], own_images=own_images, inversion_epochs=1)
+    rows = {r.name: r for r in results.results}
+    inverted = rows["learned inversion"]
+    assert inverted.recall is None and inverted.psnr is not None  # an image, not a guess
+    assert results.images["learned inversion"].shape == images.shape
+    assert rows["inversion + re-encode"].recall is not None
+    with pytest.raises(ValueError, match="own records"):
+        run_attacks(model, amb, images, ["learned_inversion"])
+
+
+def test_linkage_finds_a_photo_record(setup: tuple[SparseAutoencoder, NoiseModel],
+                                      target: tuple[Ambiguated, torch.Tensor]) -> None:
+    model, _ = setup
+    amb, images = target
+    order = np.arange(len(images))[::-1].copy()
+    assert link(model, images[order], amb, order) == 1.0

@@ -21,6 +21,7 @@ from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
 from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig
+from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel
 from imambig.model.checkpoint import load_model
 from imambig.stages.dask_regions import DaskRegions
@@ -96,16 +97,17 @@ def test_encode_two_workers_matches_single_item_encoding(synthetic_store, tiny_m
         assert validate(store).ok, validate(store).summary()
 
     # every item's public record and key equal those of encoding it alone
-    model, info, _ = load_model(tiny_model)
-    noise = NoiseModel.load(tiny_model.join(f"noise_d{NOISE_DESIGN}_k32.npz"))
+    model, _, _ = load_model(tiny_model)
+    noise = NoiseModel.load(tiny_model.join(f"noise_d{NOISE_DESIGN}_k32_{report.precision}.npz"))
     store = open_image_store(synthetic_store)
     public = PublicStore.open(report.plan.public)
     secrets = Secrets()
     keystore = Keystore.open(report.plan.keystore, LocalKeyProvider.from_secrets(secrets))
     ids = store.item_ids()
+    decoys = DecoyMap.for_owner(noise, secrets.owner_secret)
     for i in (0, 63, 64, 150, 299):
-        alone = encode_images(model, noise, secrets.owner_secret, info.model_id,
-                              store.read(slice(i, i + 1)), [str(ids[i])])
+        alone = encode_images(model, noise, decoys, store.read(slice(i, i + 1)),
+                              report.precision)
         mask, values = public.read(np.array([i]))
         assert np.array_equal(mask[0], alone.mask[0])
         assert values[0].tobytes() == alone.values[0].tobytes()

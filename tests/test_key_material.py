@@ -18,11 +18,12 @@ from imambig.access.secrets import (
     Secret,
     SecretError,
     Secrets,
+    decoy_rng,
+    decoy_seed,
     from_env,
     from_file,
     generate_secret_text,
-    noise_rng,
-    noise_seed,
+    owner_fingerprint,
     resolve_secret,
 )
 from imambig.config import SecretSources
@@ -147,41 +148,39 @@ def test_generated_secrets_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None
 # ---------------------------------------------------------------------------
 
 
-def test_noise_seed_is_deterministic_and_separates_inputs() -> None:
+def test_decoy_seed_is_deterministic_and_separates_inputs() -> None:
     secret = Secret(RAW)
-    seed = noise_seed(secret, "model-a", "item-1")
+    seed = decoy_seed(secret, "model-a")
     assert len(seed) == 32
-    assert seed == noise_seed(RAW, "model-a", "item-1")
-    others = {
-        noise_seed(RAW[::-1], "model-a", "item-1"),
-        noise_seed(secret, "model-b", "item-1"),
-        noise_seed(secret, "model-a", "item-2"),
-        noise_seed(secret, "model-ai", "tem-1"),  # same concatenation, other split
-    }
-    assert seed not in others and len(others) == 4
+    assert seed == decoy_seed(RAW, "model-a")
+    others = {decoy_seed(RAW[::-1], "model-a"), decoy_seed(secret, "model-b")}
+    assert seed not in others and len(others) == 2
 
 
-def test_noise_seed_is_the_documented_hmac() -> None:
+def test_decoy_seed_is_the_documented_hmac() -> None:
     import hashlib
     import hmac
 
-    expected = hmac.new(RAW, b"imambig/noise/v1\0m\0i", hashlib.sha256).digest()
-    assert noise_seed(RAW, "m", "i") == expected
+    expected = hmac.new(RAW, b"imambig/decoy-map/v1\0m", hashlib.sha256).digest()
+    assert decoy_seed(RAW, "m") == expected
 
 
-def test_noise_rng_reproduces_streams() -> None:
-    a = noise_rng(RAW, "model-a", "item-1").standard_normal(64)
-    b = noise_rng(Secret(RAW), "model-a", "item-1").standard_normal(64)
-    c = noise_rng(RAW, "model-a", "item-2").standard_normal(64)
+def test_decoy_rng_reproduces_streams() -> None:
+    a = decoy_rng(RAW, "model-a").standard_normal(64)
+    b = decoy_rng(Secret(RAW), "model-a").standard_normal(64)
+    c = decoy_rng(RAW, "model-b").standard_normal(64)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
 
-def test_noise_seed_validation() -> None:
+def test_decoy_seed_validation_and_fingerprint() -> None:
     with pytest.raises(SecretError, match="at least 32"):
-        noise_seed(b"short", "m", "i")
+        decoy_seed(b"short", "m")
     with pytest.raises(ValueError, match="NUL"):
-        noise_seed(RAW, "m\0x", "i")
+        decoy_seed(RAW, "m\0x")
+    assert owner_fingerprint(RAW) == owner_fingerprint(Secret(RAW))
+    assert owner_fingerprint(RAW) != owner_fingerprint(RAW[::-1])
+    assert RAW.hex() not in owner_fingerprint(RAW) and len(owner_fingerprint(RAW)) == 32
 
 
 # ---------------------------------------------------------------------------

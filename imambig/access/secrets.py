@@ -216,25 +216,33 @@ class Secrets:
 # ---------------------------------------------------------------------------
 
 
-def noise_seed(owner_secret: Secret | bytes, model_id: str, item_id: str) -> bytes:
-    """HMAC-SHA256(owner secret, ``imambig/noise/v1 NUL model NUL item``): the same for
-    the same (secret, model, item), unpredictable without the secret."""
+def decoy_seed(owner_secret: Secret | bytes, model_id: str) -> bytes:
+    """HMAC-SHA256(owner secret, ``imambig/decoy-map/v1 NUL model``): the seed of the
+    owner's secret decoy map for one model. No item id enters it: a record's fakes are
+    a function of the image's code (``imambig.mechanism.decoy_map``), so the same image
+    publishes the same record under any id."""
     key = reveal(owner_secret)
     if len(key) < MIN_SECRET_BYTES:
         raise SecretError(
             f"owner secret is {len(key)} bytes; at least {MIN_SECRET_BYTES} are required"
         )
-    if "\0" in model_id or "\0" in item_id:
-        raise ValueError("model and item ids must not contain NUL (it separates them)")
-    message = b"imambig/noise/v1\0" + model_id.encode() + b"\0" + item_id.encode()
-    return hmac.new(key, message, hashlib.sha256).digest()
+    if "\0" in model_id:
+        raise ValueError("model ids must not contain NUL")
+    return hmac.new(key, b"imambig/decoy-map/v1\0" + model_id.encode(), hashlib.sha256).digest()
 
 
-def noise_rng(owner_secret: Secret | bytes, model_id: str, item_id: str) -> np.random.Generator:
-    """A generator seeded by :func:`noise_seed`: Philox keyed by its first 128 bits,
+def decoy_rng(owner_secret: Secret | bytes, model_id: str) -> np.random.Generator:
+    """A generator seeded by :func:`decoy_seed`: Philox keyed by its first 128 bits,
     starting at a counter given by the other 128 (so all 256 bits matter)."""
-    seed = noise_seed(owner_secret, model_id, item_id)
+    seed = decoy_seed(owner_secret, model_id)
     bit_generator = np.random.Philox(
         key=int.from_bytes(seed[:16], "little"), counter=int.from_bytes(seed[16:], "little")
     )
     return np.random.Generator(bit_generator)
+
+
+def owner_fingerprint(owner_secret: Secret | bytes) -> str:
+    """Names the owner secret without revealing it (a keyed hash, 128 bits): what a
+    release record stores to tell one secret from another."""
+    key = reveal(owner_secret)
+    return hmac.new(key, b"imambig/owner-fingerprint/v1", hashlib.sha256).hexdigest()[:32]

@@ -91,6 +91,29 @@ def _net(n_features: int) -> nn.Module:
     )
 
 
+def train_mlp(x: np.ndarray, y: np.ndarray, seed: int, epochs: int, lr: float = 2e-3
+              ) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    """A small MLP scoring entries from features ``x`` (N, F) with labels ``y`` (N,);
+    returns it (in eval mode) with the feature standardization."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
+    yt = torch.from_numpy(y.astype(np.float32))
+    torch.manual_seed(seed)
+    net = _net(xt.shape[1])
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = nn.BCEWithLogitsLoss()
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for s in range(0, len(xt), BATCH):
+            idx = perm[s : s + BATCH]
+            opt.zero_grad()
+            loss_fn(net(xt[idx]).squeeze(-1), yt[idx]).backward()
+            opt.step()
+    return net.eval(), mean, std
+
+
 @dataclass
 class Discriminator:
     net: nn.Module
@@ -120,23 +143,8 @@ class Discriminator:
             keep = rng.random(len(xp)) < rate
             xs.append(xp[keep])
             ys.append(part.real.reshape(-1)[keep])
-        x, y = np.concatenate(xs), np.concatenate(ys).astype(np.float32)
-        mean, std = x.mean(0), x.std(0) + 1e-6
-        xt = torch.from_numpy((x - mean) / std)
-        yt = torch.from_numpy(y)
-        net = _net(xt.shape[1])
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-        loss_fn = nn.BCEWithLogitsLoss()
-        gen = torch.Generator().manual_seed(seed)
-        net.train()
-        for _ in range(epochs):
-            perm = torch.randperm(len(xt), generator=gen)
-            for s in range(0, len(xt), BATCH):
-                idx = perm[s : s + BATCH]
-                opt.zero_grad()
-                loss_fn(net(xt[idx]).squeeze(-1), yt[idx]).backward()
-                opt.step()
-        net.eval()
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        net, mean, std = train_mlp(x, y, seed, epochs, lr)
         disc = cls(net, stats, mean, std, None)
         if n_val:
             disc.val_auc = roc_auc(disc.scores(val), val.real)

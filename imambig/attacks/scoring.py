@@ -55,18 +55,23 @@ def guessed_code(amb: Ambiguated, scores: np.ndarray, k: int) -> torch.Tensor:
     return amb.authorized_code(real=guess_mask(scores, k))
 
 
+def image_quality(output: torch.Tensor, images: torch.Tensor) -> tuple[float, float]:
+    """Mean PSNR and SSIM (8-bit) of ``output`` against ``images``, both in [0, 1]."""
+    out, ref = to_uint8(output), to_uint8(images)
+    return float(psnr_uint8(out, ref).mean()), float(ssim(out, ref).mean())
+
+
 @torch.no_grad()
+def decode_images(model: SparseAutoencoder, code: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """``model.decode`` in batches."""
+    return torch.cat([model.decode(code[s : s + batch]) for s in range(0, len(code), batch)])
+
+
 def decode_quality(
     model: SparseAutoencoder, code: torch.Tensor, images: torch.Tensor, batch: int = 64
 ) -> tuple[float, float]:
     """Mean PSNR and SSIM (8-bit) of ``model.decode(code)`` against ``images`` in [0, 1]."""
-    psnrs, ssims = [], []
-    for s in range(0, len(code), batch):
-        out = to_uint8(model.decode(code[s : s + batch]))
-        ref = to_uint8(images[s : s + batch])
-        psnrs.append(psnr_uint8(out, ref))
-        ssims.append(ssim(out, ref))
-    return float(np.concatenate(psnrs).mean()), float(np.concatenate(ssims).mean())
+    return image_quality(decode_images(model, code, batch), images)
 
 
 def subset(amb: Ambiguated, items: np.ndarray | slice) -> Ambiguated:
@@ -89,6 +94,9 @@ class AttackResult:
     n_items: int
     seconds: float
     notes: str = ""
+    # Re-identification by a face recognizer (``imambig.attacks.identity``), when run.
+    identity_top1: float | None = None
+    identity_auc: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in asdict(self).items()}

@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from imambig.access.secrets import Secret
 # Importing an attack module registers its attacks.
 from imambig.attacks import (  # noqa: F401
     discriminator,
+    learned_inversion,
     linear_consistency,
     magnitude,
     position,
@@ -29,58 +31,73 @@ from imambig.attacks import (  # noqa: F401
     reencode,
 )
 from imambig.attacks.registry import ATTACKS, AttackContext, Guess
-from imambig.attacks.scoring import AttackResult, decode_quality, evaluate, subset
+from imambig.attacks.scoring import (
+    AttackResult,
+    decode_images,
+    evaluate,
+    guessed_code,
+    image_quality,
+    subset,
+)
 from imambig.mechanism.ambiguation import ambiguate
+from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.record import Ambiguated
 from imambig.model.autoencoder import SparseAutoencoder
+
+
+def attacker_secret(seed: int, release: int = 0) -> Secret:
+    """The attacker's own secret for its ``release``-th ambiguation of its images."""
+    return Secret(hashlib.sha256(f"imambig attacker secret {seed}/{release}".encode()).digest())
 
 
 @torch.no_grad()
 def attacker_ambiguation(
     model: SparseAutoencoder,
     noise: NoiseModel,
-    images: torch.Tensor,
+    h: torch.Tensor,
     secret: Secret,
-    batch: int = 64,
+    batch: int = 256,
 ) -> Ambiguated:
-    """The attacker ambiguates its own images with its own secret, through the public
-    mechanism, so it knows which of these entries are real."""
-    model.eval()
-    parts = []
-    for s in range(0, len(images), batch):
-        h = model.bottleneck(images[s : s + batch])
-        ids = [f"attacker/{i}" for i in range(s, s + len(h))]
-        parts.append(ambiguate(model, h, noise, secret, noise.model_id, ids))
-    return Ambiguated(
-        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("mask", "values", "real"))
-    )
+    """The attacker ambiguates its own bottlenecks ``h`` with its own secret, through the
+    public mechanism, so it knows which of these entries are real."""
+    decoy_map = DecoyMap.for_owner(noise, secret)
+    return concatenate([ambiguate(model, h[s : s + batch], noise, decoy_map)
+                        for s in range(0, len(h), batch)])
+
+
+@dataclass
+class Outcome:
+    """The rows of one run, and what each row reconstructed (for the identity rows)."""
+
+    results: list[AttackResult]
+    images: dict[str, torch.Tensor]
 
 
 def run_attacks(
     model: SparseAutoencoder,
-    noise: NoiseModel,
     amb_target: Ambiguated,
     target_images: torch.Tensor,
-    attacker_images: torch.Tensor | None,
     names: Sequence[str] | None = None,
     *,
+    releases: Sequence[Ambiguated] = (),
+    own_images: torch.Tensor | None = None,
     k_public: int | None = None,
     seed: int = 0,
     max_items_lp: int | None = 20,
     max_maps_lp: int | None = None,
-    attacker_amb: Ambiguated | None = None,
     discriminator_epochs: int = 4,
     reencode_iterations: int = 3,
+    inversion_epochs: int = 6,
     log: Callable[[str], None] | None = None,
-) -> list[AttackResult]:
+) -> Outcome:
     """Run attacks ``names`` (default: every registered one) on ``amb_target``.
 
-    ``target_images`` (B, 3, H, W) in [0, 1] are the originals the decoded guesses are
-    compared with. The trained attacks learn from ``attacker_amb`` when given (e.g. a
-    different mechanism under test), else from ``attacker_images`` ambiguated through
-    the public mechanism with a secret derived from ``seed``. ``max_items_lp`` /
-    ``max_maps_lp`` bound the LP attack (one LP per map; slow).
+    ``target_images`` (B, 3, H, W) in [0, 1] are the originals the guesses are compared
+    with. The trained attacks learn from the attacker's own records ``releases`` (its
+    own images ``own_images`` ambiguated through the public mechanism, once per secret
+    of its own; the first release trains the entry classifiers, all of them the learned
+    inversion). ``max_items_lp`` / ``max_maps_lp`` bound the LP attack (slow).
     """
     B, _, kp = amb_target.values.shape
     if k_public is not None and k_public != kp:
@@ -91,50 +108,65 @@ def run_attacks(
     unknown = sorted(set(names) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attacks {unknown}; choose from {list(ATTACKS)}")
+    if any(ATTACKS[n].trained for n in names) and not releases:
+        raise ValueError("trained attacks need the attacker's own records (releases)")
     say = log or (lambda _msg: None)
     model.eval()
 
-    results = []
-    t = time.perf_counter()
-    psnr, ssim_ = decode_quality(model, amb_target.authorized_code(), target_images)
-    results.append(_reference("authorized", psnr, ssim_, B, time.perf_counter() - t))
-    t = time.perf_counter()
-    psnr, ssim_ = decode_quality(model, amb_target.public_code(), target_images)
-    results.append(_reference("public as is", psnr, ssim_, B, time.perf_counter() - t))
+    out = Outcome([], {})
+    for name, code in (("authorized", amb_target.authorized_code()),
+                       ("public as is", amb_target.public_code())):
+        t = time.perf_counter()
+        out.images[name] = decode_images(model, code)
+        psnr, ssim_ = image_quality(out.images[name], target_images)
+        out.results.append(_reference(name, psnr, ssim_, B, time.perf_counter() - t))
 
-    own = attacker_amb
-    if own is None and any(ATTACKS[n].trained for n in names):
-        if attacker_images is None:
-            raise ValueError("trained attacks need attacker_images or attacker_amb")
-        secret = Secret(hashlib.sha256(f"imambig attacker secret {seed}".encode()).digest())
-        say(f"attacker ambiguates its {len(attacker_images)} own images")
-        own = attacker_ambiguation(model, noise, attacker_images, secret)
-
-    ctx = AttackContext(model, amb_target, own, seed, discriminator_epochs, reencode_iterations,
-                        max_items_lp, max_maps_lp)
+    ctx = AttackContext(model, amb_target, releases[0] if releases else None, seed,
+                        discriminator_epochs, reencode_iterations, max_items_lp, max_maps_lp,
+                        own_images, tuple(releases), inversion_epochs)
     for name in names:
         t0 = time.perf_counter()
         guess = ATTACKS[name].run(ctx)
-        results.append(_row(guess, ctx, target_images, time.perf_counter() - t0))
-        say(f"{results[-1].name}: recall {results[-1].recall:.3f}, {results[-1].seconds:.1f} s")
-    return results
+        row, images = _row(guess, ctx, target_images, time.perf_counter() - t0)
+        out.results.append(row)
+        if images is not None:
+            out.images[row.name] = images
+        parts = ([] if row.recall is None else [f"recall {row.recall:.3f}"]) + (
+            [] if row.psnr is None else [f"PSNR {row.psnr:.2f} dB"])
+        say(f"{row.name}: {', '.join([*parts, f'{row.seconds:.1f} s'])}")
+    return out
+
+
+def concatenate(parts: Sequence[Ambiguated]) -> Ambiguated:
+    return Ambiguated(*(np.concatenate([getattr(p, f) for p in parts])
+                        for f in ("mask", "values", "real")))
 
 
 def _reference(name: str, psnr: float, ssim_: float, n: int, seconds: float) -> AttackResult:
     return AttackResult(name, None, None, None, None, psnr, ssim_, n, seconds, "reference")
 
 
-def _row(guess: Guess, ctx: AttackContext, images: torch.Tensor, seconds: float) -> AttackResult:
-    """Score a guess; one on the first items or maps only (a slow attack) is scored on
-    those, and decoded only when it covers every map (a partial code decodes to nothing)."""
+def _row(guess: Guess, ctx: AttackContext, images: torch.Tensor, seconds: float
+         ) -> tuple[AttackResult, torch.Tensor | None]:
+    """Score a guess and return what it reconstructs. A guess of images is judged as an
+    image; one of scores on the first items or maps only (a slow attack) is scored on
+    those, and decoded only when it covers every map (a partial code decodes to
+    nothing)."""
+    if guess.images is not None:
+        psnr, ssim_ = image_quality(guess.images, images)
+        return AttackResult(guess.label, None, None, None, None, psnr, ssim_,
+                            len(guess.images), seconds, guess.notes), guess.images
+    assert guess.scores is not None
     nb, nl = guess.scores.shape[:2]
     part = subset(ctx.target, slice(0, nb))
     if nl < ctx.target.values.shape[1]:
         part = Ambiguated(part.mask[:, :nl], part.values[:, :nl], part.real[:, :nl])
         return evaluate(guess.label, guess.scores, part, ctx.k, seconds=seconds,
-                        notes=guess.notes)
-    return evaluate(guess.label, guess.scores, part, ctx.k, ctx.model, images[:nb], seconds,
-                    guess.notes)
+                        notes=guess.notes), None
+    decoded = decode_images(ctx.model, guessed_code(part, guess.scores, ctx.k))
+    row = evaluate(guess.label, guess.scores, part, ctx.k, seconds=seconds, notes=guess.notes)
+    row.psnr, row.ssim = image_quality(decoded, images[:nb])
+    return row, decoded if nb == len(images) else None
 
 
 def format_table(results: list[AttackResult]) -> str:
@@ -144,14 +176,15 @@ def format_table(results: list[AttackResult]) -> str:
         return "–" if v is None else f"{v:.{digits}f}"
 
     lines = [
-        "| attack | recall | ± (maps) | chance | AUC | PSNR (dB) | SSIM | items | s | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| attack | recall | ± (maps) | chance | AUC | PSNR (dB) | SSIM | identity top-1 | "
+        "identity AUC | items | s | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.name} | {f(r.recall, 3)} | {f(r.recall_std, 3)} | {f(r.chance, 3)} | "
-            f"{f(r.auc, 3)} | {f(r.psnr, 2)} | {f(r.ssim, 3)} | {r.n_items} | "
-            f"{r.seconds:.1f} | {r.notes} |"
+            f"{f(r.auc, 3)} | {f(r.psnr, 2)} | {f(r.ssim, 3)} | {f(r.identity_top1, 3)} | "
+            f"{f(r.identity_auc, 3)} | {r.n_items} | {r.seconds:.1f} | {r.notes} |"
         )
     return "\n".join(lines)
 

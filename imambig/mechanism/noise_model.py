@@ -4,12 +4,16 @@ An entry of a public map is (position, sign, magnitude). A fake must be drawn so
 none of these, alone or together, says whether it is real; the attack suite's
 discriminator finds any joint difference. Fitted here, per model:
 
-- a *decoy* generator: a low-rank Gaussian over bottleneck vectors (mean, principal
-  directions, residual spread), pushed through the encoder's last linear layer and then,
-  per (map, position), through a Gaussian copula onto the real codes' own marginal at
-  that position (``dense_quantiles``). The decoy is one coherent synthetic code, so the
-  public code decodes to a blend with a synthetic face rather than to the image, and
-  its signs and relative sizes follow the real per-position distributions;
+- the principal coordinates of training bottlenecks (mean, principal directions,
+  residual spread), which the owner's secret decoy map (``imambig.mechanism.decoy_map``)
+  uses to turn an item's own bottleneck into decoys: secret isometries of it, each a
+  synthetic face to anyone without the secret. A decoy is pushed through the encoder's
+  last linear layer and then, per (map, position), through a Gaussian copula onto the
+  real codes' own marginal at that position (``dense_quantiles``); it chooses the
+  fakes' positions and signs, so the public code decodes to a blend with a synthetic
+  face rather than to the image. The map's secret projections of the item's principal
+  coordinates give, through their empirical distribution (``projection_cdf``), the
+  uniforms that draw the fakes' magnitudes and sign flips;
 - ``position_weights``: multipliers of the decoy's magnitudes when choosing fake
   positions, fitted so that fakes land on each position as often as real entries do
   (P(real | position) stays flat where that is possible at all);
@@ -30,17 +34,23 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from imambig.mechanism.decoy_map import DecoyMap
 from imambig.model.autoencoder import SparseAutoencoder
+from imambig.model.precision import autocast
 from imambig.stores.location import Location
 
 # Bumped whenever fakes are drawn differently: noise files and store versions carry it.
-NOISE_DESIGN = 2
+# 3: randomness read off secret isometries of the item's own code (release-stable), no
+# sign flips, 3-bit value mantissas.
+NOISE_DESIGN = 3
 N_QUANTILES = 257
 MAX_COMPONENTS = 256
 GRID = np.linspace(-3.1, 3.1, 101)  # normal scores of the copula (quantiles 0.1%..99.9%)
 RESIDUAL_LEVELS = np.linspace(0.0005, 0.9995, 101)
 SHRINK = 10.0  # pseudo-items pulling a rarely real position's location to its map's
-DECOY_FIT_ITEMS = 2048
+CALIBRATION = 0.25  # share of the fit's items held out of the basis, for decoy statistics
+# The fit draws decoys with a public key: their distribution, not their values, matters.
+FIT_KEY = b"imambig/noise-fit/v1: the decoy distribution, fitted in the open"
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class NoiseModel:
     decoy_mean: np.ndarray  # (L, m) mean of W a over decoys a
     decoy_std: np.ndarray  # (L, m) its spread: standardizes W a into normal scores
     dense_quantiles: np.ndarray  # (L, m, G) real dense code at the normal scores GRID
+    projection_cdf: np.ndarray  # (G,) share of decoy-map projections below each GRID score
     position_weights: np.ndarray  # (L, m) see the module docstring
     excess_location: np.ndarray  # (L, m) mean log normalized excess of real entries
     excess_spread: np.ndarray  # (L, m) scale of the residual per position
@@ -73,14 +84,23 @@ class NoiseModel:
     flip_pos: np.ndarray  # (L, m)
     flip_neg: np.ndarray  # (L, m)
 
-    def fake_values(self, decoy_signs: torch.Tensor, threshold: torch.Tensor,
-                    excess_scale: torch.Tensor, positions: torch.Tensor,
-                    u: torch.Tensor) -> torch.Tensor:
-        """Signed values (B, L, f) of fakes at ``positions``, from the uniforms of
-        :meth:`draw` (3 per fake for the magnitude, 1 for the sign)."""
-        f = positions.shape[-1]
-        signs = self.fake_signs(decoy_signs, positions, u[..., 3 * f :])
-        return signs * self.fake_magnitudes(threshold, excess_scale, positions, u[..., : 3 * f])
+    def fake_values(self, model: SparseAutoencoder, decoy: torch.Tensor,
+                    projections: torch.Tensor, threshold: torch.Tensor,
+                    excess_scale: torch.Tensor,
+                    support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (B, L, f) and signed values of the fakes, from an item's decoy and
+        projections (``DecoyMap``), its real ``support`` (B, L, m) and its own
+        ``threshold`` and ``excess_scale`` (B, L, 1)."""
+        n_fake = self.k_public - self.k
+        code = self.decoy_codes(model, decoy)
+        weights = torch.from_numpy(self.position_weights).float()
+        positions = (code.abs() * weights).masked_fill(support, -1.0).topk(n_fake, -1).indices
+        u = self.uniforms(projections)
+        at = [u[:, j].gather(-1, positions) for j in range(u.shape[1])]
+        magnitudes = self.fake_magnitudes(threshold, excess_scale, positions,
+                                          torch.cat(at[:3], -1))
+        signs = self.fake_signs(code.gather(-1, positions).sign(), positions, at[3])
+        return positions, signs * magnitudes
 
     def fake_signs(self, decoy_signs: torch.Tensor, positions: torch.Tensor,
                    u: torch.Tensor) -> torch.Tensor:
@@ -95,23 +115,20 @@ class NoiseModel:
     def n_maps(self) -> int:
         return self.real_quantiles.shape[0]
 
-    def draw(self, rngs: list[np.random.Generator], n_fake: int) -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
-        """Per item, from its own generator: a decoy bottleneck (B, L*n) and uniforms
-        (B, L, 4 n_fake) for the fakes' magnitudes (3 per fake) and signs (1 per fake).
-        Only the drawing walks the items (each has its own keyed generator); the
-        arithmetic is batched."""
-        r, d = self.components.shape
-        g = np.stack([rng.standard_normal(r + d, dtype=np.float32) for rng in rngs])
-        u = np.stack([rng.random((self.n_maps, 4 * n_fake), dtype=np.float32) for rng in rngs])
-        decoys = self.mean + g[:, :r] @ self.components + g[:, r:] * self.residual_std
-        return torch.from_numpy(decoys), torch.from_numpy(u)
-
     def decoy_codes(self, model: SparseAutoencoder, decoys: torch.Tensor) -> torch.Tensor:
-        """(B, L*n) decoys -> (B, L, m) synthetic dense codes with the real marginals."""
+        """(B, L, n) decoys -> (B, L, m) synthetic dense codes with the real marginals."""
         zd = model.linear(decoys.view(len(decoys), self.n_maps, -1).float())
-        return copula(zd, torch.from_numpy(self.decoy_mean), torch.from_numpy(self.decoy_std),
-                      torch.from_numpy(self.dense_quantiles))
+        score = (zd - torch.from_numpy(self.decoy_mean)) / torch.from_numpy(self.decoy_std)
+        score = score.clamp(float(GRID[0]), float(GRID[-1]))
+        return _lookup(torch.from_numpy(self.dense_quantiles), score)
+
+    def uniforms(self, projections: torch.Tensor) -> torch.Tensor:
+        """Projections (``DecoyMap.projections``) -> numbers in [0, 1], uniform over
+        items and as continuous in the code as the projections are."""
+        score = projections.clamp(float(GRID[0]), float(GRID[-1]))
+        u = (score - float(GRID[0])) / float(GRID[-1] - GRID[0])
+        table = torch.from_numpy(self.projection_cdf)
+        return interpolate(table.expand(*u.shape, -1), u.unsqueeze(-1)).squeeze(-1)
 
     def fake_magnitudes(self, threshold: torch.Tensor, excess_scale: torch.Tensor,
                         positions: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -143,7 +160,7 @@ class NoiseModel:
             missing = [f.name for f in fields(cls) if f.name not in z.files]
             if missing:
                 raise ValueError(f"noise model file lacks {', '.join(missing)}: it was "
-                                 "written by another noise design; delete it to refit")
+                                 "written by another noise design")
             kw = {f.name: z[f.name] for f in fields(cls)}
         kw["model_id"] = str(kw["model_id"])
         kw["k"], kw["k_public"] = int(kw["k"]), int(kw["k_public"])
@@ -174,14 +191,12 @@ def interpolate(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return table.gather(-1, lo) * (1 - frac) + table.gather(-1, lo + 1) * frac
 
 
-def copula(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-           quantiles: torch.Tensor) -> torch.Tensor:
-    """Map Gaussian decoy codes ``z`` (B, L, m) onto the real marginal of each position:
-    standardize to a normal score, read the real quantile at that score."""
-    score = ((z - mean) / std).clamp(float(GRID[0]), float(GRID[-1]))
+def _lookup(table: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Per (map, position), ``table`` (L, m, G) read at normal ``score`` (B, L, m) on the
+    GRID: the copula onto a position's real marginal, or a decoy's own CDF."""
     u = (score - float(GRID[0])) / float(GRID[-1] - GRID[0])
-    B = z.shape[0]
-    return interpolate(quantiles.expand(B, -1, -1, -1), u.unsqueeze(-1)).squeeze(-1)
+    B = score.shape[0]
+    return interpolate(table.expand(B, -1, -1, -1), u.unsqueeze(-1)).squeeze(-1)
 
 
 def real_support(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,13 +214,18 @@ def fit_noise_model(
     batches: Iterable[torch.Tensor],
     k_public: int,
     max_components: int = MAX_COMPONENTS,
+    precision: str = "fp32",
 ) -> NoiseModel:
-    """Fit on training images (an iterable of (B, 3, H, W) float batches in [0, 1])."""
+    """Fit on training images (an iterable of (B, 3, H, W) float batches in [0, 1]),
+    their bottlenecks computed at ``precision`` (the encoder's, resolved)."""
     c = model.config
     if not c.k < k_public <= c.code_length:
         raise ValueError(f"k_public must be in ({c.k}, {c.code_length}], got {k_public}")
     model.eval()
-    hs = [model.bottleneck(x) for x in batches]
+    hs = []
+    for x in batches:
+        with autocast(precision):
+            hs.append(model.bottleneck(x).float())
     if not hs:
         raise ValueError("no training images to fit the noise model on")
     h = torch.cat(hs)
@@ -214,25 +234,33 @@ def fit_noise_model(
     idx, vals, thr = real_support(z, k)
     support = torch.zeros_like(z, dtype=torch.bool).scatter(-1, idx, True)
 
-    # Decoy generator: low-rank Gaussian over bottleneck vectors.
-    H = h.flatten(1).double()
+    # Principal coordinates, on all but the last CALIBRATION share of the items. The
+    # decoys of encoding come from images the basis never saw, whose coordinates spread
+    # differently (measured: 1.4x the residual variance); so every statistic of decoys is
+    # taken on the held-out items, as encoding will meet them.
+    n_basis = max(2, n_items - int(n_items * CALIBRATION))
+    held = slice(n_basis, None) if n_basis < n_items else slice(None)
+    H = h[:n_basis].flatten(1).double()
     mean = H.mean(0)
     centred = H - mean
-    r = max(1, min(max_components, n_items - 1))
+    r = max(1, min(max_components, n_basis - 1))
     _, sv, v = torch.linalg.svd(centred, full_matrices=False)
     r = min(r, len(v))
-    components = (v[:r] * (sv[:r, None] / max(1, n_items - 1) ** 0.5)).float()
+    components = (v[:r] * (sv[:r, None] / max(1, n_basis - 1) ** 0.5)).float()
     residual = centred - (centred @ v[:r].T) @ v[:r]
     residual_std = residual.std(0).float()
-    gen = torch.Generator().manual_seed(0)  # fitting is deterministic, like the rest
-    n_dec = max(DECOY_FIT_ITEMS, n_items)
-    decoys = (mean.float() + torch.randn(n_dec, r, generator=gen) @ components
-              + torch.randn(n_dec, len(mean), generator=gen) * residual_std)
-    zd = model.linear(decoys.view(n_dec, L, -1))
+    # Decoys as encoding makes them (the public key gives a map like any owner's): their
+    # statistics, and how they meet those items' supports.
+    fit_map = DecoyMap(mean.float().numpy(), components.numpy(), residual_std.numpy(), L, m,
+                       np.random.default_rng(list(FIT_KEY)))
+    zd = model.linear(fit_map.decoy(h[held]))
     decoy_mean, decoy_std = zd.mean(0), zd.std(0).clamp_min(1e-8)
+    proj = fit_map.projections(h[held]).flatten().numpy()
+    projection_cdf = np.searchsorted(np.sort(proj), GRID, side="right") / len(proj)
     levels = torch.distributions.Normal(0.0, 1.0).cdf(torch.from_numpy(GRID)).numpy()
     dense_q = np.quantile(z.numpy(), levels, axis=0).transpose(1, 2, 0)  # (L, m, G)
-    zc = copula(zd, decoy_mean, decoy_std, torch.from_numpy(dense_q).float())
+    zc = _lookup(torch.from_numpy(dense_q).float(),
+                 ((zd - decoy_mean) / decoy_std).clamp(float(GRID[0]), float(GRID[-1])))
 
     # Per-position magnitude model of real entries.
     excess = vals.abs() - thr
@@ -254,10 +282,10 @@ def fit_noise_model(
     resid_q = np.quantile(resid, RESIDUAL_LEVELS, axis=1).T
 
     position_freq = (count / n_items).float()
-    weights, fake_freq, fake_pos = fit_position_weights(zc, support, position_freq,
+    weights, fake_freq, fake_pos = fit_position_weights(zc, support[held], position_freq,
                                                         k, k_public - k)
     # P(+) of real entries per position, and of the decoy's selected fakes there.
-    real_pos = ((z > 0) & support).sum(0).double() / count.clamp_min(1)
+    real_pos = ((z > 0) & support).sum(0).double() / count.clamp_min(1)  # all items
     real_pos = torch.where(count > 0, real_pos, torch.full_like(real_pos, 0.5)).float()
     flip_pos = ((fake_pos - real_pos).clamp_min(0) / fake_pos.clamp_min(1e-6)).clamp(0, 1)
     flip_neg = ((real_pos - fake_pos).clamp_min(0) / (1 - fake_pos).clamp_min(1e-6)).clamp(0, 1)
@@ -274,10 +302,10 @@ def fit_noise_model(
         real_quantiles=np.quantile(mags, probs, axis=1).T,
         position_freq=position_freq.numpy(), decoy_mean=decoy_mean.numpy(),
         decoy_std=decoy_std.numpy(), dense_quantiles=dense_q.astype(np.float32),
+        projection_cdf=projection_cdf.astype(np.float32), flip_pos=flip_pos.numpy(), flip_neg=flip_neg.numpy(),
         position_weights=weights.numpy(), excess_location=location.numpy(),
         excess_spread=spread.numpy(), excess_residual=resid_q.astype(np.float32),
         borrow=borrow.float().numpy(), borrow_cdf=borrow_cdf.float().numpy(),
-        flip_pos=flip_pos.numpy(), flip_neg=flip_neg.numpy(),
     )
 
 

@@ -69,6 +69,10 @@ class EncodeReport:
     def encoded(self) -> int:
         return sum(m.items for m in self.manifests if not m.skipped)
 
+    @property
+    def precision(self) -> str:
+        return self.plan.precision
+
     def summary(self) -> str:
         p = self.plan
         rate = self.encoded / self.seconds if self.seconds else 0.0

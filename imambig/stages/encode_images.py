@@ -7,11 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imambig.access.secrets import Secret
 from imambig.mechanism.ambiguation import ambiguate
+from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.keys import encode_keys
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.model.autoencoder import SparseAutoencoder
+from imambig.model.precision import autocast
 from imambig.stores.loader import to_tensor
 
 
@@ -23,34 +24,36 @@ class EncodedBatch:
 
 
 @torch.no_grad()
-def encode_images(
-    model: SparseAutoencoder,
-    noise: NoiseModel,
-    owner_secret: Secret,
-    model_id: str,
-    images: np.ndarray,
-    item_ids: list[str],
-    micro_batch: int = 8,
-) -> EncodedBatch:
-    """Encode uint8 images (B, H, W, 3) of ``item_ids``.
+def bottlenecks(model: SparseAutoencoder, images: np.ndarray, precision: str = "fp32",
+                micro_batch: int = 8) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) -> bottlenecks (B, L, n) in float32, at ``precision``.
 
     Runs in zero-padded micro-batches of a fixed size so every item's result is bitwise
     independent of its neighbours (CPU kernels pick different blockings for different
     batch sizes, which moves float rounding).
     """
-    masks, values, reals = [], [], []
+    out = []
     for s in range(0, len(images), micro_batch):
-        chunk = images[s : s + micro_batch]
-        ids = list(item_ids[s : s + micro_batch])
-        n = len(chunk)
-        x = to_tensor(chunk)
+        x = to_tensor(images[s : s + micro_batch])
+        n = len(x)
         if n < micro_batch:
             x = torch.cat([x, x.new_zeros((micro_batch - n, *x.shape[1:]))])
-            ids += [f"<pad {i}>" for i in range(micro_batch - n)]  # results discarded
-        x = x.contiguous()
-        amb = ambiguate(model, model.bottleneck(x), noise, owner_secret, model_id, ids)
-        masks.append(amb.mask[:n])
-        values.append(amb.values[:n])
-        reals.append(amb.real[:n])
-    real = np.concatenate(reals)
-    return EncodedBatch(np.concatenate(masks), np.concatenate(values), encode_keys(real))
+        with autocast(precision):
+            out.append(model.bottleneck(x).float()[:n])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_images(
+    model: SparseAutoencoder,
+    noise: NoiseModel,
+    decoy_map: DecoyMap,
+    images: np.ndarray,
+    precision: str = "fp32",
+    micro_batch: int = 8,
+) -> EncodedBatch:
+    """Encode uint8 images (B, H, W, 3): public records and keys. Nothing but the
+    pixels (and the owner's decoy map) decides an item's record."""
+    amb = ambiguate(model, bottlenecks(model, images, precision, micro_batch), noise,
+                    decoy_map)
+    return EncodedBatch(amb.mask, amb.values, encode_keys(amb.real))

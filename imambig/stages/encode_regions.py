@@ -37,13 +37,17 @@ import torch
 
 from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
-from imambig.access.secrets import Secrets
+from imambig.access.secrets import Secrets, owner_fingerprint
 from imambig.config import EncodeConfig, SecretSources
+from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.keys import key_bytes
 from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel, fit_noise_model
+from imambig.mechanism.quantizer import VALUE_BITS
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import ModelInfo, load_model
+from imambig.model.precision import resolve
 from imambig.stages.encode_images import encode_images
+from imambig.stages.release_binding import Mechanism, check_release, published_versions
 from imambig.stages.versions import set_current, version_name
 from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import to_tensor
@@ -71,7 +75,9 @@ class EncodeJob:
         return self.config.k_public
 
     def noise_location(self) -> Location:
-        return self.model.join(f"noise_d{NOISE_DESIGN}_k{self.k_public}.npz")
+        # The fit depends on the encoder's precision too (its bottlenecks).
+        return self.model.join(
+            f"noise_d{NOISE_DESIGN}_k{self.k_public}_{self.config.precision}.npz")
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class Plan:
     region_items: int
     regions: tuple[tuple[int, int], ...]  # still to do
     done: int  # regions already done
+    precision: str = "fp32"  # the encoder's, resolved: the records depend on it
 
     @property
     def total(self) -> int:
@@ -122,7 +129,8 @@ class EncodeContext:
     @classmethod
     def open(cls, job: EncodeJob) -> EncodeContext:
         model, info, _ = load_model(job.model)
-        job = dataclasses.replace(job, config=job.config.for_model(model.config.k))
+        config = job.config.for_model(model.config.k, resolve(job.config.precision))
+        job = dataclasses.replace(job, config=config)
         return cls(job, model, info, Secrets(job.secrets))
 
     @property
@@ -136,11 +144,13 @@ class EncodeContext:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_context(job: EncodeJob) -> tuple[EncodeContext, NoiseModel]:
-    """A worker's context for ``job`` (the driver's job, k' settled), once per process."""
+def _worker_context(job: EncodeJob) -> tuple[EncodeContext, NoiseModel, DecoyMap]:
+    """A worker's context for ``job`` (the driver's job, k' and precision settled), once
+    per process."""
     torch.set_num_threads(job.config.torch_threads)
     context = EncodeContext.open(job)
-    return context, NoiseModel.load(job.noise_location())
+    noise = NoiseModel.load(job.noise_location())
+    return context, noise, DecoyMap.for_owner(noise, context.secrets.owner_secret)
 
 
 def _marker(keystore: Location, start: int, stop: int) -> Location:
@@ -174,9 +184,30 @@ def ensure_noise_model(context: EncodeContext, store: ImageStore) -> Location:
         idx = store.indices("all")
     idx = idx[: job.config.noise_fit_items]
     batches = (to_tensor(store.read(idx[s : s + 64])) for s in range(0, len(idx), 64))
-    noise = fit_noise_model(context.model, context.info.model_id, batches, job.k_public)
+    noise = fit_noise_model(context.model, context.info.model_id, batches, job.k_public,
+                            precision=job.config.precision)
     noise.save(location)
     return location
+
+
+def mechanism(context: EncodeContext, noise_sha256: str) -> Mechanism:
+    """What this job's fakes depend on besides the images (see ``release_binding``)."""
+    return Mechanism(
+        model_id=context.info.model_id, k_public=context.job.k_public,
+        noise_design=NOISE_DESIGN, noise_fit_sha256=noise_sha256, value_bits=VALUE_BITS,
+        precision=context.job.config.precision,
+        owner_fingerprint=owner_fingerprint(context.secrets.owner_secret),
+    )
+
+
+def _published_noise_fits(root: Location, model_id: str) -> dict[str, dict]:
+    fits = {}
+    for name in published_versions(root, model_id):
+        try:
+            fits[name] = PublicStore.open(root.join(name)).attrs.get("noise_fit", {})
+        except (FileNotFoundError, ValueError, KeyError):
+            continue  # not a store (a half-created folder): nothing was published there
+    return fits
 
 
 def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
@@ -191,7 +222,10 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     _ = context.secrets.owner_secret  # a missing secret fails here, before any work
     provider = context.key_provider
     noise = ensure_noise_model(context, store)
-    noise_fit = {"file": noise.name, "sha256": hashlib.sha256(noise.read_bytes()).hexdigest()}
+    noise_fit = {"file": noise.name, "sha256": hashlib.sha256(noise.read_bytes()).hexdigest(),
+                 "precision": job.config.precision}
+    check_release(mechanism(context, noise_fit["sha256"]), job.public_root, job.keys_root,
+                  _published_noise_fits(job.public_root, context.info.model_id))
 
     version = context.version
     public_location = job.public_root.join(version)
@@ -205,7 +239,7 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     done = _done(keystore_location, regions)
     todo = tuple(r for r in regions if r not in done)
     return Plan(version, public_location, keystore_location, n, job.config.region_items,
-                todo, len(regions) - len(todo))
+                todo, len(regions) - len(todo), job.config.precision)
 
 
 def _open_or_create_public(location: Location, context: EncodeContext, store: ImageStore,
@@ -281,12 +315,12 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionMa
     if (done := marker.read_bytes()) is not None:
         return RegionManifest(**{**json.loads(done), "skipped": True})
     t0, started = time.perf_counter(), time.time()
-    context, noise = _worker_context(job)
+    context, noise, decoy_map = _worker_context(job)
     store = open_image_store(job.images)
     images = store.read(slice(start, stop))
     ids = store.item_ids()[start:stop].tolist()
-    enc = encode_images(context.model, noise, context.secrets.owner_secret,
-                        context.info.model_id, images, ids, job.config.micro_batch)
+    enc = encode_images(context.model, noise, decoy_map, images, job.config.precision,
+                        job.config.micro_batch)
     public = PublicStore.open(plan.public, mode="r+")
     public.write_region(start, enc.mask, enc.values, ids)
     keystore = Keystore.open(plan.keystore, context.key_provider, mode="r+")

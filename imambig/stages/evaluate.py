@@ -18,7 +18,7 @@ import numpy as np
 
 from imambig.access.key_provider import KeyProvider
 from imambig.access.keystore import Keystore
-from imambig.attacks.suite import run_attacks
+from imambig.attacks.suite import attacker_ambiguation, attacker_secret, run_attacks
 from imambig.config import EvaluateConfig
 from imambig.evaluation import rate_distortion as rd
 from imambig.evaluation.grid import comparison_grid
@@ -27,6 +27,8 @@ from imambig.mechanism.keys import decode_keys
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
+from imambig.stages.encode_images import bottlenecks
+from imambig.stages.privacy_experiment import identity_gallery, identity_rows
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
@@ -116,8 +118,17 @@ def evaluate_stores(
     x = to_tensor(store.read(target))
     own = store.indices("train")[: config.attacker_items]
     noise = NoiseModel.load(model.join(pub.attrs["noise_fit"]["file"]))
-    results = run_attacks(net, noise, amb, x, to_tensor(store.read(own)), list(config.attacks),
-                          log=log)
+    precision = pub.attrs["noise_fit"].get("precision", "fp32")
+    h_own = bottlenecks(net, store.read(own), precision)
+    releases = [attacker_ambiguation(net, noise, h_own, attacker_secret(0, r))
+                for r in range(max(1, config.releases))]
+    outcome = run_attacks(net, amb, x, list(config.attacks), releases=releases,
+                          own_images=to_tensor(store.read(own)), log=log)
+    results = outcome.results
+    gallery = identity_gallery(store, config.split, target) if config.identity else None
+    if gallery is not None:
+        say("identity: the face recognizer on every reconstruction")
+        identity_rows(results, outcome.images, x, store.identities()[target], gallery)
     rows = [r.to_dict() for r in results]
     k = int(pub.attrs["k"])
     if out is not None:

@@ -180,6 +180,12 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = SparseAutoencoder(mc).to(device)
+    parent = None
+    if cfg.init:  # read with the image store's storage options: one set per run
+        init_model, parent, _ = ckpt.load_model(Location(cfg.init, images.storage_options))
+        if init_model.config != mc:
+            raise ValueError(f"--init {cfg.init} is a {init_model.config} model, not {mc}")
+        model.load_state_dict(init_model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
 
@@ -285,6 +291,7 @@ def train(
         "precision": precision,
         "train_minutes": round(elapsed / 60, 2),
         "images": images.url,
+        "parent": parent.model_id if parent else None,
         "train_items": len(train_idx),
         "val_psnr": history,
         "global_step": global_step,

@@ -1,0 +1,106 @@
+"""The owner's secret map from a code to its decoys: release-stable randomness.
+
+A record's fakes must be a function of the image's code and the owner secret, not of
+the item id (the same image under two ids would otherwise publish two fake sets whose
+intersection is the key), and they must change little when the code changes little (a
+re-saved or slightly shifted copy would otherwise do the same). So every random choice
+of the mechanism is read off *decoy bottlenecks*: secret isometries of the item's own
+bottleneck vector h.
+
+In the noise fit's principal coordinates g = V (h - mean) / sigma (unit variance each),
+a decoy is ``mean + sigma V^T (Q g) + rstd * (S P e)``: Q is a random orthogonal matrix
+(acting within bands of consecutive components, see ``BANDS``), e the whitened residual
+outside the principal subspace, P a permutation of residual coordinates (within windows
+of similar spread) and S random signs. A decoy has the distribution of real bottlenecks
+(to the Gaussian fit's accuracy) and moves when h moves: near-duplicates get
+near-identical decoys, and two photos of one person decoys about as alike as the
+photos. To anyone without the secret, Q g looks like an independent synthetic face.
+
+The seed of Q, P and S is HMAC(owner secret, model id) (``imambig.access.secrets``):
+one map per owner and model, and the map is built once per process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from imambig.access.secrets import Secret, decoy_rng
+
+if TYPE_CHECKING:
+    from imambig.mechanism.noise_model import NoiseModel
+
+BAND = 8  # neighbouring principal components (and residual coordinates) mixed together
+UNIFORMS = 4  # per (map, position): three for a fake's magnitude, one for its sign flip
+
+
+def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A random n x n orthogonal matrix (Haar), by Gram-Schmidt in float64: plain
+    element-wise arithmetic, so every machine builds the same bits."""
+    a = rng.standard_normal((n, n))
+    q = np.zeros_like(a)
+    for i in range(n):
+        v = a[i].copy()
+        for j in range(i):
+            v -= np.sum(v * q[j]) * q[j]
+        q[i] = v / np.sqrt(np.sum(v * v))
+    return q
+
+
+class DecoyMap:
+    """The owner's secret isometry of the bottleneck, and secret projections of it."""
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray, residual_std: np.ndarray,
+                 n_maps: int, code_length: int, rng: np.random.Generator) -> None:
+        sigma = np.linalg.norm(components.astype(np.float64), axis=1)
+        self.mean = torch.from_numpy(mean.astype(np.float32))
+        self.sigma = torch.from_numpy(sigma.astype(np.float32))
+        self.basis = torch.from_numpy((components / sigma[:, None]).astype(np.float32))
+        self.rstd = torch.from_numpy(np.maximum(residual_std, 1e-8).astype(np.float32))
+        r, d = components.shape
+        q = np.zeros((r, r))
+        for s in range(0, r, BAND):
+            q[s : s + BAND, s : s + BAND] = _orthogonal(rng, min(BAND, r - s))
+        order = np.argsort(residual_std, kind="stable")  # residual coordinates by spread
+        perm = np.empty(d, dtype=np.int64)
+        for s in range(0, d, BAND):
+            window = order[s : s + BAND]
+            perm[window] = window[rng.permutation(len(window))]
+        self.rotation = torch.from_numpy(q.astype(np.float32))
+        self.perm = torch.from_numpy(perm)
+        self.signs = torch.from_numpy(rng.choice([-1.0, 1.0], d).astype(np.float32))
+        # Random unit directions in the principal coordinates, one per uniform: a
+        # projection of g on one has unit variance whatever the position, and nothing to
+        # do with the code's own value there (unlike a decoy's code read at the fake).
+        dirs = rng.standard_normal((UNIFORMS * n_maps * code_length, r))
+        dirs /= np.sqrt(np.sum(dirs * dirs, axis=1, keepdims=True))
+        self.directions = torch.from_numpy(dirs.astype(np.float32))
+        self.shape = (UNIFORMS, n_maps, code_length)
+
+    @classmethod
+    def for_owner(cls, noise: NoiseModel, owner_secret: Secret | bytes) -> DecoyMap:
+        L, m = noise.position_freq.shape
+        return cls(noise.mean, noise.components, noise.residual_std, L, m,
+                   decoy_rng(owner_secret, noise.model_id))
+
+    def _coordinates(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Principal coordinates g (B, r) and whitened residual e (B, L*n) of ``h``."""
+        c = h.flatten(1).float() - self.mean
+        g = (c @ self.basis.T) / self.sigma
+        return g, (c - (g * self.sigma) @ self.basis) / self.rstd
+
+    def decoy(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, L, n) bottlenecks -> decoy bottlenecks (B, L, n)."""
+        g, e = self._coordinates(h)
+        d = self.mean + ((g @ self.rotation.T) * self.sigma) @ self.basis
+        return (d + self.rstd * e[:, self.perm] * self.signs).view_as(h)
+
+    def projections(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, L, n) -> (B, UNIFORMS, L, m) scores, about N(0, 1) over directions for
+        every single item: g is scaled to norm sqrt(r) first, or an unusual face (large
+        |g|) would give all its fakes unusually spread magnitudes."""
+        g, _ = self._coordinates(h)
+        g = g * (g.shape[1] ** 0.5 / g.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        return (g @ self.directions.T).view(len(h), *self.shape)

@@ -1,0 +1,93 @@
+"""One mechanism per model: a model's codes are published with one set of fakes, ever.
+
+Two public records of the same code with different fakes give the key away: the real
+entries are the ones both records share. Fakes are a function of the code and of
+everything listed in ``Mechanism`` (the noise fit, k', the noise design, the value
+quantizer, the encoder's precision and the owner secret), so publishing a model's codes
+again with any of these changed (a refit, a rotated secret, another k', a design bump,
+another precision) is a second release with other fakes. The first publication of a
+model under a key root records its mechanism there (``_releases/<model id>.json``, next
+to the keystores: private); every later encode of that model under the same roots must
+match it, and the versions already under both roots are checked too. The way forward
+after a change is a new model id (train or fine-tune a new model).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+from imambig.stores.location import Location
+
+RELEASES = "_releases"
+
+
+class ReleaseRefused(ValueError):
+    """Publishing would release a model's codes with other fakes than before."""
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """Everything the fakes of a model's records depend on besides the image."""
+
+    model_id: str
+    k_public: int
+    noise_design: int
+    noise_fit_sha256: str
+    value_bits: int  # mantissa bits of the public values
+    precision: str  # bf16 | fp32: the encoder's arithmetic (moves ~0.3 % of supports)
+    owner_fingerprint: str  # keyed hash of the owner secret (never the secret)
+
+    def differences(self, other: Mechanism) -> list[str]:
+        return [f"{f.name} {getattr(other, f.name)!r} -> {getattr(self, f.name)!r}"
+                for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: Location) -> Mechanism:
+        try:
+            d = json.loads(raw)
+            return cls(**{f.name: d[f.name] for f in fields(cls)})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ReleaseRefused(f"{where} is not a release record ({exc}); it guards the "
+                                 "model's publications: restore it from a backup") from None
+
+
+def record_location(keys_root: Location, model_id: str) -> Location:
+    return keys_root.join(RELEASES, f"{model_id}.json")
+
+
+def _refusal(mechanism: Mechanism, diffs: list[str], where: str) -> ReleaseRefused:
+    return ReleaseRefused(
+        f"model {mechanism.model_id} was already published ({where}) with another "
+        f"mechanism: {'; '.join(diffs)}. Its records would get other fakes than before, and "
+        "two releases of one code with different fakes reveal every key (the shared entries "
+        "are the real ones). Encode with the same settings, secret, noise file and precision "
+        "as the first release, or publish under a new model id (train or fine-tune another "
+        "model)."
+    )
+
+
+def published_versions(root: Location, model_id: str) -> list[str]:
+    """Names of the store versions of ``model_id`` under ``root``."""
+    return sorted(n for n in root.names() if n.startswith(f"v-{model_id}-"))
+
+
+def check_release(mechanism: Mechanism, public_root: Location, keys_root: Location,
+                  noise_fit_of: dict[str, dict]) -> None:
+    """Refuse unless ``mechanism`` is the one the model was published with under these
+    roots; record it on the model's first publication. ``noise_fit_of`` maps the version
+    names found under the public root to their stores' ``noise_fit`` attributes."""
+    where = record_location(keys_root, mechanism.model_id)
+    raw = where.read_bytes()
+    if raw is not None:
+        earlier = Mechanism.from_json(raw, where)
+        if diffs := mechanism.differences(earlier):
+            raise _refusal(mechanism, diffs, f"recorded in {where}")
+    # Versions published before a record existed, or whose record was removed.
+    for name, noise_fit in noise_fit_of.items():
+        if noise_fit.get("sha256") != mechanism.noise_fit_sha256:
+            raise _refusal(mechanism, [f"noise fit {noise_fit.get('sha256')!r} -> "
+                                       f"{mechanism.noise_fit_sha256!r}"],
+                           f"version {name} under {public_root}")
+    if raw is None:
+        where.write_bytes(json.dumps(asdict(mechanism), indent=1).encode())
