@@ -297,6 +297,33 @@ def _run_encode(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# convert-model
+# ---------------------------------------------------------------------------
+
+
+def _add_convert_model(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "convert-model", parents=[STORAGE],
+        help="rewrite your own pickled model.pt / state.pt as safetensors (same model id)",
+        description="Earlier versions wrote pickles, which can run code when loaded; they "
+                    "are refused now. This converts the files in a model folder you made "
+                    "yourself (with torch's restricted loader) and removes the pickles.",
+    )
+    p.add_argument("--model", required=True, help="model folder URL")
+    p.set_defaults(handler=_run_convert_model)
+
+
+def _run_convert_model(a: argparse.Namespace) -> int:
+    from imambig.model.checkpoint import convert_legacy
+
+    written = convert_legacy(location(a, a.model))
+    if not written:
+        raise FileNotFoundError(f"no model.pt or state.pt in {a.model}")
+    print(f"wrote {', '.join(written)} in {a.model}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # validate
 # ---------------------------------------------------------------------------
 
@@ -551,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--help-all", action="store_true",
                         help="print the help of every sub-command and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (*_plugin_commands(), _add_ingest, _add_train, _add_encode, _add_validate,
+    for add in (*_plugin_commands(), _add_ingest, _add_train, _add_encode, _add_convert_model, _add_validate,
                 _add_keys, _add_grant, _add_reveal, _add_evaluate, _add_attack):
         add(sub)
     return parser

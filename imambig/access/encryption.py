@@ -27,14 +27,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from imambig.errors import TamperedError
+
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 _AAD_DOMAIN = b"imambig/chunk/v1"
 
-
-class TamperedError(ValueError):
-    """Sealed data failed authentication: modified, truncated, misplaced or wrong key."""
+__all__ = ["ChunkCipher", "TamperedError", "chunk_aad", "describe_chunk", "open_sealed", "seal"]
 
 
 def _subkey(data_key: bytes, purpose: bytes) -> bytes:

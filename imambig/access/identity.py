@@ -22,6 +22,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from imambig.access.secrets import check_private_file
+from imambig.errors import FormatError
 
 PUBLIC_PREFIX = "imambig-pub-v1:"
 PRIVATE_PREFIX = "imambig-secret-v1:"
@@ -29,7 +30,7 @@ KEY_BYTES = 32
 _URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
-class IdentityError(ValueError):
+class IdentityError(FormatError):
     """A public key, private key or identity file is malformed."""
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from imambig.config import SecretSources
+from imambig.errors import ImambigError
 
 MIN_SECRET_BYTES = 32
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/_-]+={0,2}")
@@ -70,7 +71,7 @@ class Secret:
     __hash__ = None  # type: ignore[assignment]  # a hash would be a (weak) fingerprint
 
 
-class SecretError(ValueError):
+class SecretError(ImambigError):
     """A secret is missing, unreadable or too short; the message names where, not what."""
 
 
