@@ -61,7 +61,7 @@ def test_model_round_trip_keeps_the_id(tmp_path: Path) -> None:
 
 def test_the_model_id_is_checked_before_any_tensor_is_built(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    folder, mid = _model(tmp_path)
+    folder, _ = _model(tmp_path)
     path = Path(folder.url, ckpt.MODEL_FILE)
     data = bytearray(path.read_bytes())
 
