@@ -606,9 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imambig {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from imambig.stores.lease import LeaseHeld
+        from imambig.stores.lease import LeaseHeld, UnsafeStorage
 
-        if not isinstance(exc, LeaseHeld):
+        if not isinstance(exc, LeaseHeld | UnsafeStorage):
             raise
         print(f"imambig {args.command}: {exc}", file=sys.stderr)
         return 3

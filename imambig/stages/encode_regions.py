@@ -46,6 +46,7 @@ from imambig.model.checkpoint import ModelInfo, load_model
 from imambig.stages.encode_images import encode_images
 from imambig.stages.versions import set_current, version_name
 from imambig.stores.image_store import ImageStore, open_image_store
+from imambig.stores.lease import Fence
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
@@ -83,6 +84,7 @@ class Plan:
     region_items: int
     regions: tuple[tuple[int, int], ...]  # still to do
     done: int  # regions already done
+    fence: Fence | None = None  # the run's lease, checked before every commit
 
     @property
     def total(self) -> int:
@@ -287,6 +289,7 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionMa
     ids = store.item_ids()[start:stop].tolist()
     enc = encode_images(context.model, noise, context.secrets.owner_secret,
                         context.info.model_id, images, ids, job.config.micro_batch)
+    _fenced(plan, f"writing items {start}-{stop}")
     public = PublicStore.open(plan.public, mode="r+")
     public.write_region(start, enc.mask, enc.values, ids)
     keystore = Keystore.open(plan.keystore, context.key_provider, mode="r+")
@@ -294,9 +297,16 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionMa
     digest = hashlib.sha256(np.packbits(enc.mask).tobytes() + enc.values.tobytes())
     manifest = RegionManifest(start, stop, stop - start, digest.hexdigest(),
                               time.perf_counter() - t0, started, time.time())
+    _fenced(plan, f"marking items {start}-{stop} done")
     # Written last: its presence means both the public chunk and the key row are in.
     marker.write_bytes(json.dumps(manifest.to_dict()).encode())
     return manifest
+
+
+def _fenced(plan: Plan, before: str) -> None:
+    """Stop (``LeaseLost``) unless the run's lease still names this run."""
+    if plan.fence is not None:
+        plan.fence.check(before)
 
 
 # ---------------------------------------------------------------------------
