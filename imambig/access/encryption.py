@@ -37,7 +37,7 @@ _AAD_DOMAIN = b"imambig/chunk/v1"
 __all__ = ["ChunkCipher", "TamperedError", "chunk_aad", "describe_chunk", "open_sealed", "seal"]
 
 
-def _subkey(data_key: bytes, purpose: bytes) -> bytes:
+def subkey(data_key: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(data_key)
 
 
@@ -49,8 +49,8 @@ class ChunkCipher:
     def __init__(self, data_key: bytes) -> None:
         if len(data_key) != DATA_KEY_BYTES:
             raise ValueError(f"data key must be {DATA_KEY_BYTES} bytes, got {len(data_key)}")
-        self._aead = AESGCM(_subkey(data_key, b"imambig/chunk/encrypt/v1"))
-        self._nonce_key = _subkey(data_key, b"imambig/chunk/nonce/v1")
+        self._aead = AESGCM(subkey(data_key, b"imambig/chunk/encrypt/v1"))
+        self._nonce_key = subkey(data_key, b"imambig/chunk/nonce/v1")
 
     def __repr__(self) -> str:
         return "ChunkCipher(****)"

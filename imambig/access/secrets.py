@@ -8,13 +8,14 @@ secret as base64 text (e.g. ``openssl rand -base64 32``; what
 :func:`generate_secret_text` prints) or, for files, as raw bytes; at least 32 bytes
 either way. ``SecretSources`` (``imambig.config``) holds one spec per secret.
 
-Two secrets exist:
+Three secrets exist:
 
 - the owner secret seeds the decoy noise of every item (:func:`noise_seed`): the same
   item, model and secret always give the same fakes, so re-releases cannot be diffed;
 - the keystore key protects the keystore through envelope encryption
   (``imambig.access.key_provider``): each store has its own data key, kept only in
-  wrapped form.
+  wrapped form;
+- the signing key signs grants (``imambig.access.owner_key``); users pin its public key.
 
 A run resolves its sources once (:class:`Secrets`) and hands the values on as
 :class:`Secret`, whose repr and str never show them; the bytes come out only in the
@@ -57,6 +58,11 @@ class Secret:
 
     def __len__(self) -> int:
         return len(self._value)
+
+    def fingerprint(self, purpose: str) -> str:
+        """HMAC-SHA256(secret, ``purpose``), 16 hex digits: tells two secrets apart
+        (e.g. in a store id) and reveals nothing usable about either."""
+        return hmac.new(self._value, purpose.encode(), hashlib.sha256).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return "Secret(****)"
@@ -204,6 +210,10 @@ class Secrets:
     @property
     def keystore_key(self) -> Secret:
         return self._get("keystore_key")
+
+    @property
+    def signing_key(self) -> Secret:
+        return self._get("signing_key")
 
     def __repr__(self) -> str:
         return f"Secrets({self.sources!r})"

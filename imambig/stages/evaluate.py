@@ -109,7 +109,8 @@ def evaluate_stores(
     target = store.indices(config.split)[: config.max_items]
     if len(target) == 0:
         raise ValueError(f"the image store has no {config.split!r} items")
-    pidx = pub.index_of([str(i) for i in ids[target]])
+    names = [str(i) for i in ids[target]]
+    pidx = pub.index_of(ks.opaque_ids(names), names=names)
     mask, values = pub.read(pidx)
     real = decode_keys(ks.keys(pidx))
     amb = Ambiguated(mask, values, real)
