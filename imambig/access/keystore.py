@@ -211,9 +211,13 @@ class Keystore:
         self.sealed[row] = np.frombuffer(sealed, dtype=np.uint8)
 
     def read_row(self, row: int) -> list[Slot]:
-        blob = np.asarray(self.sealed[row]).tobytes()
+        try:
+            blob = np.asarray(self.sealed[row]).tobytes()
+        except (ValueError, RuntimeError, TypeError, IndexError) as exc:
+            raise StoreFormatError(f"keystore {self.location}: row {row} unreadable "
+                                   f"({type(exc).__name__})") from None
         if not any(blob):
-            raise ValueError(f"keystore {self.location}: row {row} was never written")
+            raise StoreFormatError(f"keystore {self.location}: row {row} was never written")
         plain = self._cipher.open(blob, self._aad(row),
                                   f"{describe_chunk('sealed', row)} at {self.location}")
         size, key_at = self.slot_bytes, ID_BYTES + DIGEST_BYTES

@@ -23,7 +23,10 @@ def open_group(location: Location, mode: Mode, what: str, **kw: Any) -> zarr.Gro
     try:
         return zarr.open_group(location.zarr_store(mode), mode=mode, **kw)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no {what} at {location}") from None
+        if not location.join("zarr.json").exists():
+            raise FileNotFoundError(f"no {what} at {location}") from None
+        raise StoreFormatError(f"{location} is not a readable {what}: its zarr.json does "
+                               "not describe a Zarr v3 group") from None
     except Exception as exc:  # zarr's own parse errors vary by version: one type out
         raise StoreFormatError(f"{location} is not a readable {what}: "
                                f"{type(exc).__name__}: {str(exc)[:200]}") from None
@@ -37,8 +40,9 @@ def check_array(group: zarr.Group, name: str, where: Location, *, dtype: str,
     try:
         arr = group[name]
         meta = arr.metadata.to_dict()
-    except Exception:  # absent, a group, or metadata that does not parse
-        raise StoreFormatError(f"{what} is missing or unreadable") from None
+    except Exception as exc:  # absent, a group, or metadata that does not parse
+        raise StoreFormatError(f"{what} is missing or unreadable ({type(exc).__name__}: "
+                               f"{str(exc)[:200]})") from None
     if not isinstance(arr, zarr.Array) or meta.get("zarr_format") != 3:
         raise StoreFormatError(f"{what} is not a Zarr v3 array")
     names = [c.get("name") if isinstance(c, dict) else None for c in meta.get("codecs", [])]

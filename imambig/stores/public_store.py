@@ -184,13 +184,18 @@ class PublicStore:
 
     def read(self, selection: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask (B, L, m) bool, values (B, L, k') float16) of the selected items."""
-        if isinstance(selection, slice):
-            bits = np.asarray(self.group["support"][selection])
-            values = np.asarray(self.group["values"][selection])
-        else:
-            idx = np.asarray(selection, dtype=np.int64)
-            bits = np.asarray(self.group["support"].get_orthogonal_selection((idx,)))
-            values = np.asarray(self.group["values"].get_orthogonal_selection((idx,)))
+        try:
+            if isinstance(selection, slice):
+                bits = np.asarray(self.group["support"][selection])
+                values = np.asarray(self.group["values"][selection])
+            else:
+                idx = np.asarray(selection, dtype=np.int64)
+                bits = np.asarray(self.group["support"].get_orthogonal_selection((idx,)))
+                values = np.asarray(self.group["values"].get_orthogonal_selection((idx,)))
+        except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as exc:
+            # A chunk that does not decode (the codec's own error type varies).
+            raise StoreFormatError(f"{self.location}: records unreadable "
+                                   f"({type(exc).__name__}: {str(exc)[:200]})") from None
         return unpack_support(bits, int(self.attrs["code_length"])), values
 
     def item_ids(self, selection: slice = slice(None)) -> np.ndarray:
