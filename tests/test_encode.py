@@ -281,7 +281,7 @@ def test_public_store_opens_without_imambig(synthetic_store, tiny_model, tmp_pat
     code = f"""
 import sys, numpy as np, zarr, xarray as xr
 g = zarr.open_group({url!r}, mode="r")
-assert g.attrs["schema"] == "imambig.public-store/1"
+assert g.attrs["schema"] == "imambig.public-store/2"
 bits = np.unpackbits(g["support"][:2], axis=-1)
 assert (bits.sum(-1) == g.attrs["k_public"]).all()
 ds = xr.open_zarr({url!r}, consolidated=True)
