@@ -127,9 +127,12 @@ def test_own_legacy_files_convert_to_the_same_id(tmp_path: Path, capsys) -> None
     folder.mkdir()
     buf = io.BytesIO()
     torch.save({"format": "imambig.model/1", "model_id": mid, "config": model.config.to_dict(),
-                "state_dict": state, "metadata": {}, "extras": {}}, buf)
+                "state_dict": state, "metadata": {"torch": torch.__version__}, "extras": {}}, buf)
     (folder / "model.pt").write_bytes(buf.getvalue())
     assert main(["convert-model", "--model", str(folder)]) == 0
     assert "model.safetensors" in capsys.readouterr().out
     assert not (folder / "model.pt").exists()
     assert ckpt.load_model(Location(str(folder)), expected_id=mid)[1].model_id == mid
+    torch.save({"payload": _Payload(tmp_path / "pwned")}, folder / "model.pt")
+    assert main(["convert-model", "--model", str(folder)]) == 2  # not unpickled
+    assert not (tmp_path / "pwned").exists()

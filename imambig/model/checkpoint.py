@@ -320,16 +320,28 @@ def load_model(
     return model, ModelInfo(mid, config, meta["metadata"]), meta["extras"]
 
 
+def _restricted_load(raw: bytes, what: str) -> Any:
+    """torch's restricted unpickler, allowing only what earlier checkpoints held."""
+    import io
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ModelFormatError(f"{what} holds more than tensors and plain values, or is "
+                               f"damaged; not converted ({str(exc).splitlines()[0][:200]})"
+                               ) from None
+
+
 def convert_legacy(folder: Location) -> list[str]:
     """Rewrite one's own pickled ``model.pt`` / ``state.pt`` in ``folder`` as safetensors
     (same model id); returns the files written. Uses torch's restricted unpickler
     (``weights_only=True``), yet only run it on files you made yourself."""
-    import io
-
     written = []
     raw = folder.join(LEGACY_MODEL_FILE).read_bytes()
     if raw is not None:
-        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        payload = _restricted_load(raw, str(folder.join(LEGACY_MODEL_FILE)))
         config = ModelConfig.from_dict(payload["config"])
         if model_id(config, payload["state_dict"]) != payload["model_id"]:
             raise TamperedError(f"{folder.join(LEGACY_MODEL_FILE)}: weights do not match "
@@ -340,7 +352,7 @@ def convert_legacy(folder: Location) -> list[str]:
         written.append(MODEL_FILE)
     raw = folder.join(LEGACY_STATE_FILE).read_bytes()
     if raw is not None:
-        save_state(folder, torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
+        save_state(folder, _restricted_load(raw, str(folder.join(LEGACY_STATE_FILE))))
         written.append(STATE_FILE)
     for name, new in ((LEGACY_MODEL_FILE, MODEL_FILE), (LEGACY_STATE_FILE, STATE_FILE)):
         if new in written:
