@@ -15,8 +15,7 @@ Changes from v1: slots instead of bare keys; ``version``, ``slot_bytes`` and
 
 from __future__ import annotations
 
-import math
-
+from storage_schemas import keystore_v1
 from storage_schemas.keystore_v1 import SEAL_OVERHEAD, _rows_written
 from storage_schemas.layout import ArraySpec, Layout
 
@@ -44,7 +43,7 @@ LAYOUT = Layout(
                     "chunk_items", "n_maps", "k", "k_public", "key_bytes", "key_provider",
                     "wrapped_data_key", "complete", "attrs_mac"),
     dim_sizes={
-        "row": lambda a: math.ceil(a["n_items"] / a["chunk_items"]),
+        **keystore_v1.LAYOUT.dim_sizes,  # rows as in v1; a row holds slots, not bare keys
         "sealed_byte": lambda a: sealed_row_bytes(a["chunk_items"], a["key_bytes"]),
     },
     checks=(_rows_written,),

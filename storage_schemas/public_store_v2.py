@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from storage_schemas import public_store_v1
 from storage_schemas.layout import ArraySpec, Layout
 from storage_schemas.public_store_v1 import _support_counts, _values_finite
 
@@ -108,23 +109,17 @@ def _ids_opaque(group: zarr.Group) -> list[str]:
     return problems
 
 
+_V1 = public_store_v1.LAYOUT
 LAYOUT = Layout(
     schema=SCHEMA,
     arrays=(
-        ArraySpec("support", "uint8", ("item", "map", "support_byte"),
-                  "bitmask of the k' public positions (np.packbits over the m positions)"),
-        ArraySpec("values", "float16", ("item", "map", "public"),
-                  "quantized values of the public positions, in position order"),
+        _V1.array("support"),  # unchanged
+        _V1.array("values"),
         ArraySpec("item_id", "str", ("item",), "opaque id: keyed hash of the source path"),
     ),
     required_attrs=("schema", "store_id", "model_id", "version", "n_items", "chunk_items",
                     "n_maps", "code_length", "k", "k_public", "quantizer", "complete"),
-    dim_sizes={
-        "item": lambda a: a["n_items"],
-        "map": lambda a: a["n_maps"],
-        "support_byte": lambda a: a["code_length"] // 8,
-        "public": lambda a: a["k_public"],
-    },
+    dim_sizes=_V1.dim_sizes,
     checks=(_bounded, _closed_attributes, _no_extra_arrays, _support_counts, _values_finite,
             _ids_opaque),
     doc="storage_schemas/docs/public_store_v2.md",

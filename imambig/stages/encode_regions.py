@@ -299,20 +299,24 @@ def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStor
     others, and a finished region would then hold other items than its position says."""
     regions = _regions(public.n_items, public.chunk_items)
     names = store.item_ids()
+    again = (f"remove this version ({public.location} and {keystore.location}) to encode "
+             "the collection again")
     if store.n_items < public.n_items:
         raise ValueError(f"the image store has {store.n_items} items, fewer than the "
-                         f"{public.n_items} of {public.location}; encode it with --overwrite")
-    for start, stop in sorted(_done(keystore.location, regions)):
-        expected = keystore.opaque_ids(names[start:stop])
-        moved = np.flatnonzero(public.item_ids(slice(start, stop)) != np.array(expected))
+                         f"{public.n_items} of {public.location}; {again}")
+    done = sorted(_done(keystore.location, regions))
+    published = public.item_ids() if done else None  # one pass: chunks fetched together
+    for start, stop in done:
+        expected = np.array(keystore.opaque_ids(names[start:stop]))
+        moved = np.flatnonzero(published[start:stop] != expected)
         if len(moved):
             at = start + int(moved[0])
             raise ValueError(
                 f"items moved in the image store since {public.location} was encoded: "
                 f"position {at} now holds {names[at]!r}, another item was encoded there "
                 f"({len(moved)} of items {start}-{stop} differ). Ingest keeps items sorted "
-                "by name, so items added with names that sort earlier shift the others; "
-                "encode with --overwrite")
+                f"by name, so items added with names that sort earlier shift the others; "
+                f"{again}")
 
 
 # ---------------------------------------------------------------------------
