@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from imambig.config import (
     KEYSTORE_KEY_ENV,
     OWNER_SECRET_ENV,
     PRESETS,
+    SIGNING_KEY_ENV,
     EncodeConfig,
     EvaluateConfig,
     IngestConfig,
@@ -38,17 +40,20 @@ SECRETS_FILE = "owner-secrets.env"
 
 def _owner_secrets(out: Path) -> dict[str, str]:
     """The owner's secrets: from the environment, else generated once and kept (0600)
-    in the demo folder so re-runs publish identical bytes."""
-    names = (OWNER_SECRET_ENV, KEYSTORE_KEY_ENV)
+    in the demo folder so re-runs publish identical bytes (a secret the file lacks, as
+    from an earlier version, is added to it)."""
+    names = (OWNER_SECRET_ENV, KEYSTORE_KEY_ENV, SIGNING_KEY_ENV)
     if all(os.environ.get(n) for n in names):
         return {n: os.environ[n] for n in names}
     path = out / SECRETS_FILE
-    if path.exists():
-        return dict(line.split("=", 1) for line in path.read_text().split())
-    values = {n: base64.b64encode(secrets.token_bytes(32)).decode() for n in names}
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(f"{k}={v}\n" for k, v in values.items()))
+    kept = dict(line.split("=", 1) for line in path.read_text().split()) if path.exists() else {}
+    values = {n: kept.get(n) or base64.b64encode(secrets.token_bytes(32)).decode()
+              for n in names}
+    if values != kept:
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{SECRETS_FILE}.")
+        with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
+            f.write("".join(f"{k}={v}\n" for k, v in values.items()))
+        os.replace(tmp, path)
     return values
 
 
@@ -121,17 +126,14 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
             raise RuntimeError(f"the pipeline failed:\n{tail}")
         summary = json.loads(proc.stdout[proc.stdout.index("{\n") :])
 
-    from imambig.stages.share import reveal
+    from imambig.stages.share import reveal, write_revealed
 
     grant_path = Path(summary["grant"])
-    shown = reveal(grant_path.read_bytes(), alice, Location(summary["model"]))
+    # alice checks the grant against the owner key she was given (printed below)
+    shown = reveal(grant_path.read_bytes(), alice, summary["owner_key"],
+                   Location(summary["model"]))
     revealed = root / "revealed"
-    revealed.mkdir(exist_ok=True)
-    from PIL import Image
-
-    for item, img in zip(shown.item_ids, shown.images, strict=True):
-        Image.fromarray(img).resize((128, 128), Image.NEAREST).save(
-            revealed / f"{Path(item).stem}.png")
+    write_revealed(revealed, shown, scale=4)
     report = Path(summary["report"])
     print("\n".join([
         "",
@@ -142,6 +144,7 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
         f"  public store  {summary['public_store']}",
         f"  keystore      {summary['keystore']}  (secrets: {root / SECRETS_FILE})",
         f"  grant         {grant_path}  -> revealed by alice into {revealed}",
+        f"  owner key     {summary['owner_key']}  (users pin it: imambig reveal --owner)",
         f"  report        {report / 'evaluation.json'}",
         f"  sample grid   {report / 'grid.png'}",
         f"  RD curves     {report / 'rd.png'}",

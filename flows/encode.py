@@ -23,6 +23,7 @@ from prefect_dask import DaskTaskRunner
 from flows.params import check_location
 from imambig.access.keystore import assert_separate_roots
 from imambig.config import EncodeConfig, SecretSources
+from imambig.model.checkpoint import MODEL_FILE
 from imambig.stages.dask_regions import local_cluster
 from imambig.stages.encode_driver import run_encode
 from imambig.stages.encode_regions import EncodeJob, Plan, RegionManifest, encode_region
@@ -84,7 +85,7 @@ def encode_flow(
     check_location(keys_root, "keys root")
     assert_separate_roots(public_root, keys_root)
     check_location(images, "image store", must_exist=True)
-    check_location(model.join("model.pt"), "model", must_exist=True)
+    check_location(model.join(MODEL_FILE), "model", must_exist=True)
     job = EncodeJob(images, model, public_root, keys_root, config, secrets)
     report = run_encode(job, PrefectRegions(), overwrite=overwrite, progress=False)
     plan = report.plan

@@ -27,7 +27,6 @@ from imambig.access.keystore import assert_separate_roots
 from imambig.config import PipelineConfig, SecretSources
 from imambig.stores.image_store import open_image_store, store_state
 from imambig.stores.location import Location
-from imambig.stores.public_store import PublicStore
 
 
 @flow(name="pipeline", log_prints=True)
@@ -64,8 +63,7 @@ def pipeline(
     pub = publish_flow(public_root, publish_root) if publish_root else None
     grant = None
     if grant_to:
-        store = PublicStore.open(Location(enc["public_url"], public_root.storage_options))
-        ids = [str(i) for i in store.item_ids()[: config.grant_items]]
+        ids = [str(i) for i in open_image_store(images).item_ids()[: config.grant_items]]
         grant = grant_flow(public_root, keys_root, ids, grant_to, workdir.join("grant.bin"),
                            secrets=secrets)
     ev = evaluate_flow(images, model, public_root, keys_root, out=report,
@@ -75,6 +73,7 @@ def pipeline(
         "model": model.url, "model_id": tr["model_id"], "val_psnr": tr["val_psnr"][-1],
         "public_store": enc["public_url"], "keystore": enc["keystore_url"],
         "published": pub["target"] if pub else None, "grant": grant["grant"] if grant else None,
+        "owner_key": grant["owner_key"] if grant else None,
         "report": report.url, "rates": ev["rates"],
     }
     lines = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "rates")

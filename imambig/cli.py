@@ -43,9 +43,12 @@ typical session:
   imambig ingest ../data/celeba --split identity:0.8 --out runs/images
   imambig train --images runs/images --preset small --epochs 20 --out runs/model
   imambig encode --images runs/images --model runs/model --public runs/public --keys runs/keys
+  imambig keys new-owner --out owner-signing.key    (the owner, once; prints OWNERKEY)
   imambig keys new-identity --out alice.id          (the user; prints a public key)
-  imambig grant --public runs/public --keys runs/keys --items 000002.jpg --to PUBKEY --out g.bin
-  imambig reveal --grant g.bin --identity alice.id --model runs/model --out revealed/
+  imambig grant --public runs/public --keys runs/keys --items 000002.jpg --to PUBKEY \
+      --signing-key file:owner-signing.key --out g.bin
+  imambig reveal --grant g.bin --identity alice.id --owner OWNERKEY --model runs/model \
+      --out revealed/
   imambig evaluate --images runs/images --model runs/model --public runs/public \\
       --keys runs/keys --out runs/eval      (Table 1, codecs at matched bytes, plots)
   imambig attack --model runs/model --images runs/images     (attacks across k')
@@ -76,6 +79,10 @@ OWNER_SECRET.add_argument("--owner-secret", default=_SECRETS.owner_secret,
 KEYSTORE_KEY = argparse.ArgumentParser(add_help=False)
 KEYSTORE_KEY.add_argument("--keystore-key", default=_SECRETS.keystore_key,
                           help="keystore key source (env:NAME | file:PATH)")
+SIGNING_KEY = argparse.ArgumentParser(add_help=False)
+SIGNING_KEY.add_argument("--signing-key", default=_SECRETS.signing_key,
+                         help="owner signing key source (env:NAME | file:PATH); make one "
+                              "with `imambig keys new-owner`")
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -93,7 +100,8 @@ def location(a: argparse.Namespace, url: str) -> Location:
 
 def secret_sources(a: argparse.Namespace) -> SecretSources:
     return SecretSources(owner_secret=getattr(a, "owner_secret", _SECRETS.owner_secret),
-                         keystore_key=getattr(a, "keystore_key", _SECRETS.keystore_key))
+                         keystore_key=getattr(a, "keystore_key", _SECRETS.keystore_key),
+                         signing_key=getattr(a, "signing_key", _SECRETS.signing_key))
 
 
 def ingest_config(a: argparse.Namespace) -> IngestConfig:
@@ -310,6 +318,33 @@ def _run_encode(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# convert-model
+# ---------------------------------------------------------------------------
+
+
+def _add_convert_model(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "convert-model", parents=[STORAGE],
+        help="rewrite your own pickled model.pt / state.pt as safetensors (same model id)",
+        description="Earlier versions wrote pickles, which can run code when loaded; they "
+                    "are refused now. This converts the files in a model folder you made "
+                    "yourself (with torch's restricted loader) and removes the pickles.",
+    )
+    p.add_argument("--model", required=True, help="model folder URL")
+    p.set_defaults(handler=_run_convert_model)
+
+
+def _run_convert_model(a: argparse.Namespace) -> int:
+    from imambig.model.checkpoint import convert_legacy
+
+    written = convert_legacy(location(a, a.model))
+    if not written:
+        raise FileNotFoundError(f"no model.pt or state.pt in {a.model}")
+    print(f"wrote {', '.join(written)} in {a.model}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # validate
 # ---------------------------------------------------------------------------
 
@@ -341,7 +376,7 @@ def _run_validate(a: argparse.Namespace) -> int:
 
 
 def _add_keys(sub: Subparsers) -> None:
-    p = sub.add_parser("keys", help="identities of data users")
+    p = sub.add_parser("keys", help="identities of data users; the owner's signing key")
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     n = ksub.add_parser(
         "new-identity",
@@ -352,6 +387,19 @@ def _add_keys(sub: Subparsers) -> None:
     n.add_argument("--out", required=True, help="file for the private identity")
     n.add_argument("--force", action="store_true", help="replace an existing file")
     n.set_defaults(handler=_run_new_identity)
+    o = ksub.add_parser(
+        "new-owner",
+        help="create the owner's grant-signing key; prints the public key users pin",
+        description="Writes a fresh signing secret to --out (mode 0600, never replaced) and "
+                    "prints its public key (imambig-owner-v1:...). Point --signing-key (or "
+                    "IMAMBIG_SIGNING_KEY, or a Prefect block) at the secret, and give users "
+                    "the public key: `imambig reveal --owner` accepts only grants it signed.",
+    )
+    o.add_argument("--out", required=True, help="file for the signing secret")
+    o.set_defaults(handler=_run_new_owner)
+    q = ksub.add_parser("owner-public", parents=[SIGNING_KEY],
+                        help="print the public key of the owner's signing key")
+    q.set_defaults(handler=_run_owner_public)
 
 
 def _run_new_identity(a: argparse.Namespace) -> int:
@@ -363,12 +411,38 @@ def _run_new_identity(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_new_owner(a: argparse.Namespace) -> int:
+    import os
+
+    from imambig.access.owner_key import public_text, signing_key
+    from imambig.access.secrets import from_file, generate_secret_text
+
+    try:
+        fd = os.open(a.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise FileExistsError(f"{a.out} exists; a signing key is never replaced") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_secret_text() + "\n")
+    print(public_text(signing_key(from_file(a.out))))
+    return 0
+
+
+def _run_owner_public(a: argparse.Namespace) -> int:
+    from imambig.access.owner_key import public_text, signing_key
+    from imambig.access.secrets import Secrets
+
+    print(public_text(signing_key(Secrets(secret_sources(a)).signing_key)))
+    return 0
+
+
 def _add_grant(sub: Subparsers) -> None:
     p = sub.add_parser(
-        "grant", parents=[STORAGE, KEYSTORE_KEY],
-        help="seal the keys of chosen items to a user's public key",
-        description="Reads the keys of the chosen items from the keystore and seals them "
-                    "to the recipient. The grant file reveals nothing to anyone else.",
+        "grant", parents=[STORAGE, KEYSTORE_KEY, SIGNING_KEY],
+        help="sign and seal the keys of chosen items to a user's public key",
+        description="Reads the keys of the chosen items from the keystore, checks that the "
+                    "public store still holds the records they were encoded with, signs "
+                    "them with the owner's signing key and seals them to the recipient. The "
+                    "grant file reveals nothing to anyone else.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--public", required=True, help="public store URL or root")
@@ -377,13 +451,17 @@ def _add_grant(sub: Subparsers) -> None:
     p.add_argument("--items", nargs="*", default=[], help="item ids to grant")
     p.add_argument("--items-file", default=None, help="file with one item id per line")
     p.add_argument("--k-low", type=int, default=None,
-                   help="lower fidelity: reveal only the k_low largest real entries per map")
+                   help="lower fidelity: reveal only k_low of the real entries per map (a "
+                        "secret random choice, fixed per item)")
+    p.add_argument("--valid-days", type=float, default=30.0,
+                   help="days until the grant expires")
     p.add_argument("--out", required=True, help="grant file to write")
     p.set_defaults(handler=_run_grant)
 
 
 def _run_grant(a: argparse.Namespace) -> int:
     from imambig.access.key_provider import LocalKeyProvider
+    from imambig.access.owner_key import signing_key
     from imambig.access.secrets import Secrets
     from imambig.stages.share import issue_grant
 
@@ -392,9 +470,10 @@ def _run_grant(a: argparse.Namespace) -> int:
         items += [ln.strip() for ln in Path(a.items_file).read_text().splitlines() if ln.strip()]
     if not items:
         raise ValueError("no items to grant: pass --items or --items-file")
-    provider = LocalKeyProvider.from_secrets(Secrets(secret_sources(a)))
-    blob = issue_grant(location(a, a.public), location(a, a.keys), items, a.to, provider,
-                       k_low=a.k_low)
+    secrets = Secrets(secret_sources(a))
+    blob = issue_grant(location(a, a.public), location(a, a.keys), items, a.to,
+                       LocalKeyProvider.from_secrets(secrets), signing_key(secrets.signing_key),
+                       k_low=a.k_low, valid_days=a.valid_days)
     Path(a.out).write_bytes(blob)
     print(f"granted {len(items)} items: {a.out} ({len(blob)} bytes)")
     return 0
@@ -404,10 +483,15 @@ def _add_reveal(sub: Subparsers) -> None:
     p = sub.add_parser(
         "reveal", parents=[STORAGE],
         help="reconstruct granted images from the public store, a grant and the model",
+        description="Opens the grant with your identity, accepts it only if the owner key "
+                    "you pinned signed it, checks the model file and every public record "
+                    "against the grant, and writes one PNG per item.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--grant", required=True, help="grant file")
     p.add_argument("--identity", required=True, help="your private identity file")
+    p.add_argument("--owner", required=True,
+                   help="the owner's public key (imambig-owner-v1:...) or a file holding it")
     p.add_argument("--model", required=True, help="published model URL")
     p.add_argument("--public", default=None,
                    help="public store URL, if not the one recorded in the grant")
@@ -416,20 +500,17 @@ def _add_reveal(sub: Subparsers) -> None:
 
 
 def _run_reveal(a: argparse.Namespace) -> int:
-    from PIL import Image
-
+    from imambig.access.grant import MAX_GRANT_BYTES, GrantError
     from imambig.access.identity import load_identity
-    from imambig.stages.share import reveal
+    from imambig.stages.share import reveal, write_revealed
 
+    if Path(a.grant).stat().st_size > MAX_GRANT_BYTES:
+        raise GrantError(f"{a.grant} is over the {MAX_GRANT_BYTES:,}-byte grant limit")
     public = location(a, a.public) if a.public else None
-    out = reveal(Path(a.grant).read_bytes(), load_identity(a.identity), location(a, a.model),
-                 public=public)
-    folder = Path(a.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    for item, img in zip(out.item_ids, out.images, strict=True):
-        name = item.replace("/", "__").rsplit(".", 1)[0] + ".png"
-        Image.fromarray(img).save(folder / name)
-    print(f"revealed {len(out.item_ids)} images into {folder}")
+    out = reveal(Path(a.grant).read_bytes(), load_identity(a.identity), a.owner,
+                 location(a, a.model), public=public)
+    write_revealed(Path(a.out), out)
+    print(f"revealed {len(out.item_ids)} images into {a.out}")
     return 0
 
 
@@ -586,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--help-all", action="store_true",
                         help="print the help of every sub-command and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (*_plugin_commands(), _add_ingest, _add_train, _add_encode, _add_validate,
+    for add in (*_plugin_commands(), _add_ingest, _add_train, _add_encode, _add_convert_model, _add_validate,
                 _add_keys, _add_grant, _add_reveal, _add_evaluate, _add_attack):
         add(sub)
     return parser
@@ -609,14 +690,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
         # Expected user errors: one clear line, no traceback.
         print(f"imambig {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from imambig.stores.lease import LeaseHeld
+        from imambig.stores.lease import LeaseHeld, UnsafeStorage
 
-        if not isinstance(exc, LeaseHeld):
+        if not isinstance(exc, LeaseHeld | UnsafeStorage):
             raise
         print(f"imambig {args.command}: {exc}", file=sys.stderr)
         return 3

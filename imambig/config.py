@@ -143,16 +143,18 @@ def default_k_public(k: int) -> int:
 
 OWNER_SECRET_ENV = "IMAMBIG_OWNER_SECRET"
 KEYSTORE_KEY_ENV = "IMAMBIG_KEYSTORE_KEY"
+SIGNING_KEY_ENV = "IMAMBIG_SIGNING_KEY"
 
 
 @dataclass(frozen=True)
 class SecretSources:
-    """Where the owner's two secrets are found, never the secrets themselves: specs
+    """Where the owner's secrets are found, never the secrets themselves: specs
     ``env:NAME``, ``file:PATH`` or a registered scheme such as ``prefect:BLOCK``
     (``imambig.access.secrets``). Safe to log, store and pass as a flow parameter."""
 
     owner_secret: str = f"env:{OWNER_SECRET_ENV}"  # seeds the decoy noise of every item
     keystore_key: str = f"env:{KEYSTORE_KEY_ENV}"  # protects the keystore's data keys
+    signing_key: str = f"env:{SIGNING_KEY_ENV}"  # signs grants (imambig keys new-owner)
 
 
 # ---------------------------------------------------------------------------

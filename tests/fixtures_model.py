@@ -55,6 +55,7 @@ def _fresh_secrets() -> dict[str, str]:
     return {
         "IMAMBIG_OWNER_SECRET": base64.b64encode(secrets.token_bytes(32)).decode(),
         "IMAMBIG_KEYSTORE_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "IMAMBIG_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
     }
 
 

@@ -73,8 +73,8 @@ def test_evaluate_command_writes_table_plots_and_honest_rates(encoded, synthetic
     ev = json.loads((out / "evaluation.json").read_text())
     table = {(r["name"], r["notes"]): r for r in ev["table"]}
     names = {r["name"] for r in ev["table"]}
-    assert {"authorized k=8", "authorized k=16", "JPEG", "WEBP", "AVIF", "public as is",
-            "random guess"} <= names
+    assert {"authorized k=8", "authorized k=16", "k_low grant k=8", "JPEG", "WEBP", "AVIF",
+            "public as is", "random guess"} <= names
     # tiny preset: L=8 maps, k=16 of k'=32; key size is the fixed-length coder's
     with_key = table[("authorized k=16", "key + true values")]
     alone = table[("authorized k=16", "standalone")]

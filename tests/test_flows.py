@@ -47,7 +47,8 @@ def run_flow(module: str, params: dict, env: dict) -> subprocess.CompletedProces
 def pipeline_run(prefect_server, s3_server, tmp_path_factory, celeba_dir_or_none):
     root = tmp_path_factory.mktemp("pipeline")
     secret_values = {n: base64.b64encode(secrets.token_bytes(32)).decode()
-                     for n in ("IMAMBIG_OWNER_SECRET", "IMAMBIG_KEYSTORE_KEY")}
+                     for n in ("IMAMBIG_OWNER_SECRET", "IMAMBIG_KEYSTORE_KEY",
+                               "IMAMBIG_SIGNING_KEY")}
     env = {**os.environ, **prefect_server.env(), **s3_server.env(), **secret_values}
     if celeba_dir_or_none is not None:
         source, crop, limit = str(celeba_dir_or_none), 178, 300

@@ -260,7 +260,7 @@ def test_k8s_secrets_are_templates_only(
     assert not [f for f, d in k8s_docs if d["kind"] == "Secret"], "a Secret would be applied"
     template = load_all(K8S / "secret.example.yaml")
     assert {d["metadata"]["name"] for d in template} == {
-        "imambig-postgres", "imambig-s3", "imambig-keys"}
+        "imambig-postgres", "imambig-s3", "imambig-keys", "imambig-signing"}
     for doc in template:
         assert doc["kind"] == "Secret"
         assert "data" not in doc, "base64 `data` hides real values; use stringData"
@@ -348,6 +348,9 @@ def test_k8s_keys_secret_reaches_only_encoders(
 
     holders = {pod for pod, spec, _ in pod_specs(k8s_docs) if "imambig-keys" in secrets_of(spec)}
     assert holders == ENCODERS_K8S
+    signers = {pod for pod, spec, _ in pod_specs(k8s_docs)
+               if "imambig-signing" in secrets_of(spec)}
+    assert signers == {"Deployment/prefect-worker-cpu"}  # the grant flow runs there only
 
 
 def test_k8s_worker_pools(k8s_docs: list[tuple[str, dict[str, Any]]]) -> None:

@@ -23,7 +23,6 @@ from imambig.access.secrets import (
     from_env,
     from_file,
     generate_secret_text,
-    owner_fingerprint,
     resolve_secret,
 )
 from imambig.config import SecretSources
@@ -173,14 +172,11 @@ def test_decoy_rng_reproduces_streams() -> None:
     assert not np.allclose(a, c)
 
 
-def test_decoy_seed_validation_and_fingerprint() -> None:
+def test_decoy_seed_validation() -> None:
     with pytest.raises(SecretError, match="at least 32"):
         decoy_seed(b"short", "m")
     with pytest.raises(ValueError, match="NUL"):
         decoy_seed(RAW, "m\0x")
-    assert owner_fingerprint(RAW) == owner_fingerprint(Secret(RAW))
-    assert owner_fingerprint(RAW) != owner_fingerprint(RAW[::-1])
-    assert RAW.hex() not in owner_fingerprint(RAW) and len(owner_fingerprint(RAW)) == 32
 
 
 # ---------------------------------------------------------------------------

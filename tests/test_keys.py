@@ -220,6 +220,26 @@ def test_bad_header_is_refused(paper_key: bytes) -> None:
         K.decode_key(bytes(other_maps))
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("n_maps", "k_public", "k_sel", "payload"), [
+    (65535, 1024, 512, 100), (4096, 1024, 512, 100), (4000, 1024, 512, 521_000),
+    (20, 1024, 512, 2545), (1, 1, 1, 0),
+])
+def test_headers_claiming_huge_sizes_fail_in_bounded_time(n_maps, k_public, k_sel,
+                                                          payload) -> None:
+    # Today's check computed C(k', k_sel)^L before comparing lengths: minutes for these.
+    import struct
+    import time
+
+    from imambig.errors import KeyFormatError
+
+    key = struct.pack(">BHHH", K.KEY_VERSION, k_public, k_sel, n_maps) + bytes(payload + 1)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyFormatError):
+        K.decode_key(key, 20, k_public=256)
+    assert time.perf_counter() - t0 < 0.5
+
+
 def test_rank_out_of_range_is_refused(paper_key: bytes) -> None:
     # 630 bytes hold more than C(256,128)^20 values; the excess must not decode.
     top = b"\xff" * K.payload_bytes(20, 256, 128)

@@ -14,6 +14,7 @@ import pytest
 
 from imambig.config import EncodeConfig
 from imambig.mechanism import noise_model
+from imambig.model.checkpoint import MODEL_FILE
 from imambig.stages.encode_driver import SerialRegions, run_encode
 from imambig.stages.encode_regions import EncodeJob
 from imambig.stages.release_binding import RELEASES, ReleaseRefused
@@ -27,7 +28,7 @@ def setup(synthetic_store: Location, tiny_model: Location, tmp_path: Path, owner
     """A private copy of the model (noise fits are written beside it) and two roots."""
     model = tmp_path / "model"
     model.mkdir()
-    shutil.copy(Path(tiny_model.url) / "model.pt", model / "model.pt")
+    shutil.copy(Path(tiny_model.url) / MODEL_FILE, model / MODEL_FILE)
     roots = Location(str(tmp_path / "public")), Location(str(tmp_path / "keys"))
     return synthetic_store, Location(str(model)), roots
 

@@ -27,17 +27,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from imambig.errors import TamperedError
+
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 _AAD_DOMAIN = b"imambig/chunk/v1"
 
-
-class TamperedError(ValueError):
-    """Sealed data failed authentication: modified, truncated, misplaced or wrong key."""
+__all__ = ["ChunkCipher", "TamperedError", "chunk_aad", "describe_chunk", "open_sealed", "seal"]
 
 
-def _subkey(data_key: bytes, purpose: bytes) -> bytes:
+def subkey(data_key: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(data_key)
 
 
@@ -49,8 +49,8 @@ class ChunkCipher:
     def __init__(self, data_key: bytes) -> None:
         if len(data_key) != DATA_KEY_BYTES:
             raise ValueError(f"data key must be {DATA_KEY_BYTES} bytes, got {len(data_key)}")
-        self._aead = AESGCM(_subkey(data_key, b"imambig/chunk/encrypt/v1"))
-        self._nonce_key = _subkey(data_key, b"imambig/chunk/nonce/v1")
+        self._aead = AESGCM(subkey(data_key, b"imambig/chunk/encrypt/v1"))
+        self._nonce_key = subkey(data_key, b"imambig/chunk/nonce/v1")
 
     def __repr__(self) -> str:
         return "ChunkCipher(****)"

@@ -22,14 +22,16 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from imambig.access.secrets import check_private_file
+from imambig.errors import FormatError
 
 PUBLIC_PREFIX = "imambig-pub-v1:"
 PRIVATE_PREFIX = "imambig-secret-v1:"
 KEY_BYTES = 32
+MAX_IDENTITY_FILE_BYTES = 64 << 10  # a few hundred bytes in practice
 _URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
-class IdentityError(ValueError):
+class IdentityError(FormatError):
     """A public key, private key or identity file is malformed."""
 
 
@@ -151,9 +153,14 @@ def save_identity(
 def load_identity(path: str | os.PathLike[str], *, strict: bool = False) -> Identity:
     """Read an identity file; warns (``strict``: refuses) if others can read it."""
     check_private_file(path, strict=strict)
+    with open(path, "rb") as f:
+        raw = f.read(MAX_IDENTITY_FILE_BYTES + 1)
+    if len(raw) > MAX_IDENTITY_FILE_BYTES:
+        raise IdentityError(f"identity file {os.fspath(path)} is over "
+                            f"{MAX_IDENTITY_FILE_BYTES} bytes: not an identity file")
     lines = [
         line.strip()
-        for line in Path(path).read_text(encoding="ascii", errors="replace").splitlines()
+        for line in raw.decode("ascii", errors="replace").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if len(lines) != 1:

@@ -1,27 +1,65 @@
-"""The keystore: per-item keys sealed chunk by chunk (``storage_schemas.keystore_v1``).
+"""The keystore: per-item keys sealed chunk by chunk (``storage_schemas.keystore_v2``).
 
 Lives at a different root from the public store, and nothing in the public store can
 open it: rows are AES-256-GCM under a data key that is stored only wrapped by the key
-provider (envelope encryption), and each row's associated data binds it to its store,
-array, row and schema, so rows cannot be swapped or moved between stores.
+provider (envelope encryption), and each row's associated data binds it to its store
+(whose id binds the version and the noise fit), array, row and schema, so rows cannot
+be swapped or moved between stores or versions. Each item's slot seals its opaque id
+and its public record's digest with its key. The attributes carry an HMAC under a key
+derived from the data key, so sizes and ids are not taken on a provider's word.
+
+The keystore also keeps the mapping from source paths to the opaque ids the public
+store shows: an id is a keyed hash (:meth:`Keystore.opaque_ids`) under a key derived
+from the data key, so only a holder of the keystore key can name an item.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
+import hmac
+import json
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 
-from imambig.access.encryption import ChunkCipher, chunk_aad, describe_chunk
+from imambig.access.encryption import ChunkCipher, chunk_aad, describe_chunk, subkey
 from imambig.access.key_provider import KeyProvider
+from imambig.errors import StoreFormatError, TamperedError
+from imambig.stores.array_metadata import check_array, open_group
 from imambig.stores.location import Location, Mode
-from storage_schemas import keystore_v1
+from storage_schemas import keystore_v1, keystore_v2
 
-SCHEMA = keystore_v1.SCHEMA
+SCHEMA = keystore_v2.SCHEMA
+ID_BYTES = keystore_v2.ID_BYTES
+DIGEST_BYTES = keystore_v2.DIGEST_BYTES
+
+
+_MAC_PURPOSE = b"imambig/keystore/attributes/v1"
+
+
+def _mac(mac_key: bytes, attrs: dict[str, Any]) -> str:
+    """HMAC-SHA256 of every attribute but the MAC itself (canonical JSON)."""
+    body = {k: v for k, v in attrs.items() if k != "attrs_mac"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hmac.new(mac_key, text.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, repr=False)
+class Slot:
+    """One item's sealed entry: its opaque id, its public record's digest, its key."""
+
+    item_id: str  # opaque id, 32 hex digits
+    record: bytes  # SHA-256 of the public record (``public_store.record_digest``)
+    key: bytes  # imambig.mechanism.keys format
+
+    def __repr__(self) -> str:
+        return f"Slot(item_id={self.item_id!r})"  # the key is secret
 
 
 def assert_separate_roots(public: Location, keystore: Location) -> None:
@@ -50,10 +88,30 @@ class Keystore:
         self.group = group
         self.location = location
         self.attrs: dict[str, Any] = dict(group.attrs)
-        if self.attrs.get("schema") != SCHEMA:
-            raise ValueError(f"{location} is not a keystore (schema {SCHEMA})")
-        wrapped = base64.b64decode(self.attrs["wrapped_data_key"])
-        self._cipher = ChunkCipher(provider.unwrap(wrapped))
+        schema = self.attrs.get("schema")
+        if schema == keystore_v1.SCHEMA:
+            raise StoreFormatError(f"{location} was written by an earlier version ({schema}); "
+                                   "encode the collection again")
+        if schema != SCHEMA:
+            raise StoreFormatError(f"{location} is not a keystore (schema {SCHEMA})")
+        try:
+            wrapped = base64.b64decode(self.attrs["wrapped_data_key"], validate=True)
+        except (KeyError, TypeError, binascii.Error):
+            raise StoreFormatError(f"{location}: wrapped data key is missing or malformed") from None
+        data_key = provider.unwrap(wrapped)
+        self._cipher = ChunkCipher(data_key)
+        self._mac_key = subkey(data_key, _MAC_PURPOSE)
+        self._id_key = subkey(data_key, b"imambig/keystore/item-id/v1")
+        self._order_key = subkey(data_key, b"imambig/keystore/k-low-order/v1")
+        if not hmac.compare_digest(str(self.attrs.get("attrs_mac", "")),
+                                   _mac(self._mac_key, self.attrs)):
+            raise TamperedError(f"keystore {location}: attributes failed authentication "
+                                "(changed outside imambig, or another store's)")
+        self.sealed = check_array(
+            group, "sealed", location, dtype="uint8",
+            shape=keystore_v2.LAYOUT.shape("sealed", self.attrs),
+            chunks=(1, keystore_v2.sealed_row_bytes(self.chunk_items, self.key_bytes)),
+            codecs=keystore_v2.CODECS["sealed"])
 
     @classmethod
     def create(
@@ -61,6 +119,7 @@ class Keystore:
         location: Location,
         *,
         public_store_id: str,
+        version: str,
         model_id: str,
         n_items: int,
         chunk_items: int,
@@ -71,10 +130,12 @@ class Keystore:
         provider: KeyProvider,
     ) -> Keystore:
         store_id = uuid.uuid5(uuid.NAMESPACE_URL, f"imambig/keystore/{public_store_id}").hex
-        attrs = {
+        data_key = provider.data_key(store_id)
+        attrs: dict[str, Any] = {
             "schema": SCHEMA,
             "store_id": store_id,
             "public_store_id": public_store_id,
+            "version": version,
             "model_id": model_id,
             "n_items": n_items,
             "chunk_items": chunk_items,
@@ -83,13 +144,12 @@ class Keystore:
             "k_public": k_public,
             "key_bytes": key_bytes,
             "key_provider": {"name": provider.name, "fingerprint": provider.fingerprint},
-            "wrapped_data_key": base64.b64encode(
-                provider.wrap(provider.data_key(store_id))
-            ).decode(),
+            "wrapped_data_key": base64.b64encode(provider.wrap(data_key)).decode(),
             "complete": False,
         }
+        attrs["attrs_mac"] = _mac(subkey(data_key, _MAC_PURPOSE), attrs)
         group = zarr.open_group(location.zarr_store("w"), mode="w", attributes=attrs)
-        row = keystore_v1.sealed_row_bytes(chunk_items, key_bytes)
+        row = keystore_v2.sealed_row_bytes(chunk_items, key_bytes)
         group.create_array(
             "sealed", shape=(math.ceil(n_items / chunk_items), row), dtype="uint8",
             chunks=(1, row), compressors=None, fill_value=0,  # ciphertext does not compress
@@ -99,11 +159,7 @@ class Keystore:
 
     @classmethod
     def open(cls, location: Location, provider: KeyProvider, mode: Mode = "r") -> Keystore:
-        try:
-            group = zarr.open_group(location.zarr_store(mode), mode=mode)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no keystore at {location}") from None
-        return cls(group, location, provider)
+        return cls(open_group(location, mode, "keystore"), location, provider)
 
     @property
     def chunk_items(self) -> int:
@@ -113,30 +169,65 @@ class Keystore:
     def key_bytes(self) -> int:
         return int(self.attrs["key_bytes"])
 
+    @property
+    def slot_bytes(self) -> int:
+        return keystore_v2.slot_bytes(self.key_bytes)
+
+    def set_attrs(self, **changes: Any) -> None:
+        """Change attributes and their MAC together."""
+        self.attrs.update(changes)
+        self.attrs["attrs_mac"] = _mac(self._mac_key, self.attrs)
+        self.group.attrs.update({**changes, "attrs_mac": self.attrs["attrs_mac"]})
+
+    def opaque_ids(self, names: list[str] | np.ndarray) -> list[str]:
+        """The public store's ids of items named ``names`` (source paths): HMAC-SHA256
+        under the keystore's id key, 16 bytes as hex. Without the key, an id says
+        nothing about the name."""
+        return [hmac.new(self._id_key, b"imambig/item-id/v1\0" + str(n).encode(),
+                         hashlib.sha256).digest()[:ID_BYTES].hex() for n in names]
+
+    def order_scores(self, item_id: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A secret random score per entry of an item (uniform in [0, 1), fixed per item
+        and store): lower-fidelity grants reveal the real entries of lowest score, a
+        uniformly random subset to anyone without the keystore key."""
+        seed = hmac.new(self._order_key, b"imambig/k-low-order/v1\0" + item_id.encode(),
+                        hashlib.sha256).digest()
+        rng = np.random.Generator(np.random.Philox(key=int.from_bytes(seed[:16], "little"),
+                                                   counter=int.from_bytes(seed[16:], "little")))
+        return rng.random(shape)
+
     def _aad(self, row: int) -> bytes:
         return chunk_aad(self.attrs["store_id"], "sealed", row, SCHEMA)
 
-    def write_row(self, row: int, keys: list[bytes]) -> None:
-        """Seal and write the keys of items ``row*chunk_items ...`` (one whole row)."""
-        if any(len(k) != self.key_bytes for k in keys) or len(keys) > self.chunk_items:
-            raise ValueError(f"row {row}: expected at most {self.chunk_items} keys of "
-                             f"{self.key_bytes} bytes")
-        plain = b"".join(keys).ljust(self.chunk_items * self.key_bytes, b"\0")
+    def write_row(self, row: int, slots: list[Slot]) -> None:
+        """Seal and write the slots of items ``row*chunk_items ...`` (one whole row)."""
+        if len(slots) > self.chunk_items or any(
+                len(s.key) != self.key_bytes or len(s.record) != DIGEST_BYTES for s in slots):
+            raise ValueError(f"row {row}: expected at most {self.chunk_items} slots with "
+                             f"{self.key_bytes}-byte keys")
+        plain = b"".join(bytes.fromhex(s.item_id) + s.record + s.key for s in slots)
+        plain = plain.ljust(self.chunk_items * self.slot_bytes, b"\0")
         sealed = self._cipher.seal(plain, self._aad(row))
-        self.group["sealed"][row] = np.frombuffer(sealed, dtype=np.uint8)
+        self.sealed[row] = np.frombuffer(sealed, dtype=np.uint8)
 
-    def read_row(self, row: int) -> list[bytes]:
-        blob = np.asarray(self.group["sealed"][row]).tobytes()
+    def read_row(self, row: int) -> list[Slot]:
+        try:
+            blob = np.asarray(self.sealed[row]).tobytes()
+        except (ValueError, RuntimeError, TypeError, IndexError) as exc:
+            raise StoreFormatError(f"keystore {self.location}: row {row} unreadable "
+                                   f"({type(exc).__name__})") from None
         if not any(blob):
-            raise ValueError(f"keystore {self.location}: row {row} was never written")
-        plain = self._cipher.open(blob, self._aad(row), f"{describe_chunk('sealed', row)} at {self.location}")
-        kb = self.key_bytes
+            raise StoreFormatError(f"keystore {self.location}: row {row} was never written")
+        plain = self._cipher.open(blob, self._aad(row),
+                                  f"{describe_chunk('sealed', row)} at {self.location}")
+        size, key_at = self.slot_bytes, ID_BYTES + DIGEST_BYTES
         n = min(self.chunk_items, int(self.attrs["n_items"]) - row * self.chunk_items)
-        return [plain[i * kb : (i + 1) * kb] for i in range(n)]
+        slots = [plain[i * size : (i + 1) * size] for i in range(n)]
+        return [Slot(s[:ID_BYTES].hex(), s[ID_BYTES:key_at], s[key_at:]) for s in slots]
 
-    def keys(self, indices: np.ndarray | list[int]) -> list[bytes]:
-        """Keys of the items at ``indices`` (public-store order)."""
-        rows: dict[int, list[bytes]] = {}
+    def entries(self, indices: np.ndarray | list[int]) -> list[Slot]:
+        """Slots of the items at ``indices`` (public-store order)."""
+        rows: dict[int, list[Slot]] = {}
         out = []
         for i in np.asarray(indices, dtype=np.int64).tolist():
             r = i // self.chunk_items
@@ -145,6 +236,9 @@ class Keystore:
             out.append(rows[r][i % self.chunk_items])
         return out
 
+    def keys(self, indices: np.ndarray | list[int]) -> list[bytes]:
+        """Keys of the items at ``indices`` (public-store order)."""
+        return [s.key for s in self.entries(indices)]
+
     def finish(self) -> None:
-        self.group.attrs["complete"] = True
-        self.attrs["complete"] = True
+        self.set_attrs(complete=True)

@@ -1,5 +1,5 @@
 """The owner's secrets: where they come from, how they travel, and the one use of the
-owner secret's bytes (the noise seed).
+owner secret's bytes (the seed of the decoy map).
 
 Secrets never live in code, configs or stores. A *spec* names where one is found:
 ``env:NAME`` (an environment variable), ``file:PATH`` (a file) or ``<scheme>:NAME`` for
@@ -8,13 +8,15 @@ secret as base64 text (e.g. ``openssl rand -base64 32``; what
 :func:`generate_secret_text` prints) or, for files, as raw bytes; at least 32 bytes
 either way. ``SecretSources`` (``imambig.config``) holds one spec per secret.
 
-Two secrets exist:
+Three secrets exist:
 
-- the owner secret seeds the decoy noise of every item (:func:`noise_seed`): the same
-  item, model and secret always give the same fakes, so re-releases cannot be diffed;
+- the owner secret seeds the owner's decoy map of each model (:func:`decoy_seed`,
+  ``imambig.mechanism.decoy_map``): the same image, model and secret always give the
+  same fakes, so re-releases cannot be diffed;
 - the keystore key protects the keystore through envelope encryption
   (``imambig.access.key_provider``): each store has its own data key, kept only in
-  wrapped form.
+  wrapped form;
+- the signing key signs grants (``imambig.access.owner_key``); users pin its public key.
 
 A run resolves its sources once (:class:`Secrets`) and hands the values on as
 :class:`Secret`, whose repr and str never show them; the bytes come out only in the
@@ -38,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from imambig.config import SecretSources
+from imambig.errors import ImambigError
 
 MIN_SECRET_BYTES = 32
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/_-]+={0,2}")
@@ -57,6 +60,11 @@ class Secret:
     def __len__(self) -> int:
         return len(self._value)
 
+    def fingerprint(self, purpose: str) -> str:
+        """HMAC-SHA256(secret, ``purpose``), 16 hex digits: tells two secrets apart
+        (e.g. in a store id) and reveals nothing usable about either."""
+        return hmac.new(self._value, purpose.encode(), hashlib.sha256).hexdigest()[:16]
+
     def __repr__(self) -> str:
         return "Secret(****)"
 
@@ -70,7 +78,7 @@ class Secret:
     __hash__ = None  # type: ignore[assignment]  # a hash would be a (weak) fingerprint
 
 
-class SecretError(ValueError):
+class SecretError(ImambigError):
     """A secret is missing, unreadable or too short; the message names where, not what."""
 
 
@@ -204,6 +212,10 @@ class Secrets:
     def keystore_key(self) -> Secret:
         return self._get("keystore_key")
 
+    @property
+    def signing_key(self) -> Secret:
+        return self._get("signing_key")
+
     def __repr__(self) -> str:
         return f"Secrets({self.sources!r})"
 
@@ -239,10 +251,3 @@ def decoy_rng(owner_secret: Secret | bytes, model_id: str) -> np.random.Generato
         key=int.from_bytes(seed[:16], "little"), counter=int.from_bytes(seed[16:], "little")
     )
     return np.random.Generator(bit_generator)
-
-
-def owner_fingerprint(owner_secret: Secret | bytes) -> str:
-    """Names the owner secret without revealing it (a keyed hash, 128 bits): what a
-    release record stores to tell one secret from another."""
-    key = reveal(owner_secret)
-    return hmac.new(key, b"imambig/owner-fingerprint/v1", hashlib.sha256).hexdigest()[:32]

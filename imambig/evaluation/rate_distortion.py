@@ -80,9 +80,11 @@ def quality(model: SparseAutoencoder, code: torch.Tensor, images: torch.Tensor,
 
 
 def authorized(model: SparseAutoencoder, amb: Ambiguated, images: torch.Tensor, k_low: int,
-               precision: int = FULL_MANTISSA) -> tuple[Row, Row]:
-    """(key + true values, standalone) rows for the ``k_low`` largest true entries."""
-    keep = lower_fidelity(amb.real, amb.values, k_low)  # all of them at k_low = k
+               precision: int = FULL_MANTISSA, order: np.ndarray | None = None,
+               label: str = "authorized") -> tuple[Row, Row]:
+    """(key + true values, standalone) rows for ``k_low`` true entries per map: the
+    largest, or those of highest ``order`` (a lower-fidelity grant's random choice)."""
+    keep = lower_fidelity(amb.real, amb.values if order is None else order, k_low)
     values = round_mantissa(amb.values, precision)
     code = scatter_code(amb.mask, np.where(keep, values, 0))
     p, s, ms = quality(model, code, images)
@@ -93,7 +95,7 @@ def authorized(model: SparseAutoencoder, amb: Ambiguated, images: torch.Tensor, 
     vb = np.array([value_bytes(values[i][keep[i]]) for i in range(len(keep))])
     key_b = vb + key_bytes(n_maps, kp, k_low)
     alone_b = vb + key_bytes(n_maps, amb.mask.shape[-1], k_low)
-    name = f"authorized k={k_low}" + ("" if precision >= FULL_MANTISSA else f", {precision}-bit mantissa")
+    name = f"{label} k={k_low}" + ("" if precision >= FULL_MANTISSA else f", {precision}-bit mantissa")
     rows = []
     for label, b in (("key + true values", key_b), ("standalone", alone_b)):
         mb = float(np.mean(b))

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imambig.errors import KeyFormatError
+
 KEY_VERSION = 1
 _HEADER = struct.Struct(">BHHH")
 HEADER_BYTES = _HEADER.size
@@ -49,6 +51,8 @@ _U64_MAX_WIDTH = 64
 # range (C(1024, 512) < 2**1024) for the count guess; public non-zeros live inside one
 # code-map (the paper's maps are 512 long), so this bound is generous.
 MAX_PUBLIC = 1024
+MAX_MAPS = 4096  # the paper has 20 maps; a header claiming more is refused unread
+MAX_PAYLOAD_BYTES = 64 << 10  # paper keys are 630 bytes; bounds big-integer work per key
 
 
 # ---------------------------------------------------------------------------
@@ -58,11 +62,17 @@ MAX_PUBLIC = 1024
 
 def _check_shape(n_maps: int, k_public: int, k_sel: int) -> None:
     if not 1 <= k_public <= MAX_PUBLIC:
-        raise ValueError(f"k'={k_public} must be in 1..{MAX_PUBLIC}")
+        raise KeyFormatError(f"k'={k_public} must be in 1..{MAX_PUBLIC}")
     if not 1 <= k_sel <= k_public:
-        raise ValueError(f"k_sel={k_sel} must be in 1..k'={k_public}")
-    if not 1 <= n_maps <= 0xFFFF:
-        raise ValueError(f"L={n_maps} must be in 1..65535")
+        raise KeyFormatError(f"k_sel={k_sel} must be in 1..k'={k_public}")
+    if not 1 <= n_maps <= MAX_MAPS:
+        raise KeyFormatError(f"L={n_maps} must be in 1..{MAX_MAPS}")
+
+
+def _approx_payload_bytes(n_maps: int, k_public: int, k_sel: int) -> float:
+    """``L * log2 C(k', k_sel) / 8`` in floating point: cheap for any header, so a key's
+    length is checked against it before the exact (big-integer) size is computed."""
+    return n_maps * math.log2(math.comb(k_public, k_sel)) / 8
 
 
 @functools.lru_cache(maxsize=64)
@@ -326,19 +336,31 @@ def parse_key_header(key: bytes) -> tuple[int, int, int]:
     if not isinstance(key, bytes | bytearray | memoryview):
         raise TypeError(f"key must be bytes, got {type(key).__name__}")
     if len(key) < HEADER_BYTES:
-        raise ValueError(f"key is {len(key)} bytes, shorter than its {HEADER_BYTES}-byte header")
+        raise KeyFormatError(
+            f"key is {len(key)} bytes, shorter than its {HEADER_BYTES}-byte header")
+    if len(key) > HEADER_BYTES + MAX_PAYLOAD_BYTES:
+        raise KeyFormatError(f"key is {len(key)} bytes, over the {MAX_PAYLOAD_BYTES}-byte "
+                             "payload limit")
     version, k_public, k_sel, n_maps = _HEADER.unpack_from(key)
     if version != KEY_VERSION:
-        raise ValueError(
+        raise KeyFormatError(
             f"unsupported key format version {version} (this build reads {KEY_VERSION})"
         )
     try:
         _check_shape(n_maps, k_public, k_sel)
-    except ValueError as exc:
-        raise ValueError(f"bad key header: {exc}") from None
+    except KeyFormatError as exc:
+        raise KeyFormatError(f"bad key header: {exc}") from None
+    # Bounded work for any header: the float estimate first (within a byte of the exact
+    # size), the exact size (a power of up to 2**19 bits) only for a plausible length.
+    approx = _approx_payload_bytes(n_maps, k_public, k_sel)
+    if abs(len(key) - HEADER_BYTES - approx) > 2:
+        raise KeyFormatError(
+            f"key is {len(key)} bytes, expected about {HEADER_BYTES + approx:.0f} for "
+            f"L={n_maps}, k'={k_public}, k_sel={k_sel}"
+        )
     expected = key_bytes(n_maps, k_public, k_sel)
     if len(key) != expected:
-        raise ValueError(
+        raise KeyFormatError(
             f"key is {len(key)} bytes, expected {expected} for L={n_maps}, k'={k_public}, "
             f"k_sel={k_sel}"
         )
@@ -378,7 +400,7 @@ def decode_keys(
         return np.zeros((0, n_maps, k_public), bool)
     shapes = {parse_key_header(key) for key in keys}
     if len(shapes) != 1:
-        raise ValueError(f"keys in one batch must share (L, k', k_sel), got {sorted(shapes)}")
+        raise KeyFormatError(f"keys in one batch must share (L, k', k_sel), got {sorted(shapes)}")
     ((got_maps, got_public, got_sel),) = shapes
     for name, want, got in (
         ("L", n_maps, got_maps),
@@ -386,13 +408,13 @@ def decode_keys(
         ("k_sel", k_sel, got_sel),
     ):
         if want is not None and want != got:
-            raise ValueError(f"key has {name}={got}, expected {name}={want}")
+            raise KeyFormatError(f"key has {name}={got}, expected {name}={want}")
     radix = math.comb(got_public, got_sel)
     space = _space(got_maps, got_public, got_sel)
     values = [int.from_bytes(key[HEADER_BYTES:], "big") for key in keys]
     for b, value in enumerate(values):
         if value >= space:
-            raise ValueError(
+            raise KeyFormatError(
                 f"key {b}: rank out of range (payload exceeds C({got_public},{got_sel})^{got_maps}); "
                 "the key is corrupted"
             )

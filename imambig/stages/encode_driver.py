@@ -9,7 +9,9 @@ region's manifest as it completes. Everything else happens here, once:
 2. open what the run needs (``EncodeContext``: model.pt read once, k' settled, the
    secrets resolved once);
 3. take the version's lease, so one run writes a version at a time;
-4. ``prepare`` the stores, map the regions, and stop if the lease was lost meanwhile;
+4. ``prepare`` the stores and map the regions; every region's commit and done-marker is
+   fenced by the lease (a worker reads it back first), so a run whose lease was taken
+   over stops at its next write;
 5. ``finish``: mark both stores complete and move the ``current`` pointers.
 
 Re-running after a crash redoes only the regions without a done-marker.
@@ -18,6 +20,7 @@ Re-running after a crash redoes only the regions without a done-marker.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ from imambig.stages.encode_regions import (
     prepare,
 )
 from imambig.stages.versions import lease_location
-from imambig.stores.lease import LEASE_TTL_S, Lease, LeaseHeld
+from imambig.stores.lease import LEASE_TTL_S, Lease, LeaseLost
 
 
 class RegionMapper(Protocol):
@@ -87,7 +90,7 @@ class EncodeReport:
 
 def _check(lease: Lease) -> None:
     if lease.lost:
-        raise LeaseHeld(f"lost the lease {lease.location} to another run; not finishing")
+        raise LeaseLost(f"lost the lease {lease.location} to another run; not finishing")
 
 
 def run_encode(
@@ -106,7 +109,8 @@ def run_encode(
     assert_separate_roots(job.public_root, job.keys_root)  # before anything is written
     context = EncodeContext.open(job)
     with Lease(lease_location(context.job.keys_root, context.version), lease_ttl_s) as lease:
-        plan = prepare(context, overwrite=overwrite)
+        # Workers check the lease before each commit (the fence), not only this process.
+        plan = dataclasses.replace(prepare(context, overwrite=overwrite), fence=lease.fence())
         report = EncodeReport(plan)
         bar = tqdm(total=plan.n_items, initial=plan.done * plan.region_items,
                    disable=None if progress else True, unit="img", desc="encode")
@@ -120,6 +124,7 @@ def run_encode(
         bar.close()
         report.workers = regions.workers
         _check(lease)
+        lease.fence().check("finishing")
         finish(context, plan)
     report.seconds = time.perf_counter() - t0
     return report

@@ -36,9 +36,10 @@ import numpy as np
 import torch
 
 from imambig.access.key_provider import LocalKeyProvider
-from imambig.access.keystore import Keystore
-from imambig.access.secrets import Secrets, owner_fingerprint
+from imambig.access.keystore import Keystore, Slot
+from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig, SecretSources
+from imambig.errors import StoreFormatError
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.keys import key_bytes
 from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel, fit_noise_model
@@ -50,9 +51,10 @@ from imambig.stages.encode_images import encode_images
 from imambig.stages.release_binding import Mechanism, check_release, published_versions
 from imambig.stages.versions import set_current, version_name
 from imambig.stores.image_store import ImageStore, open_image_store
+from imambig.stores.lease import Fence
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
-from imambig.stores.public_store import PublicStore
+from imambig.stores.public_store import PublicStore, public_store_id, record_digests
 
 STATE_DIR = "_state"  # inside the keystore: private, never published
 
@@ -90,6 +92,7 @@ class Plan:
     regions: tuple[tuple[int, int], ...]  # still to do
     done: int  # regions already done
     precision: str = "fp32"  # the encoder's, resolved: the records depend on it
+    fence: Fence | None = None  # the run's lease, checked before every commit
 
     @property
     def total(self) -> int:
@@ -196,7 +199,7 @@ def mechanism(context: EncodeContext, noise_sha256: str) -> Mechanism:
         model_id=context.info.model_id, k_public=context.job.k_public,
         noise_design=NOISE_DESIGN, noise_fit_sha256=noise_sha256, value_bits=VALUE_BITS,
         precision=context.job.config.precision,
-        owner_fingerprint=owner_fingerprint(context.secrets.owner_secret),
+        owner_fingerprint=context.secrets.owner_secret.fingerprint("imambig/release/v1"),
     )
 
 
@@ -231,8 +234,10 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     public_location = job.public_root.join(version)
     keystore_location = job.keys_root.join(version)
     n = store.n_items
-    public = _open_or_create_public(public_location, context, store, noise_fit, overwrite)
-    keystore = _open_or_create_keystore(keystore_location, public, provider, overwrite)
+    public, fresh = _open_or_create_public(public_location, context, store, noise_fit,
+                                           overwrite)
+    keystore = _open_or_create_keystore(keystore_location, public, provider, overwrite or fresh)
+    check_ids_in_place(public, keystore, store)
     if public.n_items < n:  # new images since the last run: extend, keep old chunks
         _extend(public, keystore, n)
     regions = _regions(n, job.config.region_items)
@@ -242,30 +247,46 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
                 todo, len(regions) - len(todo), job.config.precision)
 
 
+def store_binding(context: EncodeContext, store: ImageStore,
+                  noise_fit: dict[str, str]) -> dict[str, Any]:
+    """Everything a version's records depend on; its digest is the public store id, so
+    versions that differ in any of it never share a data key or associated data."""
+    job = context.job
+    return {
+        "model_id": context.info.model_id, "version": context.version,
+        "k_public": job.k_public, "chunk_items": job.config.region_items,
+        "noise_fit_sha256": noise_fit["sha256"],
+        "source": store.attrs.get("source", job.images.url),
+        "owner_secret": context.secrets.owner_secret.fingerprint("imambig/store-binding/v1"),
+    }
+
+
 def _open_or_create_public(location: Location, context: EncodeContext, store: ImageStore,
-                           noise_fit: dict[str, str], overwrite: bool) -> PublicStore:
+                           noise_fit: dict[str, str], overwrite: bool
+                           ) -> tuple[PublicStore, bool]:
+    """The version's public store, and whether it was (re)created just now."""
     job, c = context.job, context.model.config
-    source = store.attrs.get("source", job.images.url)
+    store_id = public_store_id(store_binding(context, store, noise_fit))
     try:
         public: PublicStore | None = PublicStore.open(location, mode="r+")
     except (FileNotFoundError, ValueError, KeyError):
         public = None
     same = public is not None and (
-        public.attrs.get("noise_fit") == noise_fit
+        public.attrs.get("store_id") == store_id
+        and public.attrs.get("noise_fit") == noise_fit
         and public.chunk_items == job.config.region_items
-        and public.attrs.get("source") == source
     )
     if public is not None and not same and not overwrite:
         raise ValueError(f"{location} holds a public store built with other settings; pass "
                          "--overwrite to rebuild it")
-    if public is None or not same:
-        public = PublicStore.create(
-            location, n_items=store.n_items, chunk_items=job.config.region_items,
-            n_maps=c.n_maps, code_length=c.code_length, k=c.k, k_public=job.k_public,
-            model_id=context.info.model_id, source=source,
-            image_size=(c.image_height, c.image_width), noise_fit=noise_fit,
-        )
-    return public
+    if public is not None and same:
+        return public, False
+    return PublicStore.create(
+        location, store_id=store_id, version=context.version, n_items=store.n_items,
+        chunk_items=job.config.region_items, n_maps=c.n_maps, code_length=c.code_length,
+        k=c.k, k_public=job.k_public, model_id=context.info.model_id,
+        image_size=(c.image_height, c.image_width), noise_fit=noise_fit,
+    ), True
 
 
 def _open_or_create_keystore(location: Location, public: PublicStore,
@@ -276,12 +297,13 @@ def _open_or_create_keystore(location: Location, public: PublicStore,
             overwrite and not public.attrs.get("complete")
         ):
             return ks
-    except (FileNotFoundError, KeyError):
+    except (FileNotFoundError, KeyError, StoreFormatError):
         pass
     location.join(STATE_DIR).delete()  # markers of another store version mean nothing now
     a = public.attrs
     return Keystore.create(
-        location, public_store_id=a["store_id"], model_id=a["model_id"], n_items=a["n_items"],
+        location, public_store_id=a["store_id"], version=a["version"], model_id=a["model_id"],
+        n_items=a["n_items"],
         chunk_items=a["chunk_items"], n_maps=a["n_maps"], k=a["k"], k_public=a["k_public"],
         key_bytes=key_bytes(a["n_maps"], a["k_public"], a["k"]), provider=provider,
     )
@@ -294,15 +316,41 @@ def _extend(public: PublicStore, keystore: Keystore, n: int) -> None:
         arr.resize((n, *arr.shape[1:]))
     rows = math.ceil(n / public.chunk_items)
     keystore.group["sealed"].resize((rows, keystore.group["sealed"].shape[1]))
-    for obj in (public, keystore):
-        obj.group.attrs.update({"n_items": n, "complete": False})
-        obj.attrs.update({"n_items": n, "complete": False})
+    public.group.attrs.update({"n_items": n, "complete": False})
+    public.attrs.update({"n_items": n, "complete": False})
+    keystore.set_attrs(n_items=n, complete=False)
     public.consolidate()  # readers must not see the old shape
     # The old last chunk was partial; it is rewritten whole (with identical bytes for its
     # old items), so its marker no longer means done.
     last = (old // public.chunk_items) * public.chunk_items
     if last < old:
         _marker(keystore.location, last, old).delete()
+
+
+def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStore) -> None:
+    """Refuse to resume or extend a version whose finished items moved in the image
+    store: ingest sorts ids, so images added with names that sort earlier shift the
+    others, and a finished region would then hold other items than its position says."""
+    regions = _regions(public.n_items, public.chunk_items)
+    names = store.item_ids()
+    again = (f"remove this version ({public.location} and {keystore.location}) to encode "
+             "the collection again")
+    if store.n_items < public.n_items:
+        raise ValueError(f"the image store has {store.n_items} items, fewer than the "
+                         f"{public.n_items} of {public.location}; {again}")
+    done = sorted(_done(keystore.location, regions))
+    published = public.item_ids() if done else None  # one pass: chunks fetched together
+    for start, stop in done:
+        expected = np.array(keystore.opaque_ids(names[start:stop]))
+        moved = np.flatnonzero(published[start:stop] != expected)
+        if len(moved):
+            at = start + int(moved[0])
+            raise ValueError(
+                f"items moved in the image store since {public.location} was encoded: "
+                f"position {at} now holds {names[at]!r}, another item was encoded there "
+                f"({len(moved)} of items {start}-{stop} differ). Ingest keeps items sorted "
+                f"by name, so items added with names that sort earlier shift the others; "
+                f"{again}")
 
 
 # ---------------------------------------------------------------------------
@@ -321,16 +369,27 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionMa
     ids = store.item_ids()[start:stop].tolist()
     enc = encode_images(context.model, noise, decoy_map, images, job.config.precision,
                         job.config.micro_batch)
-    public = PublicStore.open(plan.public, mode="r+")
-    public.write_region(start, enc.mask, enc.values, ids)
+    _fenced(plan, f"writing items {start}-{stop}")
     keystore = Keystore.open(plan.keystore, context.key_provider, mode="r+")
-    keystore.write_row(start // plan.region_items, enc.keys)
+    opaque = keystore.opaque_ids(ids)
+    public = PublicStore.open(plan.public, mode="r+")
+    public.write_region(start, enc.mask, enc.values, opaque)
+    records = record_digests(public.attrs["store_id"], opaque, enc.mask, enc.values)
+    keystore.write_row(start // plan.region_items,
+                       [Slot(*entry) for entry in zip(opaque, records, enc.keys, strict=True)])
     digest = hashlib.sha256(np.packbits(enc.mask).tobytes() + enc.values.tobytes())
     manifest = RegionManifest(start, stop, stop - start, digest.hexdigest(),
                               time.perf_counter() - t0, started, time.time())
+    _fenced(plan, f"marking items {start}-{stop} done")
     # Written last: its presence means both the public chunk and the key row are in.
     marker.write_bytes(json.dumps(manifest.to_dict()).encode())
     return manifest
+
+
+def _fenced(plan: Plan, before: str) -> None:
+    """Stop (``LeaseLost``) unless the run's lease still names this run."""
+    if plan.fence is not None:
+        plan.fence.check(before)
 
 
 # ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ class Mechanism:
     noise_fit_sha256: str
     value_bits: int  # mantissa bits of the public values
     precision: str  # bf16 | fp32: the encoder's arithmetic (moves ~0.3 % of supports)
-    owner_fingerprint: str  # keyed hash of the owner secret (never the secret)
+    owner_fingerprint: str  # HMAC of the owner secret (Secret.fingerprint): never the secret
 
     def differences(self, other: Mechanism) -> list[str]:
         return [f"{f.name} {getattr(other, f.name)!r} -> {getattr(self, f.name)!r}"

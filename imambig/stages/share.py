@@ -1,28 +1,58 @@
 """Sharing: the owner grants items to a user; the user reveals them.
 
-A grant carries only the keys of the granted items (sealed to the recipient's X25519
-key); the public records come from the public store and the decoder from the published
-model. Nothing else of the keystore leaves the owner.
+A grant carries only the keys of the granted items (signed by the owner, sealed to the
+recipient's X25519 key); the public records come from the public store and the decoder
+from the published model. Nothing else of the keystore leaves the owner.
+
+Neither side takes the storage provider's word for anything. The owner maps item names
+to keystore slots through the public store's ``item_id`` array, so each slot's sealed
+opaque id must be the item's, and each public record must hash to the digest sealed
+beside its key, or no grant is issued. The user checks the model file against the
+grant's model id before loading it, and each fetched record against the grant's digest
+before decoding it.
+
+Lower-fidelity grants reveal ``k_low`` of each map's ``k`` real entries, chosen by a
+secret random order per item (``Keystore.order_scores``): a uniformly random subset,
+so the revealed entries say nothing about which other public entries are real. (Keeping
+the largest magnitudes instead would mark every unrevealed public entry larger than the
+smallest revealed one as fake; ``benchmarks/lower_fidelity_grants.py`` measures that.)
+The order is fixed per item, so grants at several ``k_low`` never add up to more than
+the largest of them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from imambig.access.grant import Grant, GrantError, open_grant, seal_grant
+from imambig.access.grant import (
+    DEFAULT_VALID_DAYS,
+    Grant,
+    GrantError,
+    GrantItem,
+    open_grant,
+    seal_grant,
+)
 from imambig.access.identity import Identity
 from imambig.access.key_provider import KeyProvider
 from imambig.access.keystore import Keystore
+from imambig.errors import StoreFormatError, TamperedError
 from imambig.evaluation.metrics import to_uint8
 from imambig.mechanism.keys import decode_keys, encode_keys, lower_fidelity
 from imambig.mechanism.record import scatter_code
 from imambig.model.checkpoint import load_model
 from imambig.stages.versions import resolve_store
 from imambig.stores.location import Location
-from imambig.stores.public_store import PublicStore
+from imambig.stores.public_store import PublicStore, record_digests
 
 
 def issue_grant(
@@ -31,14 +61,17 @@ def issue_grant(
     item_ids: list[str],
     recipient: str,
     provider: KeyProvider,
+    signer: Ed25519PrivateKey,
     k_low: int | None = None,
     note: str = "",
+    valid_days: float = DEFAULT_VALID_DAYS,
 ) -> bytes:
-    """Seal the keys of ``item_ids`` to ``recipient`` (an ``imambig-pub-v1:`` key).
-    ``public`` and ``keystore`` are stores or roots (their current version is used).
+    """Sign with ``signer`` and seal to ``recipient`` (an ``imambig-pub-v1:`` key) the
+    keys of the items named ``item_ids`` (their source paths). ``public`` and
+    ``keystore`` are stores or roots (their current version is used).
 
-    ``k_low`` issues lower-fidelity keys: only the ``k_low`` largest real entries of each
-    map are revealed.
+    ``k_low`` issues lower-fidelity keys: ``k_low`` real entries per map, a secret
+    random subset (see the module docstring).
     """
     public_store = resolve_store(public)
     store = PublicStore.open(public_store)
@@ -47,21 +80,38 @@ def issue_grant(
     ks = Keystore.open(resolve_store(keystore), provider)
     if ks.attrs["public_store_id"] != store.attrs["store_id"]:
         raise ValueError("the keystore belongs to another public store")
-    idx = store.index_of(item_ids)
-    keys = ks.keys(idx)
+    opaque = ks.opaque_ids(item_ids)
+    idx = store.index_of(opaque, names=item_ids)
+    slots = ks.entries(idx)
+    moved = [n for n, o, s in zip(item_ids, opaque, slots, strict=True) if s.item_id != o]
+    if moved:
+        raise TamperedError(
+            f"the public store's item ids point {len(moved)} items at other items' keys "
+            f"(reordered or substituted by the storage provider): {moved[:5]}; no grant issued")
+    records = store.record_digests(idx, opaque)
+    changed = [n for n, r, s in zip(item_ids, records, slots, strict=True) if r != s.record]
+    if changed:
+        raise TamperedError(
+            f"the public records of {len(changed)} items differ from what was encoded "
+            f"(substituted or corrupted by the storage provider): {changed[:5]}; no grant "
+            "issued")
+    keys = [s.key for s in slots]
     if k_low is not None:
         real = decode_keys(keys)
-        _, values = store.read(idx)
-        keys = encode_keys(lower_fidelity(real, values.astype(np.float32), k_low))
-    grant = Grant(store.attrs["model_id"], public_store.url,
-                  dict(zip(item_ids, keys, strict=True)),
+        order = np.stack([ks.order_scores(o, real.shape[1:]) for o in opaque])
+        keys = encode_keys(lower_fidelity(real, order, k_low))
+    items = tuple(GrantItem(n, o, int(i), s.record, k)
+                  for n, o, i, s, k in zip(item_ids, opaque, idx, slots, keys, strict=True))
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=valid_days)
+    grant = Grant(ks.attrs["model_id"], ks.attrs["public_store_id"], ks.attrs["version"],
+                  public_store.url, items, expires_at=expires.isoformat(timespec="seconds"),
                   note=note)
-    return seal_grant(grant, recipient)
+    return seal_grant(grant, signer, recipient)
 
 
 @dataclass(frozen=True)
 class Revealed:
-    item_ids: list[str]
+    item_ids: list[str]  # the items' names, as granted
     images: np.ndarray  # (B, H, W, 3) uint8
 
 
@@ -69,27 +119,90 @@ class Revealed:
 def reveal(
     grant_blob: bytes,
     identity: Identity,
+    owner: Ed25519PublicKey | str,
     model: Location,
     public: Location | None = None,
+    now: datetime | None = None,
 ) -> Revealed:
     """Reconstruct the granted images from the public store, the grant and the model.
 
+    ``owner`` is the owner's public key the user pinned: the grant must be signed by it.
     ``public`` overrides the store recorded in the grant (e.g. after publication to
-    another bucket); the store's id and model must still match. The recorded store is
-    reached with the model location's storage options.
+    another bucket); it must be the same store version. The recorded store is reached
+    with the model location's storage options.
     """
-    grant: Grant = open_grant(grant_blob, identity)
-    net, info, _ = load_model(model)
-    if info.model_id != grant.model_id:
-        raise GrantError(f"the grant is for model {grant.model_id}, not {info.model_id}")
+    grant: Grant = open_grant(grant_blob, identity, owner, now)
+    net, _, _ = load_model(model, expected_id=grant.model_id)
     store = PublicStore.open(public or Location(grant.store_url, model.storage_options))
-    if store.attrs["model_id"] != grant.model_id:
-        raise GrantError(f"{store.location} was encoded with another model than the grant's")
-    ids = list(grant.keys)
-    idx = store.index_of(ids)
+    if store.attrs["store_id"] != grant.store_id:
+        raise GrantError(f"{store.location} is not the store version the grant is for "
+                         f"({grant.version})")
+    c = net.config
+    if (store.attrs["n_maps"], store.attrs["code_length"]) != (c.n_maps, c.code_length):
+        raise StoreFormatError(f"{store.location} does not have the model's code shape")
+    idx = np.array([i.index for i in grant.items], dtype=np.int64)
+    if idx.max() >= store.n_items:
+        raise TamperedError(f"{store.location} holds {store.n_items} items, fewer than the "
+                            "grant's positions (truncated by the storage provider?)")
     mask, values = store.read(idx)
-    real = decode_keys([grant.keys[i] for i in ids], n_maps=int(store.attrs["n_maps"]),
+    records = record_digests(grant.store_id, [i.item_id for i in grant.items], mask, values)
+    substituted = [i.name for i, r in zip(grant.items, records, strict=True) if r != i.record]
+    if substituted:
+        raise TamperedError(
+            f"the public records of {len(substituted)} granted items differ from the ones "
+            f"granted (substituted or corrupted by the storage provider): {substituted[:5]}; "
+            "nothing revealed")
+    real = decode_keys([i.key for i in grant.items], n_maps=c.n_maps,
                        k_public=int(store.attrs["k_public"]))
     code = scatter_code(mask, np.where(real, values, 0))
     images = to_uint8(net.decode(code)).permute(0, 2, 3, 1).numpy()
-    return Revealed(ids, images)
+    return Revealed([i.name for i in grant.items], images)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
+             *(f"LPT{i}" for i in range(10))}
+
+
+def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
+    """Safe, distinct file names for revealed items: letters, digits, ``._-`` only, no
+    leading dot, no device name, at most ~110 characters. A name kept as it was (its
+    extension replaced by ``suffix``) when it is already safe and new; otherwise a short
+    digest of the whole item name is appended, so different items never share a file
+    (whatever their ``/``, ``\\``, ``..``, drive letters or letter case)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        stem = re.sub(r"\.[A-Za-z0-9]{1,5}$", "", name)
+        safe = _UNSAFE.sub("_", stem).strip("._-")[:100] or "item"
+        tag = hashlib.sha256(name.encode()).hexdigest()
+        if safe != stem or safe.lower() in seen or safe.split(".")[0].upper() in _RESERVED:
+            safe = f"{safe}-{tag[:10]}"
+        n = 10
+        while safe.lower() in seen:  # only if two digests' prefixes collide
+            n += 2
+            safe = f"{safe.rsplit('-', 1)[0]}-{tag[:n]}"
+        seen.add(safe.lower())
+        out.append(safe + suffix)
+    return out
+
+
+def write_revealed(folder: Path, revealed: Revealed, scale: int = 1) -> list[Path]:
+    """PNG files of ``revealed`` in ``folder`` (made if missing), named by
+    :func:`output_names`; never follows a link planted in the folder."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, img in zip(output_names(revealed.item_ids), revealed.images, strict=True):
+        picture = Image.fromarray(img)
+        if scale > 1:
+            picture = picture.resize((img.shape[1] * scale, img.shape[0] * scale),
+                                     Image.NEAREST)
+        path = folder / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0),
+                     0o644)
+        with os.fdopen(fd, "wb") as f:
+            picture.save(f, format="PNG")
+        paths.append(path)
+    return paths

@@ -1,26 +1,37 @@
 """A lease in the store: one encode run at a time per target.
 
-The lease is a small object holding its owner and an expiry, changed only by
-compare-and-swap: created only if absent, replaced or deleted only if unchanged since
-it was read (S3 conditional requests: ``If-None-Match: *`` / ``If-Match: <etag>``; on
-local disks an exclusive create and a lock file). A second run finds a live lease and
-refuses with a clear message. A lease whose holder died is taken over: at once when the
-holder ran on this host and its process is gone, otherwise after ``ttl_s``. The holder
-renews it while it works, and knows when it lost it.
+The lease is a small object holding its owner (a token unique to the run) and an expiry,
+changed only by compare-and-swap: created only if absent, replaced or deleted only if
+unchanged since it was read (S3 conditional requests: ``If-None-Match: *`` /
+``If-Match: <etag>``; on local disks a file linked into place, which fails if one is
+there, and a lock file). A second run finds a live lease and refuses with a clear
+message. A lease whose holder died is taken over: at once when the holder ran in this
+very kernel and PID namespace and its process is gone, otherwise after ``ttl_s``. The
+holder renews it while it works.
+
+Everything a run writes is *fenced*: before each region's commit and done-marker a
+worker reads the lease back (:class:`Fence`) and stops at the first sign that its run no
+longer holds it. An S3 endpoint that ignores conditional writes would let two runs hold
+one lease, so acquiring first probes that the endpoint honours them, and reads the lease
+back afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from imambig.stores.location import Location
@@ -30,6 +41,14 @@ LEASE_TTL_S = 120.0  # a holder that stops renewing for this long is taken over
 
 class LeaseHeld(RuntimeError):
     """Another run holds the lease."""
+
+
+class LeaseLost(LeaseHeld):
+    """This run held the lease and no longer does: it must stop writing."""
+
+
+class UnsafeStorage(RuntimeError):
+    """The storage endpoint does not honour conditional writes: no lease can be safe."""
 
 
 # ---------------------------------------------------------------------------
@@ -87,6 +106,27 @@ class S3ObjectCAS:
     def delete(self, token: str) -> bool:
         return self._call("delete_object", IfMatch=token) is not None
 
+    def check_conditional_writes(self) -> None:
+        """Refuse an endpoint that ignores ``If-None-Match`` or ``If-Match`` (some
+        S3-compatible servers do): on one, two runs could both "create" the lease."""
+        probe = S3ObjectCAS(self.fs, f"{self.bucket}/{self.key}.probe-{uuid.uuid4().hex}")
+        try:
+            if probe.create(b"first") is None:
+                raise UnsafeStorage(f"cannot write to s3://{self.bucket}/{self.key}'s folder")
+            if probe.create(b"second") is not None:
+                raise UnsafeStorage(
+                    f"the S3 endpoint for s3://{self.bucket} ignores If-None-Match "
+                    "(conditional create): leases cannot keep two encode runs apart there; "
+                    "use an endpoint that honours conditional writes (AWS S3, SeaweedFS, "
+                    "MinIO)")
+            if probe.replace(b"third", '"00000000000000000000000000000000"') is not None:
+                raise UnsafeStorage(
+                    f"the S3 endpoint for s3://{self.bucket} ignores If-Match (conditional "
+                    "replace): leases cannot keep two encode runs apart there")
+        finally:
+            with contextlib.suppress(OSError):
+                self.fs.rm_file(f"{probe.bucket}/{probe.key}")
+
 
 class _Local:
     """Local disk: exclusive create; replace/delete under an exclusive lock file."""
@@ -105,14 +145,24 @@ class _Local:
         return hashlib.sha256(data).hexdigest()
 
     def create(self, data: bytes) -> str | None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        # Written whole under a temporary name, then linked into place (link fails if
+        # the name exists): readers never see a partial lease, and a crash mid-write
+        # leaves only a temporary file, never a lease that locks the target forever.
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lease-", suffix=".tmp")
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.link(tmp, self.path)
         except FileExistsError:
             return None
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        finally:
+            os.unlink(tmp)
         return self._token(data)
+
+    def check_conditional_writes(self) -> None:
+        """Local files: exclusive links and locks always hold."""
 
     def read(self) -> tuple[bytes, str] | None:
         try:
@@ -156,19 +206,79 @@ def _backend(location: Location) -> Any:
 # ---------------------------------------------------------------------------
 
 
+@functools.cache
+def _this_kernel() -> tuple[str, str]:
+    """(boot id, PID namespace) of this process; empty where /proc does not tell. A PID
+    means the same process only within one kernel boot and one PID namespace."""
+    def read(how: Any) -> str:
+        try:
+            return str(how())
+        except OSError:
+            return ""
+    return (read(lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip()),
+            read(lambda: os.readlink("/proc/self/ns/pid")))
+
+
+def _start_time(pid: int) -> str:
+    """Start time of process ``pid`` in clock ticks since boot ("" if unknown): tells a
+    reused PID from the process that held the lease."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
 def _holder_dead(held: dict[str, Any]) -> bool:
-    """True when the holder ran on this host and its process is gone (a killed run)."""
-    host, _, rest = str(held.get("owner", "")).partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    """True only when the holder ran in this kernel boot and PID namespace, and its
+    process is gone (or its PID now belongs to a later process): a killed run. On another
+    host, in another container, or without /proc, a holder is waited for (``ttl_s``)."""
+    boot, pid_ns = _this_kernel()
+    pid = held.get("pid")
+    if (not boot or not pid_ns or held.get("host") != socket.gethostname()
+            or held.get("boot_id") != boot or held.get("pid_ns") != pid_ns
+            or not isinstance(pid, int) or pid <= 0):
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
-    return False
+        pass
+    started = _start_time(pid)
+    return bool(started) and started != held.get("pid_start")
+
+
+def _parse(got: tuple[bytes, str] | None) -> dict[str, Any] | None:
+    """A lease record; an unreadable one counts as expired (whole-object writes never
+    leave one behind, so no live run holds it)."""
+    if got is None:
+        return None
+    try:
+        held = json.loads(got[0])
+        if isinstance(held, dict) and isinstance(held.get("expires"), int | float):
+            return held
+    except ValueError:
+        pass
+    return {"owner": "unreadable", "acquired": 0, "expires": 0}
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a worker checks before each commit: the lease still names this run (its
+    token) and has not expired. Picklable; holds no secret."""
+
+    location: Location
+    owner: str
+
+    def check(self, before: str) -> None:
+        held = _parse(_backend(self.location).read())
+        if held is None or held.get("owner") != self.owner:
+            raise LeaseLost(f"lost the lease {self.location} to another run; stopping "
+                            f"before {before}")
+        if held["expires"] < time.time():
+            raise LeaseLost(f"the lease {self.location} expired (renewal stopped); "
+                            f"stopping before {before}")
 
 
 class Lease:
@@ -177,7 +287,9 @@ class Lease:
     ) -> None:
         self.location = location
         self.ttl_s = ttl_s
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # The fence token: unique to this run, so a later run on the same host and PID
+        # never passes for this one.
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         self._cas = _backend(location)
         self._token: str | None = None
         self._stop = threading.Event()
@@ -186,24 +298,25 @@ class Lease:
 
     def _record(self) -> bytes:
         now = time.time()
-        return json.dumps({"owner": self.owner, "acquired": now,
-                           "expires": now + self.ttl_s}).encode()
+        boot, pid_ns = _this_kernel()
+        return json.dumps({"owner": self.owner, "host": socket.gethostname(),
+                           "pid": os.getpid(), "pid_start": _start_time(os.getpid()),
+                           "boot_id": boot, "pid_ns": pid_ns,
+                           "acquired": now, "expires": now + self.ttl_s}).encode()
 
     def holder(self) -> dict[str, Any] | None:
-        got = self._cas.read()
-        if got is None:
-            return None
-        try:
-            return json.loads(got[0])
-        except ValueError:
-            return {"owner": "unreadable", "expires": 0}
+        return _parse(self._cas.read())
+
+    def fence(self) -> Fence:
+        return Fence(self.location, self.owner)
 
     def acquire(self) -> Lease:
+        self._cas.check_conditional_writes()
         self._token = self._cas.create(self._record())
         if self._token is None:
             got = self._cas.read()
-            held = json.loads(got[0]) if got else None
-            if held and held.get("expires", 0) > time.time() and not _holder_dead(held):
+            held = _parse(got)
+            if held and held["expires"] > time.time() and not _holder_dead(held):
                 since = time.strftime("%H:%M:%S", time.localtime(held.get("acquired", 0)))
                 raise LeaseHeld(
                     f"another encode run ({held.get('owner')}, since {since}) is writing this "
@@ -216,6 +329,8 @@ class Lease:
                            else self._cas.create(self._record()))
             if self._token is None:
                 raise LeaseHeld(f"another encode run took over the lease {self.location} first")
+        # Read back: the lease must name this run now, whatever the endpoint claimed.
+        self.fence().check("starting")
         self._thread = threading.Thread(target=self._renew, daemon=True, name="imambig-lease")
         self._thread.start()
         return self
