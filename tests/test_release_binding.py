@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from imambig.config import EncodeConfig
+from imambig.config import PRESETS, EncodeConfig, TrainConfig
 from imambig.mechanism import noise_model
-from imambig.model.checkpoint import MODEL_FILE
+from imambig.model.checkpoint import MODEL_FILE, load_model
 from imambig.stages.encode_driver import SerialRegions, run_encode
 from imambig.stages.encode_regions import EncodeJob
 from imambig.stages.release_binding import RELEASES, ReleaseRefused
+from imambig.stages.train import train
 from imambig.stores.location import Location
 
 CHUNK = 100
@@ -107,3 +108,43 @@ def test_a_removed_release_record_is_no_way_round(setup) -> None:
         f.unlink()
     with pytest.raises(ReleaseRefused, match="version v-"):
         _encode(setup, noise_fit_items=100)
+
+
+@pytest.fixture(scope="module")
+def child_model(synthetic_store: Location, tiny_model: Location,
+                tmp_path_factory: pytest.TempPathFactory) -> Location:
+    """``tiny_model`` fine-tuned for one epoch (``imambig train --init``)."""
+    out = Location(str(tmp_path_factory.mktemp("child") / "model"))
+    train(synthetic_store, out,
+          TrainConfig(model=PRESETS["tiny"], epochs=1, batch_size=32, num_threads=1,
+                      init=tiny_model.url), progress=False)
+    return out
+
+
+def _encode_model(setup, model_dir: Location) -> None:
+    images, _, (public, keys) = setup
+    model = Path(setup[1].url).parent / Path(model_dir.url).parent.name
+    model.mkdir(exist_ok=True)
+    shutil.copy(Path(model_dir.url) / MODEL_FILE, model / MODEL_FILE)
+    job = EncodeJob(images=images, model=Location(str(model)), public_root=public,
+                    keys_root=keys,
+                    config=EncodeConfig(region_items=CHUNK, precision="fp32"))
+    run_encode(job, SerialRegions(), progress=False)
+
+
+def test_the_lineage_of_a_fine_tuned_model_is_recorded(tiny_model, child_model) -> None:
+    _, parent, _ = load_model(tiny_model)
+    _, child, _ = load_model(child_model)
+    assert child.metadata["lineage"] == [parent.model_id] != [child.model_id]
+
+
+def test_a_fine_tuned_child_of_a_published_model_is_refused(setup, child_model) -> None:
+    _encode(setup)  # the parent
+    with pytest.raises(ReleaseRefused, match=r"fine-tuned from .*trained from scratch"):
+        _encode_model(setup, child_model)
+
+
+def test_the_parent_of_a_published_model_is_refused(setup, child_model) -> None:
+    _encode_model(setup, child_model)
+    with pytest.raises(ReleaseRefused, match=r"an ancestor of"):
+        _encode(setup)

@@ -227,8 +227,10 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     noise = ensure_noise_model(context, store)
     noise_fit = {"file": noise.name, "sha256": hashlib.sha256(noise.read_bytes()).hexdigest(),
                  "precision": job.config.precision}
+    lineage = context.info.metadata.get("lineage") or []
     check_release(mechanism(context, noise_fit["sha256"]), job.public_root, job.keys_root,
-                  _published_noise_fits(job.public_root, context.info.model_id))
+                  _published_noise_fits(job.public_root, context.info.model_id),
+                  tuple(str(m) for m in lineage if isinstance(lineage, list)))
 
     version = context.version
     public_location = job.public_root.join(version)

@@ -8,8 +8,14 @@ again with any of these changed (a refit, a rotated secret, another k', a design
 another precision) is a second release with other fakes. The first publication of a
 model under a key root records its mechanism there (``_releases/<model id>.json``, next
 to the keystores: private); every later encode of that model under the same roots must
-match it, and the versions already under both roots are checked too. The way forward
-after a change is a new model id (train or fine-tune a new model).
+match it, and the versions already under both roots are checked too.
+
+A model fine-tuned from another keeps codes close to its ancestors' while its decoy map
+(seeded by its own id) is new: publishing an image under both is a second release that
+gives most of the key away (measured: README, *Measured privacy*). So a model's lineage
+(``lineage`` in its metadata, written by ``imambig train --init``) is recorded too, and a
+model is refused where an ancestor or a descendant was published under the same roots.
+The way forward after a change is a new model id trained from scratch.
 """
 
 from __future__ import annotations
@@ -67,16 +73,51 @@ def _refusal(mechanism: Mechanism, diffs: list[str], where: str) -> ReleaseRefus
     )
 
 
+def _family_refusal(model_id: str, relative: str, how: str, where: str) -> ReleaseRefused:
+    return ReleaseRefused(
+        f"model {model_id} is {how} {relative}, which was published ({where}). A fine-tuned "
+        "model's codes stay close to its family's while its fakes are new, so publishing "
+        "the same images under both gives most of every key away. Publish under a model "
+        "trained from scratch (a new model id with no --init), or under different roots "
+        "for a different collection.")
+
+
+def check_lineage(model_id: str, lineage: tuple[str, ...], public_root: Location,
+                  keys_root: Location) -> None:
+    """Refuse ``model_id`` where an ancestor (``lineage``) or a descendant of it was
+    published under these roots."""
+    for ancestor in lineage:
+        where = record_location(keys_root, ancestor)
+        if where.read_bytes() is not None:
+            raise _family_refusal(model_id, ancestor, "fine-tuned from", f"recorded in {where}")
+        if versions := published_versions(public_root, ancestor):
+            raise _family_refusal(model_id, ancestor, "fine-tuned from",
+                                  f"version {versions[0]} under {public_root}")
+    records = keys_root.join(RELEASES)
+    for name in sorted(records.names()):
+        if not name.endswith(".json") or name == f"{model_id}.json":
+            continue
+        try:
+            family = json.loads(records.join(name).read_bytes() or b"{}").get("lineage", [])
+        except (ValueError, AttributeError):
+            family = []
+        if isinstance(family, list) and model_id in family:
+            raise _family_refusal(model_id, name.removesuffix(".json"), "an ancestor of",
+                                  f"recorded in {records.join(name)}")
+
+
 def published_versions(root: Location, model_id: str) -> list[str]:
     """Names of the store versions of ``model_id`` under ``root``."""
     return sorted(n for n in root.names() if n.startswith(f"v-{model_id}-"))
 
 
 def check_release(mechanism: Mechanism, public_root: Location, keys_root: Location,
-                  noise_fit_of: dict[str, dict]) -> None:
+                  noise_fit_of: dict[str, dict], lineage: tuple[str, ...] = ()) -> None:
     """Refuse unless ``mechanism`` is the one the model was published with under these
-    roots; record it on the model's first publication. ``noise_fit_of`` maps the version
-    names found under the public root to their stores' ``noise_fit`` attributes."""
+    roots and no relative of the model (``lineage``: its ancestors) was published there;
+    record it on the model's first publication. ``noise_fit_of`` maps the version names
+    found under the public root to their stores' ``noise_fit`` attributes."""
+    check_lineage(mechanism.model_id, lineage, public_root, keys_root)
     where = record_location(keys_root, mechanism.model_id)
     raw = where.read_bytes()
     if raw is not None:
@@ -90,4 +131,5 @@ def check_release(mechanism: Mechanism, public_root: Location, keys_root: Locati
                                        f"{mechanism.noise_fit_sha256!r}"],
                            f"version {name} under {public_root}")
     if raw is None:
-        where.write_bytes(json.dumps(asdict(mechanism), indent=1).encode())
+        record = {**asdict(mechanism), "lineage": list(lineage)}
+        where.write_bytes(json.dumps(record, indent=1).encode())

@@ -152,6 +152,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def lineage_of(parent: ckpt.ModelInfo) -> list[str]:
+    """The lineage of a model fine-tuned from ``parent``: the parent's, then the parent."""
+    earlier = parent.metadata.get("lineage")
+    earlier = [str(m) for m in earlier] if isinstance(earlier, list) else []
+    return [*earlier, parent.model_id]
+
+
 def train(
     images: Location,
     out: Location,
@@ -292,6 +299,9 @@ def train(
         "train_minutes": round(elapsed / 60, 2),
         "images": images.url,
         "parent": parent.model_id if parent else None,
+        # Every ancestor, nearest last: a fine-tuned model's codes stay close to its
+        # ancestors', so release binding treats them as one family.
+        "lineage": lineage_of(parent) if parent else [],
         "train_items": len(train_idx),
         "val_psnr": history,
         "global_step": global_step,
