@@ -132,7 +132,8 @@ def encode_config(a: argparse.Namespace) -> EncodeConfig:
 
 def evaluate_config(a: argparse.Namespace) -> EvaluateConfig:
     return EvaluateConfig(split=a.split, max_items=a.max_items, attacks=a.attacks,
-                          codecs=a.codecs, rd_items=a.rd_items)
+                          codecs=a.codecs, rd_items=a.rd_items, attacker_items=a.attacker_items,
+                          releases=a.releases, identity=a.identity, linkage=a.linkage)
 
 
 def attack_config(a: argparse.Namespace) -> AttackConfig:
@@ -549,6 +550,14 @@ def _add_evaluate(sub: Subparsers) -> None:
                    help="comma list of baselines")
     p.add_argument("--rd-items", type=int, default=d.rd_items,
                    help="items behind the rate-distortion curves (0: no rd.png)")
+    p.add_argument("--attacker-items", type=int, default=d.attacker_items,
+                   help="training images the attacker ambiguates itself")
+    p.add_argument("--releases", type=int, default=d.releases,
+                   help="ambiguations of each attacker image the learned inversion trains on")
+    p.add_argument("--no-identity", dest="identity", action="store_false",
+                   help="skip the face-recognition rows (they need pip install 'imambig[face]')")
+    p.add_argument("--no-linkage", dest="linkage", action="store_false",
+                   help="skip the exact-photo linkage rows")
     p.set_defaults(handler=_run_evaluate)
 
 

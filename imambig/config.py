@@ -279,6 +279,7 @@ class EvaluateConfig:
     attacker_items: int = 2048  # training images the attacker ambiguates itself
     releases: int = 3  # ambiguations of each (one attacker secret each): learned inversion
     identity: bool = True  # face-recognition rows, where the recognizer is installed
+    linkage: bool = True  # exact-photo linkage: each item's record found from its photo
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     codecs: tuple[str, ...] = ("jpeg", "webp", "avif")  # baselines at matched bytes
     grid_items: int = 6  # columns of grid.png

@@ -18,6 +18,7 @@ import numpy as np
 
 from imambig.access.key_provider import KeyProvider
 from imambig.access.keystore import Keystore
+from imambig.attacks.linkage import link
 from imambig.attacks.suite import attacker_ambiguation, attacker_secret, run_attacks
 from imambig.config import EvaluateConfig
 from imambig.evaluation import rate_distortion as rd
@@ -28,6 +29,7 @@ from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
 from imambig.stages.encode_images import bottlenecks
+from imambig.stages.near_duplicates import NearDuplicates
 from imambig.stages.privacy_experiment import identity_gallery, identity_rows
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor
@@ -45,14 +47,18 @@ class Evaluation:
     settings: dict[str, Any] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)  # Table-1 style rows
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # (bpp, PSNR)
+    # Exact-photo linkage: top-1 of finding each item's record among the evaluated ones
+    # from its photo (and from a JPEG copy), the documented limit of deterministic codes.
+    linkage: dict[str, float] = field(default_factory=dict)
 
     def table_markdown(self) -> str:
         """The paper's Table 1 shape: settings with PSNR, SSIM, MS-SSIM and honest rates."""
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-        head = ("| setting | PSNR (dB) | SSIM | MS-SSIM | bytes/image | bpp | notes |\n"
-                "|---|---|---|---|---|---|---|\n")
+        head = ("| setting | PSNR (dB) | SSIM | MS-SSIM | identity top-1 | bytes/image | bpp "
+                "| notes |\n|---|---|---|---|---|---|---|---|\n")
         return head + "".join(
             f"| {r['name']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {fmt(r.get('ms_ssim'), '.3f')} "
+            f"| {fmt(r.get('identity_top1'), '.3f')} "
             f"| {fmt(r.get('bytes_per_image'), '.0f')} | {fmt(r.get('bpp'), '.3f')} "
             f"| {r.get('notes', '')} |\n" for r in self.table)
 
@@ -65,16 +71,19 @@ class Evaluation:
         out.join("evaluation.md").write_bytes(self.markdown().encode())
 
     def markdown(self) -> str:
-        head = ("| setting | PSNR (dB) | SSIM | support recall | chance | AUC |\n"
-                "|---|---|---|---|---|---|\n")
+        head = ("| setting | PSNR (dB) | SSIM | support recall | chance | AUC | identity top-1 "
+                "| identity AUC |\n|---|---|---|---|---|---|---|---|\n")
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         body = "".join(
             f"| {r['name']} | {fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | "
-            f"{fmt(r['recall'], '.3f')} | {fmt(r['chance'], '.3f')} | {fmt(r['auc'], '.3f')} |\n"
+            f"{fmt(r['recall'], '.3f')} | {fmt(r['chance'], '.3f')} | {fmt(r['auc'], '.3f')} | "
+            f"{fmt(r.get('identity_top1'), '.3f')} | {fmt(r.get('identity_auc'), '.3f')} |\n"
             for r in self.rows)
         rates = "".join(f"| {k} | {v:.3f} |\n" for k, v in self.rates.items())
         table = f"{self.table_markdown()}\n" if self.table else ""
-        return (f"{table}{head}{body}\n| rate | value |\n|---|---|\n{rates}\n"
+        linkage = "".join(f"Exact-photo linkage, {k}: top-1 {v:.3f}\n"
+                          for k, v in self.linkage.items())
+        return (f"{table}{head}{body}\n| rate | value |\n|---|---|\n{rates}\n{linkage}"
                 f"{self.n_items} {self.split} items, model `{self.model_id}`.\n")
 
 
@@ -163,11 +172,22 @@ def evaluate_stores(
         say(f"{codec} at the authorized k={k} standalone bytes")
         table.append(asdict(rd.codec_at_bytes(x, codec, budgets)))
     by_name = {r["name"]: r for r in rows}
+    if "authorized" in by_name:  # the suite's authorized row decodes the same k=k code
+        for row in table:
+            if row["name"] == f"authorized k={k}":
+                row["identity_top1"] = by_name["authorized"].get("identity_top1")
     for name in ("public as is", "random guess"):
         if name in by_name:
             r = by_name[name]
             table.append({"name": name, "psnr": r["psnr"], "ssim": r["ssim"], "ms_ssim": None,
-                          "bytes_per_image": None, "bpp": None, "notes": "from the attack suite"})
+                          "identity_top1": r.get("identity_top1"), "bytes_per_image": None,
+                          "bpp": None, "notes": "from the attack suite"})
+    linkage = {}
+    if config.linkage:
+        say("exact-photo linkage")
+        linkage = {"exact photo": link(net, x, amb, np.arange(len(x))),
+                   "JPEG q90 copy": link(net, to_tensor(NearDuplicates(store).images(
+                       target, "jpeg90")), amb, np.arange(len(x)))}
     if out is not None and config.rd_items:
         n_rd = config.rd_items
         say(f"rate-distortion curves on {min(n_rd, len(x))} items")
@@ -198,7 +218,7 @@ def evaluate_stores(
                 "ssim": "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 255",
                 "ms_ssim_scales": ms_ssim_scales(x.shape[2], x.shape[3])}
     return Evaluation(rows, rates, len(target), config.split, info.model_id, settings, table,
-                      curves)
+                      curves, linkage)
 
 
 def as_table(ev: Evaluation) -> list[dict[str, Any]]:
