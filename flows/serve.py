@@ -57,7 +57,10 @@ def deployments(params: dict[str, Any], cron: str | None = "0 2 * * *",
     )
     full = encode_flow.to_deployment(
         name="full-reencode", parameters={**params, "overwrite": True},
-        description="Rebuild the store version from scratch, started by hand.",
+        description="Rebuild the store version from scratch, started by hand: the same "
+                    "model and mechanism publish byte-identical records; any change of "
+                    "noise fit, k', precision or owner secret is refused (a new model id "
+                    "is the way to publish other fakes).",
         tags=["imambig", "manual"],
     )
     return [nightly, full]
