@@ -27,11 +27,11 @@ from numcodecs import Blosc
 from imambig.evaluation.codecs import CODECS, at_budget, at_quality
 from imambig.evaluation.metrics import ms_ssim, psnr_uint8, ssim, to_uint8
 from imambig.mechanism.keys import key_bytes, lower_fidelity
+from imambig.mechanism.quantizer import FULL_MANTISSA, round_mantissa
 from imambig.mechanism.record import Ambiguated, scatter_code
 from imambig.model.autoencoder import SparseAutoencoder
 
 VALUE_CODEC = Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)  # as the public store
-FULL_MANTISSA = 10
 RD_K_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 RD_PRECISIONS = (10, 6, 3)
 RD_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -48,18 +48,6 @@ class Row:
     bytes_per_image: float | None
     bpp: float | None
     notes: str = ""
-
-
-def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
-    """float16 values with only ``bits`` mantissa bits left (round to nearest)."""
-    v = np.ascontiguousarray(values, dtype=np.float16)
-    if bits >= FULL_MANTISSA:
-        return v
-    drop = FULL_MANTISSA - bits
-    raw = v.view(np.uint16).astype(np.uint32)
-    keep = np.uint32(0xFFFF ^ ((1 << drop) - 1))
-    raw = (raw + np.uint32(1 << (drop - 1))) & keep  # a carry into the exponent rounds up: fine
-    return raw.astype(np.uint16).view(np.float16)
 
 
 def value_bytes(values: np.ndarray) -> int:
