@@ -148,3 +148,21 @@ def test_the_parent_of_a_published_model_is_refused(setup, child_model) -> None:
     _encode_model(setup, child_model)
     with pytest.raises(ReleaseRefused, match=r"an ancestor of"):
         _encode(setup)
+
+
+def test_a_model_trained_from_the_same_start_is_refused(setup, synthetic_store,
+                                                        tmp_path) -> None:
+    """Same architecture and seed, another training run (here one epoch, not two): the
+    codes stay aligned with the published model's, so it is one family."""
+    _encode(setup)
+    sibling = Location(str(tmp_path / "sibling-run" / "model"))
+    train(synthetic_store, sibling,
+          TrainConfig(model=PRESETS["tiny"], epochs=1, batch_size=32, num_threads=1),
+          progress=False)
+    with pytest.raises(ReleaseRefused, match=r"same start .*new --seed"):
+        _encode_model(setup, sibling)
+    other_seed = Location(str(tmp_path / "other-seed" / "model"))
+    train(synthetic_store, other_seed,
+          TrainConfig(model=PRESETS["tiny"], epochs=1, batch_size=32, num_threads=1, seed=7),
+          progress=False)
+    _encode_model(setup, other_seed)  # a new start: allowed

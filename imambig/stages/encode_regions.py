@@ -48,7 +48,12 @@ from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import ModelInfo, load_model
 from imambig.model.precision import resolve
 from imambig.stages.encode_images import encode_images
-from imambig.stages.release_binding import Mechanism, check_release, published_versions
+from imambig.stages.release_binding import (
+    Mechanism,
+    check_release,
+    published_versions,
+    training_start,
+)
 from imambig.stages.versions import set_current, version_name
 from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.lease import Fence
@@ -230,7 +235,8 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     lineage = context.info.metadata.get("lineage") or []
     check_release(mechanism(context, noise_fit["sha256"]), job.public_root, job.keys_root,
                   _published_noise_fits(job.public_root, context.info.model_id),
-                  tuple(str(m) for m in lineage if isinstance(lineage, list)))
+                  tuple(str(m) for m in lineage if isinstance(lineage, list)),
+                  training_start(context.info.metadata))
 
     version = context.version
     public_location = job.public_root.join(version)

@@ -15,11 +15,15 @@ A model fine-tuned from another keeps codes close to its ancestors' while its de
 gives most of the key away (measured: README, *Measured privacy*). So a model's lineage
 (``lineage`` in its metadata, written by ``imambig train --init``) is recorded too, and a
 model is refused where an ancestor or a descendant was published under the same roots.
-The way forward after a change is a new model id trained from scratch.
+Two models trained from scratch from the same start (architecture and seed) keep
+aligned codes too (measured: a second release under such a model gives recall 0.632
+against 0.537 for another seed), so the start is recorded and compared as well.
+The way forward after a change is a new model id trained from scratch with a new seed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
@@ -73,19 +77,30 @@ def _refusal(mechanism: Mechanism, diffs: list[str], where: str) -> ReleaseRefus
     )
 
 
+def training_start(metadata: dict) -> str | None:
+    """A digest of where a model's training started: architecture and seed. None for a
+    fine-tuned model (its lineage covers it) or metadata without a training config."""
+    config = metadata.get("train_config")
+    if not isinstance(config, dict) or config.get("init"):
+        return None
+    start = {"model": config.get("model"), "seed": config.get("seed")}
+    return hashlib.sha256(json.dumps(start, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _family_refusal(model_id: str, relative: str, how: str, where: str) -> ReleaseRefused:
     return ReleaseRefused(
         f"model {model_id} is {how} {relative}, which was published ({where}). A fine-tuned "
         "model's codes stay close to its family's while its fakes are new, so publishing "
         "the same images under both gives most of every key away. Publish under a model "
-        "trained from scratch (a new model id with no --init), or under different roots "
+        "trained from scratch with a new --seed (no --init), or under different roots "
         "for a different collection.")
 
 
 def check_lineage(model_id: str, lineage: tuple[str, ...], public_root: Location,
-                  keys_root: Location) -> None:
-    """Refuse ``model_id`` where an ancestor (``lineage``) or a descendant of it was
-    published under these roots."""
+                  keys_root: Location, start: str | None = None) -> None:
+    """Refuse ``model_id`` where an ancestor (``lineage``), a descendant of it, or a
+    model trained from the same ``start`` (``training_start``) was published under
+    these roots."""
     for ancestor in lineage:
         where = record_location(keys_root, ancestor)
         if where.read_bytes() is not None:
@@ -98,11 +113,16 @@ def check_lineage(model_id: str, lineage: tuple[str, ...], public_root: Location
         if not name.endswith(".json") or name == f"{model_id}.json":
             continue
         try:
-            family = json.loads(records.join(name).read_bytes() or b"{}").get("lineage", [])
+            record = json.loads(records.join(name).read_bytes() or b"{}")
+            family, other_start = record.get("lineage", []), record.get("start")
         except (ValueError, AttributeError):
-            family = []
+            family, other_start = [], None
         if isinstance(family, list) and model_id in family:
             raise _family_refusal(model_id, name.removesuffix(".json"), "an ancestor of",
+                                  f"recorded in {records.join(name)}")
+        if start is not None and other_start == start:
+            raise _family_refusal(model_id, name.removesuffix(".json"),
+                                  "trained from the same start (architecture and seed) as",
                                   f"recorded in {records.join(name)}")
 
 
@@ -112,12 +132,13 @@ def published_versions(root: Location, model_id: str) -> list[str]:
 
 
 def check_release(mechanism: Mechanism, public_root: Location, keys_root: Location,
-                  noise_fit_of: dict[str, dict], lineage: tuple[str, ...] = ()) -> None:
+                  noise_fit_of: dict[str, dict], lineage: tuple[str, ...] = (),
+                  start: str | None = None) -> None:
     """Refuse unless ``mechanism`` is the one the model was published with under these
     roots and no relative of the model (``lineage``: its ancestors) was published there;
     record it on the model's first publication. ``noise_fit_of`` maps the version names
     found under the public root to their stores' ``noise_fit`` attributes."""
-    check_lineage(mechanism.model_id, lineage, public_root, keys_root)
+    check_lineage(mechanism.model_id, lineage, public_root, keys_root, start)
     where = record_location(keys_root, mechanism.model_id)
     raw = where.read_bytes()
     if raw is not None:
@@ -131,5 +152,5 @@ def check_release(mechanism: Mechanism, public_root: Location, keys_root: Locati
                                        f"{mechanism.noise_fit_sha256!r}"],
                            f"version {name} under {public_root}")
     if raw is None:
-        record = {**asdict(mechanism), "lineage": list(lineage)}
+        record = {**asdict(mechanism), "lineage": list(lineage), "start": start}
         where.write_bytes(json.dumps(record, indent=1).encode())
