@@ -51,8 +51,8 @@ from imambig.stages.encode_images import encode_images
 from imambig.stages.release_binding import (
     Mechanism,
     check_release,
+    family,
     published_versions,
-    training_start,
 )
 from imambig.stages.versions import set_current, version_name
 from imambig.stores.image_store import ImageStore, open_image_store
@@ -232,11 +232,9 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     noise = ensure_noise_model(context, store)
     noise_fit = {"file": noise.name, "sha256": hashlib.sha256(noise.read_bytes()).hexdigest(),
                  "precision": job.config.precision}
-    lineage = context.info.metadata.get("lineage") or []
     check_release(mechanism(context, noise_fit["sha256"]), job.public_root, job.keys_root,
                   _published_noise_fits(job.public_root, context.info.model_id),
-                  tuple(str(m) for m in lineage if isinstance(lineage, list)),
-                  training_start(context.info.metadata))
+                  *family(context.info.metadata))
 
     version = context.version
     public_location = job.public_root.join(version)

@@ -72,19 +72,22 @@ def _refusal(mechanism: Mechanism, diffs: list[str], where: str) -> ReleaseRefus
         f"mechanism: {'; '.join(diffs)}. Its records would get other fakes than before, and "
         "two releases of one code with different fakes reveal every key (the shared entries "
         "are the real ones). Encode with the same settings, secret, noise file and precision "
-        "as the first release, or publish under a new model id (train or fine-tune another "
-        "model)."
+        "as the first release, or publish under a new model id (a model trained from "
+        "scratch with a new --seed)."
     )
 
 
-def training_start(metadata: dict) -> str | None:
-    """A digest of where a model's training started: architecture and seed. None for a
-    fine-tuned model (its lineage covers it) or metadata without a training config."""
+def family(metadata: dict) -> tuple[tuple[str, ...], str | None]:
+    """What a model's metadata says of its family: its ancestors (``lineage``, written
+    by ``train --init``) and a digest of where training started from scratch
+    (architecture and seed; None for a fine-tuned model, which its lineage covers)."""
+    lineage = metadata.get("lineage")
+    ancestors = tuple(str(m) for m in lineage) if isinstance(lineage, list) else ()
     config = metadata.get("train_config")
     if not isinstance(config, dict) or config.get("init"):
-        return None
+        return ancestors, None
     start = {"model": config.get("model"), "seed": config.get("seed")}
-    return hashlib.sha256(json.dumps(start, sort_keys=True).encode()).hexdigest()[:16]
+    return ancestors, hashlib.sha256(json.dumps(start, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _family_refusal(model_id: str, relative: str, how: str, where: str) -> ReleaseRefused:
@@ -99,7 +102,7 @@ def _family_refusal(model_id: str, relative: str, how: str, where: str) -> Relea
 def check_lineage(model_id: str, lineage: tuple[str, ...], public_root: Location,
                   keys_root: Location, start: str | None = None) -> None:
     """Refuse ``model_id`` where an ancestor (``lineage``), a descendant of it, or a
-    model trained from the same ``start`` (``training_start``) was published under
+    model trained from the same ``start`` (see ``family``) was published under
     these roots."""
     for ancestor in lineage:
         where = record_location(keys_root, ancestor)

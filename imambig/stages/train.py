@@ -25,6 +25,7 @@ from imambig.evaluation.metrics import psnr_uint8, to_uint8
 from imambig.model import checkpoint as ckpt
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import autocast, resolve
+from imambig.stages.release_binding import family
 from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import epoch_order, iter_batches, to_tensor
 from imambig.stores.location import Location
@@ -150,13 +151,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def lineage_of(parent: ckpt.ModelInfo) -> list[str]:
-    """The lineage of a model fine-tuned from ``parent``: the parent's, then the parent."""
-    earlier = parent.metadata.get("lineage")
-    earlier = [str(m) for m in earlier] if isinstance(earlier, list) else []
-    return [*earlier, parent.model_id]
 
 
 def train(
@@ -301,7 +295,7 @@ def train(
         "parent": parent.model_id if parent else None,
         # Every ancestor, nearest last: a fine-tuned model's codes stay close to its
         # ancestors', so release binding treats them as one family.
-        "lineage": lineage_of(parent) if parent else [],
+        "lineage": [*family(parent.metadata)[0], parent.model_id] if parent else [],
         "train_items": len(train_idx),
         "val_psnr": history,
         "global_step": global_step,
