@@ -1,6 +1,7 @@
 """Throughput of the whole path against the encoder alone, and parallel scaling.
 
     python benchmarks/bench_pipeline.py [--preset paper] [--items 512] [--source DIR]
+                                        [--precision fp32|bf16]
 
 Starts a real S3 server (SeaweedFS) on 127.0.0.1, then measures, on this machine:
 
@@ -37,6 +38,7 @@ from PIL import Image
 from imambig.config import EncodeConfig, IngestConfig, preset
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import save_model
+from imambig.model.precision import autocast
 from imambig.stages.dask_regions import DaskRegions
 from imambig.stages.encode_driver import EncodeReport, run_encode
 from imambig.stages.encode_regions import EncodeContext, EncodeJob, ensure_noise_model
@@ -74,6 +76,8 @@ def main() -> None:
     p.add_argument("--items", type=int, default=512)
     p.add_argument("--source", default=None, help="folder of images (default: generated)")
     p.add_argument("--chunk-items", type=int, default=64)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="the encoder's arithmetic, forward pass and encodes alike")
     a = p.parse_args()
     for k in ("IMAMBIG_OWNER_SECRET", "IMAMBIG_KEYSTORE_KEY"):
         os.environ.setdefault(k, base64.b64encode(secrets.token_bytes(32)).decode())
@@ -91,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(1)
     x = to_tensor(np.random.default_rng(0).integers(0, 256, (64, cfg.image_height,
                                                     cfg.image_width, 3), dtype=np.uint8))
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(a.precision):
         model.encode(x[:8])
         t0 = time.perf_counter()
         for s in range(0, 64, 8):
@@ -109,7 +113,8 @@ def main() -> None:
             return EncodeJob(images=images, model=model_location,
                              public_root=Location(f"{pub}/{tag}", opts),
                              keys_root=Location(f"{keys}/{tag}", opts),
-                             config=EncodeConfig(region_items=a.chunk_items))
+                             config=EncodeConfig(region_items=a.chunk_items,
+                                                 precision=a.precision))
 
         def encode(tag: str, workers: int) -> EncodeReport:
             return run_encode(job(tag), DaskRegions(n_workers=workers), progress=False)
@@ -147,7 +152,7 @@ def main() -> None:
         key_bytes = _bytes_under(report.plan.keystore)
 
     print(f"preset={a.preset} items={n} chunk={a.chunk_items} cores={os.cpu_count()} "
-          f"torch={torch.__version__}")
+          f"precision={a.precision} torch={torch.__version__}")
     print("| measurement | images/s | note |")
     print("|---|---|---|")
     for name, ips, note in rows:

@@ -26,9 +26,9 @@ import torch
 from imambig.access.secrets import Secret
 from imambig.evaluation.metrics import psnr_uint8, to_uint8
 from imambig.mechanism.decoy_map import DecoyMap
-from imambig.mechanism.keys import decode_keys, lower_fidelity
+from imambig.mechanism.keys import decode_keys, key_seals, lower_fidelity
 from imambig.mechanism.noise_model import fit_noise_model
-from imambig.mechanism.record import scatter_code
+from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
 from imambig.stages.encode_images import encode_images
 from imambig.stores.image_store import open_image_store
@@ -60,8 +60,10 @@ def main() -> None:
     images = store.read(test)
     enc = encode_images(model, noise, DecoyMap.for_owner(noise, Secret(bytes(range(32)))),
                         images)
-    real = decode_keys(enc.keys)
-    magnitude = np.abs(enc.values.astype(np.float32))
+    # A grantee holds the seal: it sees the record under it (imambig.mechanism.seal).
+    amb = Ambiguated(enc.mask, enc.values, decode_keys(enc.keys), key_seals(enc.keys)).opened()
+    real = amb.real
+    magnitude = np.abs(amb.values.astype(np.float32))
     order = np.random.default_rng(0).random(real.shape)  # stands in for the keystore's
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
     k, kp = c.k, real.shape[-1]
@@ -82,7 +84,7 @@ def main() -> None:
             lost = log2_comb(np.full(candidates.shape, kp - k_low), k - k_low) - log2_comb(
                 candidates, k - k_low)
             with torch.no_grad():
-                y = to_uint8(model.decode(scatter_code(enc.mask, np.where(shown, enc.values, 0))))
+                y = to_uint8(model.decode(amb.guessed_code(shown)))
             psnr = float(psnr_uint8(y, x).mean())
             print(f"| {k_low} | {rule} | {candidates.mean():.1f} of {kp - k_low} | "
                   f"{lost.mean():.1f} | {real[above].mean():.3f} | {psnr:.2f} |")

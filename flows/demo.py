@@ -135,6 +135,10 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
     revealed = root / "revealed"
     write_revealed(revealed, shown, scale=4)
     report = Path(summary["report"])
+    from imambig.stages.evaluate import contrast_table
+
+    print("\nMeasured on the test split (the grid's columns and every attack):\n")
+    print(contrast_table(json.loads((report / "evaluation.json").read_text())))
     print("\n".join([
         "",
         f"done in {time.perf_counter() - t0:.0f} s",

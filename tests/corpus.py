@@ -37,11 +37,11 @@ STORE_ID, VERSION, MODEL_ID = "ab" * 16, "v-0123456789abcdef-k4-d2", "0123456789
 
 
 def key_sample() -> bytes:
-    """A paper-size key (L=20, k'=256, k=128)."""
+    """A paper-size key of a sealed record (L=20, k'=256, k=128)."""
     rng = np.random.default_rng(0)
     mask = np.zeros((20, 256), bool)
     np.put_along_axis(mask, np.argsort(rng.random((20, 256)), axis=1)[:, :128], True, axis=1)
-    return encode_key(mask)
+    return encode_key(mask, seal=bytes(range(16)))
 
 
 def grant_sample(**change: Any) -> Grant:

@@ -18,8 +18,8 @@ from imambig.access.owner_key import public_text, signing_key
 from imambig.access.secrets import Secrets
 from imambig.cli import main
 from imambig.evaluation.metrics import to_uint8
-from imambig.mechanism.keys import decode_keys
-from imambig.mechanism.record import scatter_code
+from imambig.mechanism.keys import decode_keys, key_seals
+from imambig.mechanism.record import Ambiguated, scatter_code
 from imambig.model.checkpoint import load_model
 from imambig.stages.share import issue_grant, reveal
 from imambig.stores.image_store import open_image_store
@@ -55,10 +55,14 @@ def test_grant_reveals_exactly_the_granted_items(encoded, tiny_model) -> None:
     model, _, _ = load_model(tiny_model)
     ks = Keystore.open(plan.keystore, provider())
     mask, values = public.read(np.arange(10, 20))
-    real = decode_keys(ks.keys(np.arange(10, 20)))
+    keys = ks.keys(np.arange(10, 20))
+    amb = Ambiguated(mask, values, decode_keys(keys), key_seals(keys))
     with torch.no_grad():
-        expected = to_uint8(model.decode(scatter_code(mask, np.where(real, values, 0))))
+        expected = to_uint8(model.decode(amb.authorized_code()))
+        # the key's support alone, on the sealed record, decodes to nothing like it
+        unsealed = to_uint8(model.decode(scatter_code(mask, np.where(amb.real, values, 0))))
     assert np.array_equal(out.images, expected.permute(0, 2, 3, 1).numpy())
+    assert (expected.float() - unsealed.float()).abs().mean() > 30
     # the grant holds the keys of those 10 items and nothing else
     grant = open_grant(blob, alice, owner())
     assert sorted(grant.keys) == sorted(granted)

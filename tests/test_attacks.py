@@ -88,7 +88,9 @@ def own(setup: tuple[SparseAutoencoder, NoiseModel]) -> Ambiguated:
 
 def with_oversized_fakes(amb: Ambiguated, factor: float = 4.0, seed: int = 0) -> Ambiguated:
     """The reference sampler's bug: fake magnitudes drawn from the real (tail)
-    distribution of the map, then multiplied by m/k = 4; random signs."""
+    distribution of the map, then multiplied by m/k = 4; random signs. On the records
+    under the seal (the attacks' mechanics, not the seal, are under test)."""
+    amb = amb.opened()
     rng = np.random.default_rng(seed)
     values = amb.values.astype(np.float32)
     out = values.copy()
@@ -343,15 +345,20 @@ def test_intersecting_two_releases_with_fresh_fakes_recovers_the_key(
     setup: tuple[SparseAutoencoder, NoiseModel], target: tuple[Ambiguated, torch.Tensor],
 ) -> None:
     """What item-id noise allowed: two records of one code with different fakes (here:
-    another secret). The intersection attack finds every real entry; the identical
-    record, which is what the same image publishes now, tells it nothing."""
+    another secret). Unsealed, the intersection attack finds every real entry; the
+    identical record, which is what the same image publishes now, tells it nothing; and
+    sealed, two records with other fakes share nothing."""
     model, noise = setup
     amb, images = target
     with torch.no_grad():
         h = model.bottleneck(images)
-    fresh = ambiguate(model, h, noise, DecoyMap.for_owner(noise, Secret(b"f" * 32)))
-    assert support_recall(intersect_scores(amb, fresh), amb.real, 16) > 0.9  # chance 0.5
-    assert support_recall(intersect_scores(amb, amb), amb.real, 16) < 0.75
+    decoys = DecoyMap.for_owner(noise, Secret(b"f" * 32))
+    fresh = ambiguate(model, h, noise, decoys, sealed=False)
+    opened = amb.opened()
+    assert support_recall(intersect_scores(opened, fresh), opened.real, 16) > 0.9  # chance 0.5
+    assert support_recall(intersect_scores(opened, opened), opened.real, 16) < 0.75
+    sealed = ambiguate(model, h, noise, decoys)
+    assert support_recall(intersect_scores(amb, sealed), amb.real, 16) < 0.6
 
 
 def test_pair_classifier_learns_from_own_pairs(
@@ -394,9 +401,12 @@ def test_learned_inversion_decodes_public_codes(
         run_attacks(model, amb, images, ["learned_inversion"])
 
 
-def test_linkage_finds_a_photo_record(setup: tuple[SparseAutoencoder, NoiseModel],
-                                      target: tuple[Ambiguated, torch.Tensor]) -> None:
+def test_linkage_needs_the_seal(setup: tuple[SparseAutoencoder, NoiseModel],
+                                target: tuple[Ambiguated, torch.Tensor]) -> None:
+    """The exact photo finds its record under the seal (deterministic codes), not the
+    sealed record: among 12, top-1 at most a few lucky hits."""
     model, _ = setup
     amb, images = target
     order = np.arange(len(images))[::-1].copy()
-    assert link(model, images[order], amb, order) == 1.0
+    assert link(model, images[order], amb.opened(), order) == 1.0
+    assert link(model, images[order], amb, order) <= 0.25

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from imambig.errors import KeyFormatError
 from imambig.mechanism import keys as K
 
 
@@ -51,10 +52,14 @@ def test_paper_key_size() -> None:
     payload = math.ceil(n_maps * math.log2(math.comb(k_public, k)) / 8)
     assert payload == 630
     assert K.payload_bytes(n_maps, k_public, k) == payload
-    key = K.encode_key(random_masks(np.random.default_rng(0), (n_maps, k_public), k))
-    print(f"paper key: {len(key)} bytes ({payload} payload + {K.HEADER_BYTES} header)")
-    assert len(key) == K.key_bytes(n_maps, k_public, k) == payload + K.HEADER_BYTES
-    assert len(key) <= 640
+    mask = random_masks(np.random.default_rng(0), (n_maps, k_public), k)
+    key = K.encode_key(mask, seal=bytes(range(16)))
+    print(f"paper key: {len(key)} bytes ({payload} payload + {K.HEADER_BYTES} header + "
+          "16 seal)")
+    assert len(key) == K.key_bytes(n_maps, k_public, k) == payload + K.HEADER_BYTES + 16
+    assert len(key) <= 660
+    unsealed = K.encode_key(mask)
+    assert len(unsealed) == K.key_bytes(n_maps, k_public, k, sealed=False) == payload + 7
 
 
 @pytest.mark.parametrize(
@@ -74,6 +79,21 @@ def test_whole_subsets_cost_nothing() -> None:
     key = K.encode_key(mask)
     assert len(key) == K.HEADER_BYTES
     np.testing.assert_array_equal(K.decode_key(key), mask)
+
+
+def test_sealed_keys_carry_their_seal() -> None:
+    rng = np.random.default_rng(3)
+    masks = random_masks(rng, (3, 5, 24), 12)
+    seals = rng.integers(0, 256, (3, 16), dtype=np.uint8)
+    keys = K.encode_keys(masks, seals)
+    assert all(key[0] == K.KEY_VERSION and len(key) == K.key_bytes(5, 24, 12) for key in keys)
+    np.testing.assert_array_equal(K.decode_keys(keys), masks)
+    np.testing.assert_array_equal(K.key_seals(keys), seals)
+    assert K.key_seals(K.encode_keys(masks)) is None
+    with pytest.raises(KeyFormatError, match="all be sealed"):
+        K.decode_keys([keys[0], *K.encode_keys(masks[1:])])
+    with pytest.raises(KeyFormatError, match="bytes"):
+        K.decode_key(keys[0][:-1])
 
 
 # ---------------------------------------------------------------------------
@@ -148,7 +168,7 @@ def test_round_trip(n_maps: int, k_public: int, k_sel: int) -> None:
     rng = np.random.default_rng(n_maps * 1000 + k_public + k_sel)
     masks = random_masks(rng, (4, n_maps, k_public), k_sel)
     keys = K.encode_keys(masks)
-    assert all(len(key) == K.key_bytes(n_maps, k_public, k_sel) for key in keys)
+    assert all(len(key) == K.key_bytes(n_maps, k_public, k_sel, sealed=False) for key in keys)
     np.testing.assert_array_equal(K.decode_keys(keys), masks)
     for mask, key in zip(masks, keys, strict=True):
         assert K.encode_key(mask) == key

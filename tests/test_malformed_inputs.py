@@ -35,10 +35,10 @@ def _flip(data: bytes, at: int) -> bytes:
 KEY_CASES: dict[str, tuple[bytes, str]] = {
     "empty": (b"", "shorter than its 7-byte header"),
     "truncated header": (KEY[:3], "shorter than its 7-byte header"),
-    "truncated payload": (KEY[:-1], "expected 637"),
-    "extended": (KEY + b"\0", "expected 637"),
+    "truncated payload": (KEY[:-1], "expected 653"),
+    "extended": (KEY + b"\0", "expected 653"),
     "oversized": (KEY + bytes(1 << 17), "over the 65536-byte payload limit"),
-    "wrong version": (b"\x02" + KEY[1:], "unsupported key format version 2"),
+    "wrong version": (b"\x09" + KEY[1:], "unsupported key format version 9"),
     "k' zero": (KEY[:1] + b"\0\0" + KEY[3:], "bad key header: k'=0"),
     "k_sel above k'": (KEY[:3] + struct.pack(">H", 300) + KEY[5:], "k_sel=300"),
     "huge L": (KEY[:5] + struct.pack(">H", 65535) + KEY[7:], "L=65535 must be in 1..4096"),

@@ -1,5 +1,5 @@
 """The owner's secrets: where they come from, how they travel, and the one use of the
-owner secret's bytes (the seed of the decoy map).
+owner secret's bytes (the seeds of the decoy map and of the seals).
 
 Secrets never live in code, configs or stores. A *spec* names where one is found:
 ``env:NAME`` (an environment variable), ``file:PATH`` (a file) or ``<scheme>:NAME`` for
@@ -12,7 +12,8 @@ Three secrets exist:
 
 - the owner secret seeds the owner's decoy map of each model (:func:`decoy_seed`,
   ``imambig.mechanism.decoy_map``): the same image, model and secret always give the
-  same fakes, so re-releases cannot be diffed;
+  same fakes, so re-releases cannot be diffed, and keys the seals of its records
+  (:func:`seal_key`, ``imambig.mechanism.seal``);
 - the keystore key protects the keystore through envelope encryption
   (``imambig.access.key_provider``): each store has its own data key, kept only in
   wrapped form;
@@ -224,15 +225,11 @@ class Secrets:
 
 
 # ---------------------------------------------------------------------------
-# Deterministic decoy noise: the one use of the owner secret's bytes
+# Decoys and seals: the one use of the owner secret's bytes
 # ---------------------------------------------------------------------------
 
 
-def decoy_seed(owner_secret: Secret | bytes, model_id: str) -> bytes:
-    """HMAC-SHA256(owner secret, ``imambig/decoy-map/v1 NUL model``): the seed of the
-    owner's secret decoy map for one model. No item id enters it: a record's fakes are
-    a function of the image's code (``imambig.mechanism.decoy_map``), so the same image
-    publishes the same record under any id."""
+def _owner_derived(owner_secret: Secret | bytes, purpose: bytes, model_id: str) -> bytes:
     key = reveal(owner_secret)
     if len(key) < MIN_SECRET_BYTES:
         raise SecretError(
@@ -240,7 +237,21 @@ def decoy_seed(owner_secret: Secret | bytes, model_id: str) -> bytes:
         )
     if "\0" in model_id:
         raise ValueError("model ids must not contain NUL")
-    return hmac.new(key, b"imambig/decoy-map/v1\0" + model_id.encode(), hashlib.sha256).digest()
+    return hmac.new(key, purpose + b"\0" + model_id.encode(), hashlib.sha256).digest()
+
+
+def decoy_seed(owner_secret: Secret | bytes, model_id: str) -> bytes:
+    """HMAC-SHA256(owner secret, ``imambig/decoy-map/v1 NUL model``): the seed of the
+    owner's secret decoy map for one model. No item id enters it: a record's fakes are
+    a function of the image's code (``imambig.mechanism.decoy_map``), so the same image
+    publishes the same record under any id."""
+    return _owner_derived(owner_secret, b"imambig/decoy-map/v1", model_id)
+
+
+def seal_key(owner_secret: Secret | bytes, model_id: str) -> bytes:
+    """HMAC-SHA256(owner secret, ``imambig/seal/v1 NUL model``): the key under which each
+    record's seal is the HMAC of the record (``imambig.mechanism.seal``)."""
+    return _owner_derived(owner_secret, b"imambig/seal/v1", model_id)
 
 
 def decoy_rng(owner_secret: Secret | bytes, model_id: str) -> np.random.Generator:

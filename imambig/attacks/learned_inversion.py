@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -76,11 +77,16 @@ def invert(inverter: SparseAutoencoder, codes: torch.Tensor, batch: int = 128,
 def _inverted(ctx: AttackContext) -> torch.Tensor:
     def compute() -> torch.Tensor:
         releases = ctx.own_releases()
-        codes = torch.cat([r.public_code() for r in releases])
+        # Public values beyond any real one (sealed records' padded values reach the
+        # quantizer's limit) are clipped to the real range the attacker sees in its own
+        # records, so the fine-tuning stays stable whatever the mechanism publishes.
+        limit = max(float(np.abs(r.opened().values.astype(np.float32)).max())
+                    for r in releases)
+        codes = torch.cat([r.public_code() for r in releases]).clamp(-limit, limit)
         images = ctx.own_images().repeat(len(releases), 1, 1, 1)
         inverter = train_inverter(ctx.model, codes, images, ctx.inversion_epochs,
                                   seed=ctx.seed)
-        return invert(inverter, ctx.target.public_code())
+        return invert(inverter, ctx.target.public_code().clamp(-limit, limit))
 
     return ctx.cached_images("learned_inversion", compute)
 

@@ -1,10 +1,11 @@
-"""Exact-photo linkage: the documented limit of deterministic records.
+"""Exact-photo linkage: can the holder of a photo find its record?
 
-Someone who holds the very photo (or a re-saved copy of it) can encode it with the
-public model and look for the record that publishes its support with its values: a
-record is a deterministic function of the image, so the photo finds its own record among
-many. This confirms that a photo was published (and under which item); it does not
-reveal anything the holder does not already have.
+Someone who holds the very photo (or a re-saved copy of it) encodes it with the public
+model and looks for the record that publishes its support with its values. Under the
+ambiguation alone a record is a deterministic function of the image that keeps the real
+values in the clear, so the photo finds its own record among many; a sealed record
+(``imambig.mechanism.seal``) hides them, and the search is left to chance. Either way
+it would only confirm that a photo was published (and under which item).
 """
 
 from __future__ import annotations

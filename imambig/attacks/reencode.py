@@ -48,7 +48,7 @@ def reencode_scores(
     code = amb.public_code()
     scores = agreement(amb.values, reencoded_values(model, code, amb.mask))
     for _ in range(iterations):
-        code = amb.authorized_code(real=guess_mask(scores, k))
+        code = amb.guessed_code(guess_mask(scores, k))
         scores = agreement(amb.values, reencoded_values(model, code, amb.mask))
     return scores
 

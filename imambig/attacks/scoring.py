@@ -52,7 +52,7 @@ def roc_auc(scores: np.ndarray, real: np.ndarray) -> float:
 
 def guessed_code(amb: Ambiguated, scores: np.ndarray, k: int) -> torch.Tensor:
     """Dense (B, L, m) code keeping only the guessed entries: what the attacker decodes."""
-    return amb.authorized_code(real=guess_mask(scores, k))
+    return amb.guessed_code(guess_mask(scores, k))
 
 
 def image_quality(output: torch.Tensor, images: torch.Tensor) -> tuple[float, float]:
@@ -76,7 +76,7 @@ def decode_quality(
 
 def subset(amb: Ambiguated, items: np.ndarray | slice) -> Ambiguated:
     """The records of some items (e.g. the ones a slow attack has time for)."""
-    return Ambiguated(amb.mask[items], amb.values[items], amb.real[items])
+    return amb.items(items)
 
 
 @dataclass

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from imambig.access.secrets import Secret
@@ -62,7 +61,7 @@ def attacker_ambiguation(
     """The attacker ambiguates its own bottlenecks ``h`` with its own secret, through the
     public mechanism, so it knows which of these entries are real."""
     decoy_map = DecoyMap.for_owner(noise, secret)
-    return concatenate([ambiguate(model, h[s : s + batch], noise, decoy_map)
+    return Ambiguated.concatenate([ambiguate(model, h[s : s + batch], noise, decoy_map)
                         for s in range(0, len(h), batch)])
 
 
@@ -137,11 +136,6 @@ def run_attacks(
     return out
 
 
-def concatenate(parts: Sequence[Ambiguated]) -> Ambiguated:
-    return Ambiguated(*(np.concatenate([getattr(p, f) for p in parts])
-                        for f in ("mask", "values", "real")))
-
-
 def _reference(name: str, psnr: float, ssim_: float, n: int, seconds: float) -> AttackResult:
     return AttackResult(name, None, None, None, None, psnr, ssim_, n, seconds, "reference")
 
@@ -160,7 +154,7 @@ def _row(guess: Guess, ctx: AttackContext, images: torch.Tensor, seconds: float
     nb, nl = guess.scores.shape[:2]
     part = subset(ctx.target, slice(0, nb))
     if nl < ctx.target.values.shape[1]:
-        part = Ambiguated(part.mask[:, :nl], part.values[:, :nl], part.real[:, :nl])
+        part = Ambiguated(part.mask[:, :nl], part.values[:, :nl], part.real[:, :nl])  # scores only
         return evaluate(guess.label, guess.scores, part, ctx.k, seconds=seconds,
                         notes=guess.notes), None
     decoded = decode_images(ctx.model, guessed_code(part, guess.scores, ctx.k))

@@ -30,7 +30,7 @@ def comparison_grid(
 ) -> bytes:
     """PNG bytes: one row per item, the columns of ``COLUMNS``."""
     cols = [images, model.decode(amb.authorized_code()), model.decode(amb.public_code()),
-            model.decode(amb.authorized_code(attacker_real))]
+            model.decode(amb.guessed_code(attacker_real))]
     tiles = [to_uint8(c).permute(0, 2, 3, 1).numpy() for c in cols]
     b, h, w, _ = tiles[0].shape
     pad, head = 4, 14

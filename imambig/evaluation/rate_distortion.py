@@ -72,6 +72,7 @@ def authorized(model: SparseAutoencoder, amb: Ambiguated, images: torch.Tensor, 
                label: str = "authorized") -> tuple[Row, Row]:
     """(key + true values, standalone) rows for ``k_low`` true entries per map: the
     largest, or those of highest ``order`` (a lower-fidelity grant's random choice)."""
+    amb = amb.opened()
     keep = lower_fidelity(amb.real, amb.values if order is None else order, k_low)
     values = round_mantissa(amb.values, precision)
     code = scatter_code(amb.mask, np.where(keep, values, 0))

@@ -12,7 +12,8 @@ item's own threshold and excess, with uniforms read off the other decoys, so tha
 P(real | position, sign, magnitude) stays flat.
 
 Nothing public depends on which entries are real: public positions are a sorted mask,
-real and fake values pass through one quantizer.
+real and fake values pass through one quantizer. What is published is this record
+sealed (``imambig.mechanism.seal``), which hides the real values and positions too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel, real_support
 from imambig.mechanism.quantizer import quantize
 from imambig.mechanism.record import Ambiguated
+from imambig.mechanism.seal import seal
 from imambig.model.autoencoder import SparseAutoencoder
 
 
@@ -32,9 +34,12 @@ def ambiguate(
     h: torch.Tensor,
     noise: NoiseModel,
     decoy_map: DecoyMap,
+    sealed: bool = True,
 ) -> Ambiguated:
     """Ambiguate the codes of bottleneck vectors ``h`` (B, L, n); ``decoy_map`` is the
-    owner's (``DecoyMap.for_owner(noise, owner_secret)``)."""
+    owner's (``DecoyMap.for_owner(noise, owner_secret)``). The records come sealed with
+    the owner's seal key, as published; ``sealed=False`` gives the ambiguated records
+    underneath (what a seal holder sees)."""
     c = model.config
     B, k, k_public = h.shape[0], c.k, noise.k_public
     h = h.float().cpu()
@@ -52,4 +57,5 @@ def ambiguate(
     mask = support.clone().scatter_(-1, fake_idx, True)
     values = quantize(code[mask].view(B, c.n_maps, k_public))
     real = support[mask].view(B, c.n_maps, k_public)
-    return Ambiguated(mask.numpy(), values.numpy(), real.numpy())
+    amb = Ambiguated(mask.numpy(), values.numpy(), real.numpy())
+    return seal(amb, decoy_map.seal_key) if sealed else amb

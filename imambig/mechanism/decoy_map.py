@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from imambig.access.secrets import Secret, decoy_rng
+from imambig.access.secrets import Secret, decoy_rng, seal_key
 
 if TYPE_CHECKING:
     from imambig.mechanism.noise_model import NoiseModel
@@ -53,7 +53,9 @@ class DecoyMap:
     """The owner's secret isometry of the bottleneck, and secret projections of it."""
 
     def __init__(self, mean: np.ndarray, components: np.ndarray, residual_std: np.ndarray,
-                 n_maps: int, code_length: int, rng: np.random.Generator) -> None:
+                 n_maps: int, code_length: int, rng: np.random.Generator,
+                 seal_key: bytes) -> None:
+        self.seal_key = seal_key  # the owner's, for the records' seals
         sigma = np.linalg.norm(components.astype(np.float64), axis=1)
         self.mean = torch.from_numpy(mean.astype(np.float32))
         self.sigma = torch.from_numpy(sigma.astype(np.float32))
@@ -83,7 +85,8 @@ class DecoyMap:
     def for_owner(cls, noise: NoiseModel, owner_secret: Secret | bytes) -> DecoyMap:
         L, m = noise.position_freq.shape
         return cls(noise.mean, noise.components, noise.residual_std, L, m,
-                   decoy_rng(owner_secret, noise.model_id))
+                   decoy_rng(owner_secret, noise.model_id),
+                   seal_key(owner_secret, noise.model_id))
 
     def _coordinates(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Principal coordinates g (B, r) and whitened residual e (B, L*n) of ``h``."""

@@ -10,10 +10,13 @@ configuration (L=20, k'=256, k=128) gives 630 payload bytes.
 
 Key layout (all integers big-endian)::
 
-    version (u8) | k' (u16) | k_sel (u16) | L (u16) | payload
+    version (u8) | k' (u16) | k_sel (u16) | L (u16) | seal (16 bytes, version 2) | payload
 
 The header makes a key self-describing, so a key for another configuration (or a
-corrupted one) is refused instead of silently decoding into a wrong mask.
+corrupted one) is refused instead of silently decoding into a wrong mask. Keys of sealed
+records (version 2, what encoding makes) carry the record's seal
+(``imambig.mechanism.seal``) and mark entries of the sealed record; version 1 keys, of
+unsealed records, carry none.
 
 Subset ranking. Within a *leaf* of 16 consecutive positions a subset is ranked with the
 combinatorial number system (``rank = sum_j C(c_j, j+1)`` over its sorted members).
@@ -40,8 +43,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from imambig.errors import KeyFormatError
+from imambig.mechanism.seal import SEAL_BYTES
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # sealed records
+UNSEALED_VERSION = 1
 _HEADER = struct.Struct(">BHHH")
 HEADER_BYTES = _HEADER.size
 LEAF_WIDTH = 16  # leaves are ranked by table lookup (2**16 entries)
@@ -87,9 +92,13 @@ def payload_bytes(n_maps: int, k_public: int, k_sel: int) -> int:
     return ((_space(n_maps, k_public, k_sel) - 1).bit_length() + 7) // 8
 
 
-def key_bytes(n_maps: int, k_public: int, k_sel: int) -> int:
-    """Length of a whole key (header + payload)."""
-    return HEADER_BYTES + payload_bytes(n_maps, k_public, k_sel)
+def key_bytes(n_maps: int, k_public: int, k_sel: int, sealed: bool = True) -> int:
+    """Length of a whole key (header + seal + payload)."""
+    return _prefix(sealed) + payload_bytes(n_maps, k_public, k_sel)
+
+
+def _prefix(sealed: bool) -> int:
+    return HEADER_BYTES + (SEAL_BYTES if sealed else 0)
 
 
 def key_bound_bits(n_maps: int, k_public: int, k_sel: int) -> float:
@@ -300,11 +309,15 @@ def _mask_k_sel(real: np.ndarray) -> int:
     return k_sel
 
 
-def encode_keys(real: np.ndarray) -> list[bytes]:
-    """Keys of a batch of masks ``(B, L, k')`` (same k_sel everywhere)."""
+def encode_keys(real: np.ndarray, seals: np.ndarray | None = None) -> list[bytes]:
+    """Keys of a batch of masks ``(B, L, k')`` (same k_sel everywhere), with the
+    records' seals ``(B, 16)`` uint8 when they are sealed."""
     real = np.asarray(real)
     if real.ndim != 3:
         raise ValueError(f"expected a (B, L, k') batch of masks, got shape {real.shape}")
+    if seals is not None and np.shape(seals) != (real.shape[0], SEAL_BYTES):
+        raise ValueError(f"expected ({real.shape[0]}, {SEAL_BYTES}) seals, got "
+                         f"{np.shape(seals)}")
     if real.shape[0] == 0:
         return []
     k_sel = _mask_k_sel(real)
@@ -312,23 +325,26 @@ def encode_keys(real: np.ndarray) -> list[bytes]:
     _check_shape(n_maps, k_public, k_sel)
     radix = math.comb(k_public, k_sel)
     ranks = _rank_maps(real.reshape(b * n_maps, k_public), k_sel).reshape(b, n_maps)
-    header = _HEADER.pack(KEY_VERSION, k_public, k_sel, n_maps)
+    version = UNSEALED_VERSION if seals is None else KEY_VERSION
+    header = _HEADER.pack(version, k_public, k_sel, n_maps)
     size = payload_bytes(n_maps, k_public, k_sel)
     keys = []
-    for row in ranks.tolist():
+    for b, row in enumerate(ranks.tolist()):
         value = 0
         for rank in row:  # map 0 is the most significant digit
             value = value * radix + rank
-        keys.append(header + value.to_bytes(size, "big"))
+        seal = b"" if seals is None else np.asarray(seals[b], np.uint8).tobytes()
+        keys.append(header + seal + value.to_bytes(size, "big"))
     return keys
 
 
-def encode_key(real: np.ndarray) -> bytes:
+def encode_key(real: np.ndarray, seal: bytes | None = None) -> bytes:
     """Key of one ``(L, k')`` bool mask with the same number of True per row."""
     real = np.asarray(real)
     if real.ndim != 2:
         raise ValueError(f"expected an (L, k') mask, got shape {real.shape}")
-    return encode_keys(real[None])[0]
+    seals = None if seal is None else np.frombuffer(seal, np.uint8)[None]
+    return encode_keys(real[None], seals)[0]
 
 
 def parse_key_header(key: bytes) -> tuple[int, int, int]:
@@ -342,10 +358,10 @@ def parse_key_header(key: bytes) -> tuple[int, int, int]:
         raise KeyFormatError(f"key is {len(key)} bytes, over the {MAX_PAYLOAD_BYTES}-byte "
                              "payload limit")
     version, k_public, k_sel, n_maps = _HEADER.unpack_from(key)
-    if version != KEY_VERSION:
-        raise KeyFormatError(
-            f"unsupported key format version {version} (this build reads {KEY_VERSION})"
-        )
+    if version not in (UNSEALED_VERSION, KEY_VERSION):
+        raise KeyFormatError(f"unsupported key format version {version} (this build reads "
+                             f"{UNSEALED_VERSION} and {KEY_VERSION})")
+    prefix = _prefix(version == KEY_VERSION)
     try:
         _check_shape(n_maps, k_public, k_sel)
     except KeyFormatError as exc:
@@ -353,12 +369,12 @@ def parse_key_header(key: bytes) -> tuple[int, int, int]:
     # Bounded work for any header: the float estimate first (within a byte of the exact
     # size), the exact size (a power of up to 2**19 bits) only for a plausible length.
     approx = _approx_payload_bytes(n_maps, k_public, k_sel)
-    if abs(len(key) - HEADER_BYTES - approx) > 2:
+    if abs(len(key) - prefix - approx) > 2:
         raise KeyFormatError(
-            f"key is {len(key)} bytes, expected about {HEADER_BYTES + approx:.0f} for "
+            f"key is {len(key)} bytes, expected about {prefix + approx:.0f} for "
             f"L={n_maps}, k'={k_public}, k_sel={k_sel}"
         )
-    expected = key_bytes(n_maps, k_public, k_sel)
+    expected = key_bytes(n_maps, k_public, k_sel, version == KEY_VERSION)
     if len(key) != expected:
         raise KeyFormatError(
             f"key is {len(key)} bytes, expected {expected} for L={n_maps}, k'={k_public}, "
@@ -411,7 +427,8 @@ def decode_keys(
             raise KeyFormatError(f"key has {name}={got}, expected {name}={want}")
     radix = math.comb(got_public, got_sel)
     space = _space(got_maps, got_public, got_sel)
-    values = [int.from_bytes(key[HEADER_BYTES:], "big") for key in keys]
+    prefix = _prefix(sealed_keys(keys))
+    values = [int.from_bytes(key[prefix:], "big") for key in keys]
     for b, value in enumerate(values):
         if value >= space:
             raise KeyFormatError(
@@ -423,6 +440,24 @@ def decode_keys(
     ranks[:] = [rank for value in values for rank in _digits(value, got_maps, powers)]
     masks = _unrank_maps(ranks, got_public, got_sel)
     return masks.reshape(len(values), got_maps, got_public)
+
+
+def sealed_keys(keys: Sequence[bytes]) -> bool:
+    """Whether ``keys`` (headers checked) carry seals; all or none must."""
+    sealed = {bytes(key[:1]) == bytes([KEY_VERSION]) for key in keys}
+    if len(sealed) != 1:
+        raise KeyFormatError("keys in one batch must all be sealed or all be unsealed")
+    return sealed.pop()
+
+
+def key_seals(keys: Sequence[bytes]) -> np.ndarray | None:
+    """The seals (B, 16) uint8 of sealed keys, or None for unsealed ones."""
+    for key in keys:
+        parse_key_header(key)
+    if not keys or not sealed_keys(keys):
+        return None
+    return np.stack([np.frombuffer(bytes(key[HEADER_BYTES : HEADER_BYTES + SEAL_BYTES]),
+                                   np.uint8) for key in keys])
 
 
 def decode_key(

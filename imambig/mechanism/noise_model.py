@@ -41,8 +41,8 @@ from imambig.stores.location import Location
 
 # Bumped whenever fakes are drawn differently: noise files and store versions carry it.
 # 3: randomness read off secret isometries of the item's own code (release-stable), no
-# sign flips, 3-bit value mantissas.
-NOISE_DESIGN = 3
+# sign flips, 3-bit value mantissas. 4: records sealed (imambig.mechanism.seal).
+NOISE_DESIGN = 4
 N_QUANTILES = 257
 MAX_COMPONENTS = 256
 GRID = np.linspace(-3.1, 3.1, 101)  # normal scores of the copula (quantiles 0.1%..99.9%)
@@ -252,7 +252,7 @@ def fit_noise_model(
     # Decoys as encoding makes them (the public key gives a map like any owner's): their
     # statistics, and how they meet those items' supports.
     fit_map = DecoyMap(mean.float().numpy(), components.numpy(), residual_std.numpy(), L, m,
-                       np.random.default_rng(list(FIT_KEY)))
+                       np.random.default_rng(list(FIT_KEY)), FIT_KEY)
     zd = model.linear(fit_map.decoy(h[held]))
     decoy_mean, decoy_std = zd.mean(0), zd.std(0).clamp_min(1e-8)
     proj = fit_map.projections(h[held]).flatten().numpy()

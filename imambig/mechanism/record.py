@@ -8,6 +8,7 @@ records need not import the mechanism.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,20 +22,51 @@ class Ambiguated:
     ``mask`` (B, L, m) bool: public support, k' per map (public).
     ``values`` (B, L, k') float16: quantized values in position order (public).
     ``real`` (B, L, k') bool: which public entries are real (secret: the keys).
+    ``seals`` (B, 16) uint8 or None: each record's seal (secret: in the keys), None for
+    records not sealed (``imambig.mechanism.seal``).
     """
 
     mask: np.ndarray
     values: np.ndarray
     real: np.ndarray
+    seals: np.ndarray | None = None
 
     def public_code(self) -> torch.Tensor:
-        """The public code as a dense (B, L, m) float tensor."""
+        """The public code as a dense (B, L, m) float tensor: what everyone sees."""
         return scatter_code(self.mask, self.values)
 
+    def guessed_code(self, guess: np.ndarray) -> torch.Tensor:
+        """The public code kept where ``guess`` (B, L, k'): what an attacker who guessed
+        the real entries decodes (it has no seal)."""
+        return scatter_code(self.mask, np.where(guess, self.values, 0))
+
     def authorized_code(self, real: np.ndarray | None = None) -> torch.Tensor:
-        """The code an authorized user decodes: public values kept where ``real``."""
+        """The code a key holder decodes: the record unsealed, kept where ``real``
+        (default: the real entries)."""
         keep = self.real if real is None else real
-        return scatter_code(self.mask, np.where(keep, self.values, 0))
+        opened = Ambiguated(self.mask, self.values, keep, self.seals).opened()
+        return opened.guessed_code(opened.real)
+
+    def opened(self) -> Ambiguated:
+        """What a seal holder sees: the ambiguated records under sealed ones (these
+        records themselves when they are not sealed)."""
+        if self.seals is None:
+            return self
+        from imambig.mechanism.seal import unseal  # seal builds records
+
+        return unseal(self)
+
+    def items(self, index: np.ndarray | slice) -> Ambiguated:
+        """The records of some items."""
+        return Ambiguated(self.mask[index], self.values[index], self.real[index],
+                          None if self.seals is None else self.seals[index])
+
+    @staticmethod
+    def concatenate(parts: Sequence[Ambiguated]) -> Ambiguated:
+        seals = [p.seals for p in parts]
+        return Ambiguated(*(np.concatenate([getattr(p, f) for p in parts])
+                            for f in ("mask", "values", "real")),
+                          None if any(s is None for s in seals) else np.concatenate(seals))
 
 
 def scatter_code(mask: np.ndarray, values: np.ndarray) -> torch.Tensor:

@@ -52,8 +52,8 @@ def encode_images(
     precision: str = "fp32",
     micro_batch: int = 8,
 ) -> EncodedBatch:
-    """Encode uint8 images (B, H, W, 3): public records and keys. Nothing but the
-    pixels (and the owner's decoy map) decides an item's record."""
+    """Encode uint8 images (B, H, W, 3): sealed public records and keys. Nothing but
+    the pixels (and the owner's decoy map and seal key) decides an item's record."""
     amb = ambiguate(model, bottlenecks(model, images, precision, micro_batch), noise,
                     decoy_map)
-    return EncodedBatch(amb.mask, amb.values, encode_keys(amb.real))
+    return EncodedBatch(amb.mask, amb.values, encode_keys(amb.real, amb.seals))

@@ -24,7 +24,7 @@ from imambig.config import EvaluateConfig
 from imambig.evaluation import rate_distortion as rd
 from imambig.evaluation.grid import comparison_grid
 from imambig.evaluation.metrics import ms_ssim_scales
-from imambig.mechanism.keys import decode_keys
+from imambig.mechanism.keys import decode_keys, key_seals
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
@@ -87,6 +87,30 @@ class Evaluation:
                 f"{self.n_items} {self.split} items, model `{self.model_id}`.\n")
 
 
+CONTRAST_DB = 8.0  # what a glance at a grid tells apart: a face from a blur or noise
+
+
+def contrast_table(evaluation: dict[str, Any]) -> str:
+    """The rows a glance at the grid compares, from an ``evaluation.json`` dict: the
+    authorized image against the public code and every attacker's output, with the
+    margin over the best of them."""
+    rows = {r["name"]: r for r in evaluation["rows"] if r.get("psnr") is not None}
+    if "authorized" not in rows:
+        raise ValueError("the evaluation has no authorized row")
+    auth = rows.pop("authorized")["psnr"]
+    lines = ["| reconstruction | PSNR (dB) | below authorized (dB) |", "|---|---|---|",
+             f"| authorized | {auth:.2f} | – |"]
+    lines += [f"| {name} | {r['psnr']:.2f} | {auth - r['psnr']:.2f} |"
+              for name, r in rows.items()]
+    if rows:
+        best = max(rows, key=lambda n: rows[n]["psnr"])
+        margin = auth - rows[best]["psnr"]
+        verdict = "holds" if margin >= CONTRAST_DB else "does NOT hold"
+        lines += ["", f"authorized is {margin:.2f} dB above the best other column ({best}); "
+                      f"the {CONTRAST_DB:.0f} dB contrast {verdict}"]
+    return "\n".join(lines)
+
+
 def _stored_bytes(store: Location, names: tuple[str, ...]) -> int:
     fs, path = store.filesystem()
     return sum(sum(fs.du(f"{path}/{n}", total=False).values()) for n in names)
@@ -123,8 +147,8 @@ def evaluate_stores(
     names = [str(i) for i in ids[target]]
     pidx = pub.index_of(ks.opaque_ids(names), names=names)
     mask, values = pub.read(pidx)
-    real = decode_keys(ks.keys(pidx))
-    amb = Ambiguated(mask, values, real)
+    keys = ks.keys(pidx)
+    amb = Ambiguated(mask, values, decode_keys(keys), key_seals(keys))
     x = to_tensor(store.read(target))
     own = store.indices("train")[: config.attacker_items]
     noise = NoiseModel.load(model.join(pub.attrs["noise_fit"]["file"]))
@@ -150,8 +174,8 @@ def evaluate_stores(
         top = np.argsort(-scores, -1)[..., :k]
         guess = np.zeros_like(g)
         np.put_along_axis(guess, top, True, -1)
-        sub = Ambiguated(amb.mask[: config.grid_items], amb.values[: config.grid_items], g)
-        png = comparison_grid(net, x[: config.grid_items], sub, guess)
+        png = comparison_grid(net, x[: config.grid_items],
+                              amb.items(slice(0, config.grid_items)), guess)
         out.join("grid.png").write_bytes(png)
 
     table: list[dict[str, Any]] = []
@@ -192,8 +216,7 @@ def evaluate_stores(
         n_rd = config.rd_items
         say(f"rate-distortion curves on {min(n_rd, len(x))} items")
         sub_x = x[:n_rd]
-        sub = Ambiguated(amb.mask[:n_rd], amb.values[:n_rd], amb.real[:n_rd])
-        curves = rd.our_curves(net, sub, sub_x)
+        curves = rd.our_curves(net, amb.items(slice(0, n_rd)), sub_x)
         for codec in config.codecs:
             curves[codec.upper()] = rd.codec_curve(sub_x, codec)
         title = f"{len(sub_x)} {config.split} images, {x.shape[2]}x{x.shape[3]}, model {info.model_id[:12]}"

@@ -15,7 +15,7 @@ records. Per k' a run reports:
 - second releases: each target published a second time as a near-duplicate (or at the
   other precision, or under a fine-tuned or retrained model) and the two records
   compared by the second-release attacks;
-- exact-photo linkage: the documented limit of deterministic records;
+- exact-photo linkage: can the holder of the exact photo find its record;
 - the key size and a per-map KS test of real against fake values.
 """
 
@@ -305,7 +305,7 @@ def _second_releases(model: SparseAutoencoder, model_id: str, noise: NoiseModel,
                       DecoyMap.for_owner(release.noise, owner))
         own_b = attacker_ambiguation(release.model, release.noise, release.h_own,
                                      attacker_secret(config.seed, 0))
-        own_a = Ambiguated(own.mask[pairs], own.values[pairs], own.real[pairs])
+        own_a = own.items(pairs)
         identical = float(np.mean([np.array_equal(target.mask[i], b.mask[i])
                                    and np.array_equal(target.values[i], b.values[i])
                                    for i in range(len(b.mask))]))

@@ -47,8 +47,8 @@ from imambig.access.key_provider import KeyProvider
 from imambig.access.keystore import Keystore
 from imambig.errors import StoreFormatError, TamperedError
 from imambig.evaluation.metrics import to_uint8
-from imambig.mechanism.keys import decode_keys, encode_keys, lower_fidelity
-from imambig.mechanism.record import scatter_code
+from imambig.mechanism.keys import decode_keys, encode_keys, key_seals, lower_fidelity
+from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
 from imambig.stages.versions import resolve_store
 from imambig.stores.location import Location
@@ -99,7 +99,7 @@ def issue_grant(
     if k_low is not None:
         real = decode_keys(keys)
         order = np.stack([ks.order_scores(o, real.shape[1:]) for o in opaque])
-        keys = encode_keys(lower_fidelity(real, order, k_low))
+        keys = encode_keys(lower_fidelity(real, order, k_low), key_seals(keys))
     items = tuple(GrantItem(n, o, int(i), s.record, k)
                   for n, o, i, s, k in zip(item_ids, opaque, idx, slots, keys, strict=True))
     expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=valid_days)
@@ -152,9 +152,9 @@ def reveal(
             f"the public records of {len(substituted)} granted items differ from the ones "
             f"granted (substituted or corrupted by the storage provider): {substituted[:5]}; "
             "nothing revealed")
-    real = decode_keys([i.key for i in grant.items], n_maps=c.n_maps,
-                       k_public=int(store.attrs["k_public"]))
-    code = scatter_code(mask, np.where(real, values, 0))
+    keys = [i.key for i in grant.items]
+    real = decode_keys(keys, n_maps=c.n_maps, k_public=int(store.attrs["k_public"]))
+    code = Ambiguated(mask, values, real, key_seals(keys)).authorized_code()
     images = to_uint8(net.decode(code)).permute(0, 2, 3, 1).numpy()
     return Revealed([i.name for i in grant.items], images)
 
