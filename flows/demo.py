@@ -70,7 +70,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="imambig-demo", help="folder for everything the demo makes")
     p.add_argument("--images", type=int, default=400, help="demo images to draw")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=80,
+                   help="training epochs of the tiny model (default: 80)")
     p.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     p.set_defaults(handler=_run)
 
@@ -84,14 +85,15 @@ def demo_config(epochs: int) -> PipelineConfig:
     """The demo's choices: the tiny model on 32x32 faces, small regions and reports."""
     return PipelineConfig(
         ingest=IngestConfig(split="random:0.8"),
-        train=TrainConfig(model=PRESETS["tiny"], epochs=epochs, batch_size=32),
+        train=TrainConfig(model=PRESETS["tiny"], epochs=epochs, batch_size=32, loss="mse",
+                          ema=0.99),
         encode=EncodeConfig(region_items=64),
         evaluate=EvaluateConfig(max_items=64),
         grant_items=4,
     )
 
 
-def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 30,
+def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 80,
              workers: int = 2) -> dict[str, Any]:
     from imambig.access.identity import load_identity, new_identity, save_identity
     from imambig.stores.location import Location

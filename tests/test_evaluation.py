@@ -98,3 +98,18 @@ def test_evaluate_command_writes_table_plots_and_honest_rates(encoded, synthetic
     assert ev["linkage"]["exact photo"] <= 0.3 and "JPEG q90 copy" in ev["linkage"]
     assert "Exact-photo linkage, exact photo: top-1 " in md
     assert "random guess" in capsys.readouterr().out
+
+
+def test_contrast_table_says_whether_the_authorized_image_stands_out() -> None:
+    from imambig.stages.evaluate import contrast_table
+
+    rows = [{"name": "authorized", "psnr": 22.0}, {"name": "public as is", "psnr": 5.0},
+            {"name": "learned inversion", "psnr": 13.5}, {"name": "random guess", "psnr": None}]
+    table = contrast_table({"rows": rows})
+    assert "| learned inversion | 13.50 | 8.50 |" in table
+    assert "8.50 dB above the best other column (learned inversion)" in table
+    assert table.endswith("the 8 dB contrast holds")
+    rows[2]["psnr"] = 14.5
+    assert contrast_table({"rows": rows}).endswith("the 8 dB contrast does NOT hold")
+    with pytest.raises(ValueError, match="no authorized row"):
+        contrast_table({"rows": rows[1:]})
