@@ -3,7 +3,7 @@
     python benchmarks/bench_privacy.py [--preset paper] [--items 32] [--threads 1]
 
 Times, on the same images and thread count: the encoder's forward pass (images -> top-k
-code), ambiguation (decoys, fakes, quantization), key coding, and the full
+code), ambiguation (decoys, fakes, quantization), sealing, key coding, and the full
 ``encode_images`` path. The noise model is fitted on random images: its cost does not
 depend on what it learned.
 """
@@ -22,6 +22,7 @@ from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.keys import encode_keys
 from imambig.mechanism.noise_model import fit_noise_model
+from imambig.mechanism.seal import seal
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.stages.encode_images import encode_images
 from imambig.stores.loader import to_tensor
@@ -65,12 +66,16 @@ def main() -> None:
         decoys = DecoyMap.for_owner(noise, KEY)
 
         def amb() -> list:
-            return [ambiguate(model, h, noise, decoys) for h in hs]
+            return [ambiguate(model, h, noise, decoys, sealed=False) for h in hs]
 
-        reals = np.concatenate([r.real for r in amb()])
+        opened = amb()
+        sealed = [seal(r, decoys.seal_key) for r in opened]
+        reals = np.concatenate([r.real for r in sealed])
+        seals = np.concatenate([r.seals for r in sealed])
         t_fwd = best_of(forward)
         t_amb = best_of(amb)
-        t_key = best_of(lambda: encode_keys(reals))
+        t_seal = best_of(lambda: [seal(r, decoys.seal_key) for r in opened])
+        t_key = best_of(lambda: encode_keys(reals, seals))
         t_all = best_of(lambda: encode_images(model, noise, decoys, images, "fp32", mb))
     n = a.items
     print(f"preset={a.preset} items={n} threads={a.threads} micro_batch={mb} "
@@ -78,10 +83,11 @@ def main() -> None:
     print("| step | ms / image | share of encoder forward |")
     print("|---|---|---|")
     for name, t in (("encoder forward (top-k code)", t_fwd), ("ambiguation", t_amb),
-                    ("key coding", t_key), ("encode_images (all of it)", t_all)):
+                    ("sealing", t_seal), ("key coding", t_key),
+                    ("encode_images (all of it)", t_all)):
         print(f"| {name} | {1e3 * t / n:.2f} | {100 * t / t_fwd:.1f} % |")
-    extra = t_amb + t_key
-    print(f"\nambiguation + key coding: {100 * extra / t_fwd:.1f} % of the encoder's time "
+    extra = t_amb + t_seal + t_key
+    print(f"\nambiguation + sealing + key coding: {100 * extra / t_fwd:.1f} % of the encoder's time "
           "(the ambiguation's own dense code W h is counted in both, so this overstates)")
 
 

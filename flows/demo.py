@@ -64,14 +64,15 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         help="run the whole pipeline on built-in demo images (no setup needed)",
         description="Draws cartoon faces, starts a local Prefect server, runs the pipeline "
                     "flow (ingest, train, encode on a local Dask cluster, grant, evaluate) "
-                    "into local folders, reveals the granted images as a demo user, and "
-                    "prints where the stores, keys, report and sample grid are.",
+                    "into local folders, reveals the granted images as a demo user, prints "
+                    "the authorized image's PSNR against the public record and every "
+                    "attacker, and where the stores, keys, report and sample grid are.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="imambig-demo", help="folder for everything the demo makes")
     p.add_argument("--images", type=int, default=400, help="demo images to draw")
     p.add_argument("--epochs", type=int, default=80,
-                   help="training epochs of the tiny model (default: 80)")
+                   help="training epochs of the tiny model")
     p.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     p.set_defaults(handler=_run)
 
