@@ -51,6 +51,27 @@ def tiny_model(synthetic_store: Location, tmp_path_factory: pytest.TempPathFacto
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_mechanism(synthetic_store: Location, tiny_model: Location):
+    """(model, noise model fitted on the train split at k' = 2k, the test images)."""
+    import torch
+
+    from imambig.mechanism.noise_model import fit_noise_model
+    from imambig.model.checkpoint import load_model
+    from imambig.stores.image_store import open_image_store
+    from imambig.stores.loader import to_tensor
+
+    torch.set_num_threads(1)
+    model, info, _ = load_model(tiny_model)
+    store = open_image_store(synthetic_store)
+    train_idx = store.indices("train")
+    noise = fit_noise_model(
+        model, info.model_id, (to_tensor(store.read(train_idx[s : s + 64]))
+                               for s in range(0, len(train_idx), 64)),
+        k_public=2 * model.config.k)
+    return model, noise, store.read(store.indices("test"))
+
+
 def _fresh_secrets() -> dict[str, str]:
     return {
         "IMAMBIG_OWNER_SECRET": base64.b64encode(secrets.token_bytes(32)).decode(),

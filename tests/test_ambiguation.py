@@ -15,13 +15,11 @@ from imambig.access.secrets import Secret
 from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.keys import decode_keys, key_bytes
-from imambig.mechanism.noise_model import NoiseModel, fit_noise_model
+from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.quantizer import VALUE_BITS, quantize, round_mantissa
-from imambig.model.checkpoint import load_model
 from imambig.model.layers.topk import topk_sparsify
 from imambig.stages.encode_images import bottlenecks, encode_images
 from imambig.stages.near_duplicates import transform
-from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
 
@@ -30,17 +28,9 @@ OTHER = Secret(b"o" * 32)
 
 
 @pytest.fixture(scope="module")
-def setup(synthetic_store: Location, tiny_model: Location):
-    torch.set_num_threads(1)
-    model, info, _ = load_model(tiny_model)
-    store = open_image_store(synthetic_store)
-    train = store.indices("train")
-    noise = fit_noise_model(
-        model, info.model_id, (to_tensor(store.read(train[s : s + 64])) for s in
-                               range(0, len(train), 64)), k_public=2 * model.config.k,
-    )
-    images = store.read(store.indices("test")[:24])
-    return model, noise, DecoyMap.for_owner(noise, SECRET), images
+def setup(tiny_mechanism):
+    model, noise, images = tiny_mechanism
+    return model, noise, DecoyMap.for_owner(noise, SECRET), images[:24]
 
 
 def test_sizes_and_real_support(setup) -> None:

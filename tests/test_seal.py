@@ -15,31 +15,18 @@ from scipy.stats import chisquare
 from imambig.access.secrets import Secret
 from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.decoy_map import DecoyMap
-from imambig.mechanism.noise_model import fit_noise_model
 from imambig.mechanism.record import Ambiguated
 from imambig.mechanism.seal import alphabet, from_symbols, seal, to_symbols, unseal
-from imambig.model.checkpoint import load_model
 from imambig.stages.encode_images import bottlenecks
 from imambig.stages.near_duplicates import transform
-from imambig.stores.image_store import open_image_store
-from imambig.stores.loader import to_tensor
-from imambig.stores.location import Location
 
 SECRET = Secret(b"s" * 32)
 
 
 @pytest.fixture(scope="module")
-def setup(synthetic_store: Location, tiny_model: Location):
-    torch.set_num_threads(1)
-    model, info, _ = load_model(tiny_model)
-    store = open_image_store(synthetic_store)
-    train = store.indices("train")
-    noise = fit_noise_model(
-        model, info.model_id, (to_tensor(store.read(train[s : s + 64])) for s in
-                               range(0, len(train), 64)), k_public=2 * model.config.k)
-    images = store.read(store.indices("test")[:40])
-    decoys = DecoyMap.for_owner(noise, SECRET)
-    return model, noise, decoys, images
+def setup(tiny_mechanism):
+    model, noise, images = tiny_mechanism
+    return model, noise, DecoyMap.for_owner(noise, SECRET), images[:40]
 
 
 def _records(setup, images: np.ndarray, sealed: bool = True) -> Ambiguated:
