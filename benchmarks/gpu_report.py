@@ -1,7 +1,8 @@
 """Numbers of a trained model on the machine it runs on: authorized quality on the test
 split, encode and training images/s, and the model's weights in fp16.
 
-    python benchmarks/gpu_report.py --model OUT/model --images OUT/work/images --out OUT
+    python benchmarks/gpu_report.py --model gpu-out/model --images gpu-out/images \
+        --out gpu-out
 
 Writes ``numbers.json`` and ``model-fp16.safetensors`` (the published model's tensors
 cast to float16, with its metadata) to ``--out`` and prints the numbers. The authorized

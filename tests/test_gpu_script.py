@@ -36,7 +36,7 @@ def test_gpu_script_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
         assert f.metadata()["model_id"] == numbers["model_id"]
         names = list(f.keys())  # safe_open is not iterable
         assert names and {str(f.get_tensor(k).dtype) for k in names} == {"torch.float16"}
-    assert not (out / "work").exists()  # the faces do not leave with the numbers
+    assert not (out / "images-staging").exists()  # the faces do not leave with the numbers
     assert "done:" in proc.stdout
 
 

@@ -136,6 +136,7 @@ def our_curves(model: SparseAutoencoder, amb: Ambiguated, images: torch.Tensor,
                fractions: Sequence[float] = RD_K_FRACTIONS,
                precisions: Sequence[int] = RD_PRECISIONS) -> dict[str, list[tuple[float, float]]]:
     """Standalone (bpp, PSNR) across k_low for each value precision."""
+    amb = amb.opened()  # once, not per point
     k = int(amb.real.sum(-1).min())
     curves = {}
     for prec in precisions:

@@ -85,6 +85,12 @@ def _stream(seal: bytes, n_maps: int, code_length: int) -> tuple[np.ndarray, np.
     return order, words[:, 1]
 
 
+def _pads_at(pads: np.ndarray, public: np.ndarray, size: int) -> np.ndarray:
+    """The pads (L, k') of the values published at positions ``public``, in [0, size)
+    (the bias of reducing 64-bit words is below 2^-55)."""
+    return (np.take_along_axis(pads, public, 1) % np.uint64(size)).astype(np.int64)
+
+
 def _entry_positions(mask: np.ndarray) -> np.ndarray:
     """(L, m) mask with k' per row -> (L, k') positions in increasing order."""
     return np.nonzero(mask)[1].reshape(mask.shape[0], -1)
@@ -110,7 +116,7 @@ def seal(amb: Ambiguated, seal_key: bytes, bits: int = VALUE_BITS) -> Ambiguated
         sort = np.argsort(moved, axis=1, kind="stable")
         public = np.take_along_axis(moved, sort, 1)
         symbols = to_symbols(np.take_along_axis(amb.values[i], sort, 1), bits)
-        pad = (np.take_along_axis(pads, public, 1) % np.uint64(size)).astype(np.int64)
+        pad = _pads_at(pads, public, size)
         values[i] = from_symbols((symbols + pad) % size, bits)
         real[i] = np.take_along_axis(amb.real[i], sort, 1)
         mask[i, rows, public] = True
@@ -131,7 +137,7 @@ def unseal(amb: Ambiguated, bits: int = VALUE_BITS) -> Ambiguated:
     for i in range(B):
         order, pads = _stream(np.asarray(amb.seals[i], np.uint8).tobytes(), L, m)
         public = _entry_positions(amb.mask[i])
-        pad = (np.take_along_axis(pads, public, 1) % np.uint64(size)).astype(np.int64)
+        pad = _pads_at(pads, public, size)
         v = from_symbols((to_symbols(amb.values[i], bits) - pad) % size, bits)
         original = np.take_along_axis(order, public, 1)
         sort = np.argsort(original, axis=1, kind="stable")

@@ -33,7 +33,7 @@ PY=${PYTHON:-python3}
 
 step() { echo "[$(date +%T)] $*"; }
 mkdir -p "$OUT"
-WORK="$OUT/work"
+STAGING="$OUT/images-staging"  # the ingested faces, deleted at the end
 
 if [ -n "${WHEELS:-}" ]; then
     step "installing imambig from the wheels in $WHEELS (offline)"
@@ -51,17 +51,17 @@ step "ingesting $DATA at ${SIZE}x${SIZE}"
 limit=()
 [ "$LIMIT" != 0 ] && limit=(--limit "$LIMIT")
 "$PY" -m imambig ingest "$DATA" --crop "$CROP" --size "$SIZE" --split "$SPLIT" \
-    "${limit[@]}" --out "$WORK/images" --overwrite
+    "${limit[@]}" --out "$STAGING" --overwrite
 
 step "training $PRESET for $MINUTES minutes"
-"$PY" -m imambig train --images "$WORK/images" --preset "$PRESET" --minutes "$MINUTES" \
+"$PY" -m imambig train --images "$STAGING" --preset "$PRESET" --minutes "$MINUTES" \
     --epochs 1000 --loss mse --ema 0.999 --precision "$PRECISION" --device "$DEVICE" \
     --out "$OUT/model" | tee "$OUT/train.log"
 
 step "evaluating on the test split and measuring images/s"
-"$PY" benchmarks/gpu_report.py --model "$OUT/model" --images "$WORK/images" --out "$OUT" \
+"$PY" benchmarks/gpu_report.py --model "$OUT/model" --images "$STAGING" --out "$OUT" \
     --device "$DEVICE" --precision "$PRECISION" --eval-items "$EVAL_ITEMS" \
     --seconds "$MEASURE_SECONDS"
 
-rm -rf "$WORK"  # the faces stay on the machine that holds them
+rm -rf "$STAGING"  # the faces stay on the machine that holds them
 step "done: $OUT/numbers.json, $OUT/model-fp16.safetensors"
