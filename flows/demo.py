@@ -2,7 +2,8 @@
 
 Draws a set of cartoon faces (shipped as code, see ``demo_images``), starts a local
 Prefect server (no server to start by hand; Dask workers need a real one), runs the
-``pipeline`` flow with a LocalCluster and local folders, grants a few items to a demo
+``pipeline`` flow with a LocalCluster and local folders (training fine-tunes the
+shipped demo weights, ``flows/assets``, for a few epochs), grants a few items to a demo
 user and reveals them, then prints where everything is. ``imambig demo`` comes from here
 through the ``imambig.commands`` entry point (``add_command``).
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.demo_images import write_demo_images
+from flows.demo_weights import DEMO_WEIGHTS
 from imambig.config import (
     KEYSTORE_KEY_ENV,
     OWNER_SECRET_ENV,
@@ -63,7 +65,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the whole pipeline on built-in demo images (no setup needed)",
         description="Draws cartoon faces, starts a local Prefect server, runs the pipeline "
-                    "flow (ingest, train, encode on a local Dask cluster, grant, evaluate) "
+                    "flow (ingest, fine-tune the shipped demo weights, encode on a local "
+                    "Dask cluster, grant, evaluate) "
                     "into local folders, reveals the granted images as a demo user, prints "
                     "the authorized image's PSNR against the public record and every "
                     "attacker, and where the stores, keys, report and sample grid are.",
@@ -71,31 +74,46 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="imambig-demo", help="folder for everything the demo makes")
     p.add_argument("--images", type=int, default=400, help="demo images to draw")
-    p.add_argument("--epochs", type=int, default=80,
-                   help="training epochs of the tiny model")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of the tiny model (default: 6 fine-tuning the "
+                        "shipped demo weights; 80 with --scratch)")
+    p.add_argument("--scratch", action="store_true",
+                   help="train from a random start instead of the shipped demo weights "
+                        "(flows/assets, made by python -m flows.demo_weights)")
     p.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     p.set_defaults(handler=_run)
 
 
 def _run(a: argparse.Namespace) -> int:
-    run_demo(a.out, a.images, a.epochs, a.workers)
+    epochs = a.epochs if a.epochs is not None else (SCRATCH_EPOCHS if a.scratch else
+                                                     FINE_TUNE_EPOCHS)
+    run_demo(a.out, a.images, epochs, a.workers, scratch=a.scratch)
     return 0
 
 
-def demo_config(epochs: int) -> PipelineConfig:
-    """The demo's choices: the tiny model on 32x32 faces, small regions and reports."""
+FINE_TUNE_EPOCHS = 6
+SCRATCH_EPOCHS = 80
+
+
+def demo_config(epochs: int = FINE_TUNE_EPOCHS, scratch: bool = False) -> PipelineConfig:
+    """The demo's choices: the tiny model on 32x32 faces, fine-tuned from the shipped
+    weights (a lower learning rate: they are already trained) or trained from scratch;
+    small regions and reports."""
+    start = ({"init": None, "lr": 2e-3} if scratch
+             else {"init": str(DEMO_WEIGHTS), "lr": 5e-4})
     return PipelineConfig(
         ingest=IngestConfig(split="random:0.8"),
         train=TrainConfig(model=PRESETS["tiny"], epochs=epochs, batch_size=32, loss="mse",
-                          ema=0.99),
+                          ema=0.99, **start),
         encode=EncodeConfig(region_items=64),
         evaluate=EvaluateConfig(max_items=64),
         grant_items=4,
     )
 
 
-def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 80,
-             workers: int = 2) -> dict[str, Any]:
+def run_demo(out: str = "imambig-demo", n_images: int = 400,
+             epochs: int = FINE_TUNE_EPOCHS, workers: int = 2, scratch: bool = False
+             ) -> dict[str, Any]:
     from imambig.access.identity import load_identity, new_identity, save_identity
     from imambig.stores.location import Location
     from infra.prefect_server import PrefectServer
@@ -115,7 +133,7 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400, epochs: int = 80,
 
     params = {
         "source": str(source), "workdir": str(root / "work"),
-        "config": dataclasses.asdict(demo_config(epochs)),
+        "config": dataclasses.asdict(demo_config(epochs, scratch)),
         "grant_to": alice.public_text(), "dask_workers": workers,
     }
     print("starting a local Prefect server ...")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from imambig.config import PRESETS, ModelConfig, preset
 from imambig.model.autoencoder import SparseAutoencoder
+from imambig.model.layers.blocks import DownChain, DownSkip, pointwise
 from imambig.model.layers.grouped_linear import GroupedLinear, LoopGroupedLinear
 from imambig.model.layers.topk import topk_sparsify
+from imambig.model.reference import seeded_state
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +121,45 @@ def test_shapes_with_a_bottleneck_under_k_are_flagged() -> None:
     assert "n=64 < k=128" in preset("small-n64").privacy_warning()
     for name in ("paper", "small", "tiny"):
         assert preset(name).privacy_warning() is None, name
+
+
+def test_one_thread_training_steps_run_to_the_end() -> None:
+    # oneDNN's strided 1x1 weight gradient corrupted the heap on AVX2 CPUs with one
+    # thread (the tiny preset's first skip: 3 channels, stride 8); blocks.pointwise
+    # sub-samples instead. A crash kills the process, so the steps run in their own.
+    script = (
+        "import torch\n"
+        "from imambig.config import PRESETS\n"
+        "from imambig.model.autoencoder import SparseAutoencoder\n"
+        "torch.set_num_threads(1); torch.manual_seed(0)\n"
+        "m = SparseAutoencoder(PRESETS['tiny']).train()\n"
+        "opt = torch.optim.Adam(m.parameters())\n"
+        "x = torch.rand(32, 3, 32, 32)\n"
+        "for _ in range(20):\n"
+        "    logits, _ = m(x)\n"
+        "    loss = torch.nn.functional.mse_loss(torch.sigmoid(logits), x)\n"
+        "    opt.zero_grad(); loss.backward(); opt.step()\n"
+        "print('done', float(loss))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("done")
+
+
+def test_strided_pointwise_is_the_strided_convolution() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, 1, stride=8)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(pointwise(conv, x), conv(x))
+
+
+@pytest.mark.parametrize("block", [DownChain(8, 10, 2, 5, 0.01), DownSkip(8, 10, 4, 0.01)])
+def test_folded_inference_computes_the_plain_block(block: torch.nn.Module) -> None:
+    # Inference folds BatchNorm (and the skip's 5x5 + strided 1x1) into one convolution;
+    # with non-trivial running statistics it must still be the plain block's function.
+    block.load_state_dict(seeded_state(block, 3))
+    block.eval()
+    x = torch.randn(4, 8, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), block._plain(x), rtol=1e-5, atol=1e-5)

@@ -9,11 +9,18 @@ does not depend on where the library keeps its code; it runs in fresh processes 
 torch thread, since the noise fit's float rounding depends on the thread count.
 
 Run state (``_state/``: region markers with timings; ``_leases/``) is left out; nothing
-else written depends on the clock or the machine's paths.
+else written depends on the clock or the machine's paths. What is written does depend
+on the CPU's float kernels: an AVX2 and an AVX-512 machine round the encoder's sums
+differently, and the seals make any such difference change every record. So the digests
+are kept per machine kind (CPU vendor, torch's CPU capability, torch version); on a
+kind with no entry the test skips and says how to add one.
 
 After an intended change of the encoding, regenerate the digests with
 
     python -m tests.golden.make
+
+which replaces every entry by this machine kind's (the others are stale by then); on
+another kind, ``python -m tests.golden.make --add`` adds that kind's entry.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from tests.fixtures_model import make_synthetic_images
 
@@ -72,5 +81,23 @@ def tree_digest(root: Path, label: str) -> dict[str, str]:
     return out
 
 
-def load_digests() -> dict[str, str]:
-    return json.loads(DIGESTS.read_text())
+def machine_kind() -> str:
+    """What the encoder's float rounding depends on, as a digest entry's name."""
+    vendor = "unknown-cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{vendor}/{torch.backends.cpu.get_cpu_capability()}/torch-{torch.__version__}"
+
+
+def load_all() -> dict[str, dict[str, str]]:
+    return json.loads(DIGESTS.read_text()) if DIGESTS.exists() else {}
+
+
+def load_digests(kind: str | None = None) -> dict[str, str] | None:
+    """This machine kind's digests, or None where none were made on such a machine."""
+    return load_all().get(kind or machine_kind())
