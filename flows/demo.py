@@ -75,11 +75,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="imambig-demo", help="folder for everything the demo makes")
     p.add_argument("--images", type=int, default=400, help="demo images to draw")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs of the tiny model (default: 6 fine-tuning the "
-                        "shipped demo weights; 80 with --scratch)")
+                   help="training epochs of the tiny model; unset (%(default)s): 6 "
+                        "fine-tuning the shipped demo weights, 80 with --scratch")
     p.add_argument("--scratch", action="store_true",
                    help="train from a random start instead of the shipped demo weights "
-                        "(flows/assets, made by python -m flows.demo_weights)")
+                        "(flows/assets, made by: python -m flows.demo_weights)")
     p.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     p.set_defaults(handler=_run)
 

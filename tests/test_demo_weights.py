@@ -1,0 +1,28 @@
+"""The demo's shipped starting weights: an ordinary, verified tiny model in float16."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+from flows.demo import demo_config
+from flows.demo_weights import DEMO_WEIGHTS
+from imambig.config import PRESETS
+from imambig.model.checkpoint import load_model
+from imambig.stores.location import Location
+
+
+def test_demo_weights_are_a_verified_float16_tiny_model() -> None:
+    data = DEMO_WEIGHTS.read_bytes()
+    assert len(data) < 5 << 20
+    header = json.loads(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])
+    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    assert dtypes <= {"F16", "I64"} and "F16" in dtypes
+    model, info, _ = load_model(Location(str(DEMO_WEIGHTS)))  # checks the content hash
+    assert model.config == PRESETS["tiny"]
+    assert info.metadata["seed"] != 0  # not drawn from the demo's own faces (seed 0)
+
+
+def test_the_demo_fine_tunes_the_shipped_weights_unless_told_otherwise() -> None:
+    assert demo_config().train.init == str(DEMO_WEIGHTS)
+    assert demo_config(80, scratch=True).train.init is None
