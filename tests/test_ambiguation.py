@@ -162,3 +162,21 @@ def test_noise_model_round_trip(setup, tmp_path) -> None:
     np.savez(old_url, **old)
     with pytest.raises(ValueError, match=r"old\.npz.*projection_cdf.*another noise design"):
         NoiseModel.load(Location(str(old_url)))
+
+
+def test_records_do_not_depend_on_how_many_items_are_ambiguated_together(
+        tiny_mechanism, monkeypatch: pytest.MonkeyPatch) -> None:
+    # encode_images ambiguates in groups (MECHANISM_ITEMS) to bound memory; a region's
+    # records must be those of one call over all its items.
+    import imambig.stages.encode_images as encode_module
+
+    model, noise, images = tiny_mechanism
+    decoys = DecoyMap.for_owner(noise, SECRET)
+    images = images[:40]
+    grouped = {}
+    for group in (7, 1000):
+        monkeypatch.setattr(encode_module, "MECHANISM_ITEMS", group)
+        grouped[group] = encode_images(model, noise, decoys, images)
+    assert np.array_equal(grouped[7].mask, grouped[1000].mask)
+    assert np.array_equal(grouped[7].values, grouped[1000].values)
+    assert grouped[7].keys == grouped[1000].keys

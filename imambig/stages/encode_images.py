@@ -16,9 +16,12 @@ from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import autocast
 from imambig.stores.loader import to_tensor
 
-# Items ambiguated together. The mechanism's tensors take about 2 MB an item while they
-# live (uniforms per map and position); in groups of 64 a 1024-item region peaks near
-# 0.6 GB per worker instead of 2.5 GB. Each item's record depends on its own row only.
+# Items ambiguated together, always exactly this many (the last group is padded): the
+# mechanism's matrix products round differently for different row counts, and through
+# the seal a near-tie moved by one ulp publishes another record, so an item encoded
+# alone and in a region must meet the same shapes (as ``bottlenecks``' micro-batches
+# do). Groups also bound memory: the mechanism holds about 2 MB an item at once, so a
+# 1024-item region peaks near 0.7 GB per worker instead of 2.5 GB.
 MECHANISM_ITEMS = 64
 
 
@@ -61,6 +64,12 @@ def encode_images(
     """Encode uint8 images (B, H, W, 3): sealed public records and keys. Nothing but
     the pixels (and the owner's decoy map and seal key) decides an item's record."""
     h = bottlenecks(model, images, precision, micro_batch)
-    amb = Ambiguated.concatenate([ambiguate(model, h[s : s + MECHANISM_ITEMS], noise, decoy_map)
-                                  for s in range(0, max(len(h), 1), MECHANISM_ITEMS)])
+    parts = []
+    for s in range(0, len(h), MECHANISM_ITEMS):
+        group = h[s : s + MECHANISM_ITEMS]
+        n = len(group)
+        pad = group[:1].expand(MECHANISM_ITEMS - n, *group.shape[1:])
+        parts.append(ambiguate(model, torch.cat([group, pad]), noise, decoy_map).items(
+            slice(0, n)))
+    amb = Ambiguated.concatenate(parts) if parts else ambiguate(model, h, noise, decoy_map)
     return EncodedBatch(amb.mask, amb.values, encode_keys(amb.real, amb.seals))
