@@ -119,7 +119,8 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
         model = dataclasses.replace(model, negative_slope=a.slope)
     return TrainConfig(
         model=model, epochs=a.epochs, minutes=a.minutes, batch_size=a.batch_size, lr=a.lr,
-        warmup=a.warmup, loss=a.loss, flip=a.flip, ema=a.ema, precision=a.precision,
+        warmup=a.warmup, loss=a.loss, flip=a.flip, ema=a.ema,
+        calibration_items=a.calibration_items, precision=a.precision,
         seed=a.seed, max_items=a.max_items, val_items=a.val_items,
         checkpoint_every=a.checkpoint_every, device=a.device, num_threads=a.threads,
     )
@@ -228,8 +229,9 @@ def _add_train(sub: Subparsers) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs,
                    help="epochs (an upper bound when --minutes is given)")
     p.add_argument("--minutes", type=float, default=d.minutes,
-                   help="wall-clock budget: stop after this many minutes of training, with "
-                        "the learning-rate schedule following elapsed time")
+                   help="time budget: stop after this many minutes of optimizer steps "
+                        "(validation and checkpoints add about 3 %%; the model records both), "
+                        "with the learning-rate schedule following that time")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=float, default=d.warmup,
@@ -239,6 +241,9 @@ def _add_train(sub: Subparsers) -> None:
                    help="no random horizontal flips")
     p.add_argument("--ema", type=float, default=d.ema,
                    help="decay of the published weight average (e.g. 0.999; 0: none)")
+    p.add_argument("--calibration-items", type=int, default=d.calibration_items,
+                   help="training images on which the weight average's BatchNorm "
+                        "statistics are measured before it is validated and published")
     p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
                    help="bf16 autocast (CPUs with AVX-512 BF16/AMX, recent GPUs) or fp32; "
                         "auto picks bf16 where the hardware has it")

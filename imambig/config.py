@@ -194,8 +194,9 @@ class IngestConfig:
 class TrainConfig:
     model: ModelConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
     epochs: int = 10
-    # Wall-clock budget: when set, training stops after this many minutes and the
-    # learning-rate schedule follows elapsed time instead of steps (``epochs`` is then
+    # Time budget: when set, training stops after this many minutes of optimizer steps
+    # (validation and checkpoints not counted; the model records both times) and the
+    # learning-rate schedule follows that time instead of steps (``epochs`` is then
     # only an upper bound). Runs are not bit-reproducible under a time budget.
     minutes: float | None = None
     batch_size: int = 80
@@ -205,6 +206,9 @@ class TrainConfig:
     loss: Literal["bce", "mse"] = "bce"
     flip: bool = True  # random horizontal flips (faces are near-symmetric)
     ema: float = 0.0  # decay of the weight average validated and published; 0: none
+    # Training images on which the average's BatchNorm statistics are measured before it
+    # is validated or published (its own statistics, not the live weights').
+    calibration_items: int = 512
     precision: str = "auto"  # auto | bf16 | fp32 (imambig.model.precision)
     # Fine-tuning: start from this model folder's weights (same preset) instead of a
     # random initialisation; the new model records it as its parent.

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from imambig.config import PRESETS, IngestConfig, TrainConfig
 from imambig.model import checkpoint as ckpt
+from imambig.model.autoencoder import SparseAutoencoder
 from imambig.stages.ingest import ingest
-from imambig.stages.train import train
+from imambig.stages.train import WeightAverage, train
 from imambig.stores.location import Location
 
 
@@ -68,6 +70,9 @@ def test_training_raises_validation_psnr(celeba_tiny_store: Location, tmp_path: 
     _, info, _ = ckpt.load_model(Location(str(tmp_path / "model")))
     assert info.model_id == result.model_id
     assert info.metadata["val_psnr"] == result.val_psnr
+    # The wall clock covers validation and checkpoints too, so it is never the shorter.
+    assert 0 < info.metadata["train_minutes"] <= info.metadata["wall_minutes"]
+    assert result.wall_minutes == info.metadata["wall_minutes"]
 
 
 def test_store_and_model_size_mismatch_is_a_clear_error(
@@ -127,3 +132,43 @@ def test_odd_sized_batches_train_on_several_threads(synthetic_store: Location,
            "--max-items", "35", "--epochs", "2", "--threads", "2", "--val-items", "8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_weight_average_gets_batchnorm_statistics_of_its_own_weights() -> None:
+    # The average's weights are not the live ones; statistics copied from the live model
+    # describe other activations. recalibrate() measures them for the average itself.
+    torch.manual_seed(0)
+    live = SparseAutoencoder(PRESETS["tiny"]).train()
+    average = WeightAverage(live, 0.9)
+    with torch.no_grad():
+        for p in live.parameters():  # the live model moves on; the average lags
+            p.add_(0.05 * torch.randn_like(p))
+        live(torch.rand(8, 3, 32, 32))  # running statistics of the live weights
+    average.update(live, step=1000)
+    x = torch.rand(16, 3, 32, 32)
+    first_norm = average.model.down_chain[0].norm
+    seen: list[torch.Tensor] = []
+    hook = first_norm.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    average.recalibrate([x[:8], x[8:]], "fp32", torch.device("cpu"))
+    hook.remove()
+    expected = torch.cat(seen).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(first_norm.running_mean, expected, rtol=1e-4, atol=1e-5)
+    live_mean = live.down_chain[0].norm.running_mean
+    assert not torch.allclose(first_norm.running_mean, live_mean, atol=1e-3)
+    assert not average.model.training and first_norm.momentum == 0.1
+
+
+def test_finished_time_budget_run_resumed_takes_no_step(synthetic_store: Location,
+                                                        tmp_path: Path) -> None:
+    # Re-running a finished run's command republishes its model (under newer code, say)
+    # without training further; the average is recalibrated and the result recorded.
+    out = Location(str(tmp_path / "m"))
+    first = train(synthetic_store, out, _cfg(epochs=50, minutes=0.05, ema=0.9),
+                  progress=False)
+    _, info, _ = ckpt.load_model(out)
+    again = train(synthetic_store, out, _cfg(epochs=50, minutes=0.05, ema=0.9),
+                  progress=False)
+    _, info2, _ = ckpt.load_model(out)
+    assert again.model_id == first.model_id
+    assert info2.metadata["global_step"] == info.metadata["global_step"]
+    assert info2.metadata["final_val_psnr"] == pytest.approx(info.metadata["final_val_psnr"])
