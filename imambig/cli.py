@@ -230,7 +230,7 @@ def _add_train(sub: Subparsers) -> None:
                    help="epochs (an upper bound when --minutes is given)")
     p.add_argument("--minutes", type=float, default=d.minutes,
                    help="time budget: stop after this many minutes of optimizer steps "
-                        "(validation and checkpoints add about 3 %%; the model records both), "
+                        "(validation and checkpoints come on top; the model records both), "
                         "with the learning-rate schedule following that time")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)

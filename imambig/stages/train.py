@@ -106,9 +106,8 @@ class WeightAverage:
     def recalibrate(self, batches: Iterable[torch.Tensor], precision: str,
                     device: torch.device) -> None:
         """Measure BatchNorm's statistics for the averaged weights on ``batches``. The
-        running statistics copied by ``update`` belong to the live weights; with them
-        the average of a ``small`` run validated 1.2 dB below the live model half-way
-        through, with its own statistics level with it (README, *Results*)."""
+        running statistics copied by ``update`` belong to the live weights, not to
+        the average's (README, *Results*)."""
         norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         momenta = [n.momentum for n in norms]
         for n in norms:
