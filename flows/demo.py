@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from flows.demo_images import write_demo_images
-from flows.demo_weights import DEMO_WEIGHTS
+from flows.demo_weights import DEMO_PRESET, DEMO_WEIGHTS
 from imambig.config import (
+    DEFAULT_ATTACKS,
     KEYSTORE_KEY_ENV,
     OWNER_SECRET_ENV,
     PRESETS,
@@ -75,8 +76,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="imambig-demo", help="folder for everything the demo makes")
     p.add_argument("--images", type=int, default=400, help="demo images to draw")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs of the tiny model; unset (%(default)s): 6 "
-                        "fine-tuning the shipped demo weights, 80 with --scratch")
+                   help=f"training epochs of the {DEMO_PRESET} model; unset (%(default)s): "
+                        f"{FINE_TUNE_EPOCHS} fine-tuning the shipped demo weights, "
+                        f"{SCRATCH_EPOCHS} with --scratch")
     p.add_argument("--scratch", action="store_true",
                    help="train from a random start instead of the shipped demo weights "
                         "(flows/assets, made by: python -m flows.demo_weights)")
@@ -91,22 +93,26 @@ def _run(a: argparse.Namespace) -> int:
     return 0
 
 
-FINE_TUNE_EPOCHS = 6
-SCRATCH_EPOCHS = 80
+FINE_TUNE_EPOCHS = 2
+SCRATCH_EPOCHS = 60
+# The suite without the two least-squares attacks: they solve a problem per item and took
+# about 3 of the demo's 5 minutes here; with n >= k they do no better than re-encoding
+# (README, Measured privacy). The printed table names what was left out.
+DEMO_ATTACKS = tuple(a for a in DEFAULT_ATTACKS if not a.startswith("least_squares"))
 
 
 def demo_config(epochs: int = FINE_TUNE_EPOCHS, scratch: bool = False) -> PipelineConfig:
-    """The demo's choices: the tiny model on 32x32 faces, fine-tuned from the shipped
-    weights (a lower learning rate: they are already trained) or trained from scratch;
-    small regions and reports."""
+    """The demo's choices: the ``small`` model on 64x64 faces (the paper's code sizes:
+    n = 256 >= k = 128, k' = 2k), fine-tuned from the shipped weights (a lower learning
+    rate: they are already trained) or trained from scratch; small regions and reports."""
     start = ({"init": None, "lr": 2e-3} if scratch
              else {"init": str(DEMO_WEIGHTS), "lr": 5e-4})
     return PipelineConfig(
         ingest=IngestConfig(split="random:0.8"),
-        train=TrainConfig(model=PRESETS["tiny"], epochs=epochs, batch_size=32, loss="mse",
+        train=TrainConfig(model=PRESETS[DEMO_PRESET], epochs=epochs, batch_size=32, loss="mse",
                           ema=0.99, **start),
         encode=EncodeConfig(region_items=64),
-        evaluate=EvaluateConfig(max_items=64),
+        evaluate=EvaluateConfig(max_items=64, attacks=DEMO_ATTACKS),
         grant_items=4,
     )
 
@@ -154,7 +160,7 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400,
     shown = reveal(grant_path.read_bytes(), alice, summary["owner_key"],
                    Location(summary["model"]))
     revealed = root / "revealed"
-    write_revealed(revealed, shown, scale=4)
+    write_revealed(revealed, shown, scale=2)
     report = Path(summary["report"])
     from imambig.stages.evaluate import contrast_table
 

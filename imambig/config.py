@@ -95,7 +95,7 @@ class ModelConfig:
 # the filters, so privacy numbers transfer while CPU training stays practical.
 # `small-n64` down-scales once more (n=64 < k): there the k real values over-determine
 # the bottleneck, which the least-squares attack exploits; kept to reproduce that finding.
-# `tiny` is for tests and the demo. `paper` computes the reference's function exactly
+# `tiny` is for tests (the demo uses `small`). `paper` computes the reference's function exactly
 # (tests/test_reference.py); the others keep the leaky-ReLU slope 0.2 they were trained
 # and measured with (the slope is a recipe choice: benchmarks/train_ablation.py).
 PRESETS: dict[str, ModelConfig] = {

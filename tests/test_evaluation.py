@@ -113,3 +113,7 @@ def test_contrast_table_says_whether_the_authorized_image_stands_out() -> None:
     assert contrast_table({"rows": rows}).endswith("the 8 dB contrast does NOT hold")
     with pytest.raises(ValueError, match="no authorized row"):
         contrast_table({"rows": rows[1:]})
+    # an evaluation that left attacks out says which
+    note = contrast_table({"rows": rows, "settings": {"attacks": ["random", "learned_inversion"]}})
+    assert "attacks not run in this evaluation: " in note and "least_squares" in note
+    assert "learned_inversion," not in note.splitlines()[-1]

@@ -19,6 +19,7 @@ import numpy as np
 from imambig.access.key_provider import KeyProvider
 from imambig.access.keystore import Keystore
 from imambig.attacks.linkage import link
+from imambig.attacks.registry import ATTACKS
 from imambig.attacks.suite import attacker_ambiguation, attacker_secret, run_attacks
 from imambig.config import EvaluateConfig
 from imambig.evaluation import rate_distortion as rd
@@ -108,6 +109,10 @@ def contrast_table(evaluation: dict[str, Any]) -> str:
         verdict = "holds" if margin >= CONTRAST_DB else "does NOT hold"
         lines += ["", f"authorized is {margin:.2f} dB above the best other column ({best}); "
                       f"the {CONTRAST_DB:.0f} dB contrast {verdict}"]
+    ran = evaluation.get("settings", {}).get("attacks")
+    if ran is not None and (left := sorted(set(ATTACKS) - set(ran))):
+        lines.append(f"attacks not run in this evaluation: {', '.join(left)} "
+                     "(imambig evaluate --attacks runs any of them)")
     return "\n".join(lines)
 
 
