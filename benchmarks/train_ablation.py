@@ -7,8 +7,8 @@ Each row changes one setting of the baseline (the CLI's defaults) and trains fro
 same seed on the same data order. With ``--minutes`` every run gets the same budget of
 optimizer-step time (the fair comparison when settings change the speed: batch size,
 precision); with ``--epochs`` alone, the same number of epochs. Rows that cannot run
-here (``bf16`` on a CPU without bf16 kernels) or equal the baseline here (``fp32`` where
-``auto`` already resolves to fp32) are left out with a note. Re-running skips finished
+here (``bf16`` on a CPU without bf16 kernels) or equal the baseline here (the precision
+``auto`` resolves to) are left out with a note. Re-running skips finished
 runs. Prints a markdown table.
 """
 
@@ -51,8 +51,9 @@ def config(preset_name: str, epochs: int, minutes: float | None, change: dict) -
 def skipped(name: str) -> str | None:
     """Why a variant cannot run, or is the baseline itself, on this machine."""
     bf16 = bf16_supported()
-    if name == "bf16" and not bf16:
-        return "this CPU has no bf16 kernels"
+    if name == "bf16":
+        return ("the baseline already runs in bf16 here (precision auto)" if bf16
+                else "this CPU has no bf16 kernels")
     if name == "fp32" and not bf16:
         return "the baseline already runs in fp32 here (precision auto)"
     return None
