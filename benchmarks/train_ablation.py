@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from imambig.config import TrainConfig, preset
-from imambig.model.precision import bf16_supported
+from imambig.model.precision import bf16_supported, resolve
 from imambig.stages.train import train
 from imambig.stores.location import Location
 
@@ -50,12 +50,11 @@ def config(preset_name: str, epochs: int, minutes: float | None, change: dict) -
 
 def skipped(name: str) -> str | None:
     """Why a variant cannot run, or is the baseline itself, on this machine."""
-    bf16 = bf16_supported()
-    if name == "bf16":
-        return ("the baseline already runs in bf16 here (precision auto)" if bf16
-                else "this CPU has no bf16 kernels")
-    if name == "fp32" and not bf16:
-        return "the baseline already runs in fp32 here (precision auto)"
+    want = VARIANTS[name].get("precision")
+    if want == "bf16" and not bf16_supported():
+        return "this CPU has no bf16 kernels"
+    if want is not None and want == resolve("auto"):
+        return f"the baseline already runs in {want} here (precision auto)"
     return None
 
 
@@ -105,7 +104,7 @@ def main() -> None:
     for name, r in rows:
         last = r["val_psnr"][-1]
         print(f"| {name} | {last:.2f} | {last - base:+.2f} | {r['images_per_s']:.1f} | "
-              f"{r.get('epochs', len(r['val_psnr']))} | {r['minutes']:.1f} |")
+              f"{r['epochs']} | {r['minutes']:.1f} |")
     for note in notes:
         print(f"\n{note}")
 
