@@ -26,6 +26,7 @@ from imambig.config import (
     AttackConfig,
     EncodeConfig,
     EvaluateConfig,
+    GrantDecoderConfig,
     IngestConfig,
     SecretSources,
     TrainConfig,
@@ -134,7 +135,9 @@ def encode_config(a: argparse.Namespace) -> EncodeConfig:
 def evaluate_config(a: argparse.Namespace) -> EvaluateConfig:
     return EvaluateConfig(split=a.split, max_items=a.max_items, attacks=a.attacks,
                           codecs=a.codecs, rd_items=a.rd_items, attacker_items=a.attacker_items,
-                          releases=a.releases, identity=a.identity, linkage=a.linkage)
+                          releases=a.releases, identity=a.identity, linkage=a.linkage,
+                          grant_fractions=tuple(float(x) for x in a.grants),
+                          grantee_attacks=a.grantee_attacks)
 
 
 def attack_config(a: argparse.Namespace) -> AttackConfig:
@@ -142,6 +145,8 @@ def attack_config(a: argparse.Namespace) -> AttackConfig:
     return AttackConfig(attacks=a.attacks, k_publics=tuple(int(x) for x in a.k_public),
                         fit_items=a.fit, own_items=a.own, releases=a.releases,
                         inversion_epochs=a.inversion_epochs, target_items=a.targets,
+                        k_lows=tuple(int(x) for x in a.k_low),
+                        key_holder_items=a.key_holder_items,
                         second_releases=second, pair_items=a.pairs,
                         second_model=a.second_model, identity=a.identity,
                         gallery_per_identity=a.gallery, linkage=a.linkage,
@@ -457,8 +462,12 @@ def _add_grant(sub: Subparsers) -> None:
     p.add_argument("--items", nargs="*", default=[], help="item ids to grant")
     p.add_argument("--items-file", default=None, help="file with one item id per line")
     p.add_argument("--k-low", type=int, default=None,
-                   help="lower fidelity: reveal only k_low of the real entries per map (a "
-                        "secret random choice, fixed per item)")
+                   help="lower fidelity: the grant holds k_low of each map's real entries "
+                        "themselves (a secret random choice, fixed per record) and nothing "
+                        "that opens the public record")
+    p.add_argument("--model", default=None,
+                   help="with --k-low: the model folder, whose grant decoder (`imambig "
+                        "train-grant-decoder`) the grant names for revealing it")
     p.add_argument("--valid-days", type=float, default=30.0,
                    help="days until the grant expires")
     p.add_argument("--out", required=True, help="grant file to write")
@@ -476,12 +485,75 @@ def _run_grant(a: argparse.Namespace) -> int:
         items += [ln.strip() for ln in Path(a.items_file).read_text().splitlines() if ln.strip()]
     if not items:
         raise ValueError("no items to grant: pass --items or --items-file")
+    decoder_id = ""
+    if a.k_low is not None:
+        decoder_id = _grant_decoder_id(a)
     secrets = Secrets(secret_sources(a))
     blob = issue_grant(location(a, a.public), location(a, a.keys), items, a.to,
                        LocalKeyProvider.from_secrets(secrets), signing_key(secrets.signing_key),
-                       k_low=a.k_low, valid_days=a.valid_days)
+                       k_low=a.k_low, valid_days=a.valid_days, decoder_id=decoder_id)
     Path(a.out).write_bytes(blob)
     print(f"granted {len(items)} items: {a.out} ({len(blob)} bytes)")
+    return 0
+
+
+def _grant_decoder_id(a: argparse.Namespace) -> str:
+    """The id of the grant decoder beside --model, or "" (with a warning) without one."""
+    from imambig.model.checkpoint import load_model
+    from imambig.stages.grant_decoder import find_grant_decoder
+
+    if a.model is None:
+        print("warning: no --model given: the grant will be revealed with the model's own "
+              "decoder, which shows less than the grant holds", file=sys.stderr)
+        return ""
+    _, info, _ = load_model(location(a, a.model))
+    found = find_grant_decoder(location(a, a.model), info.model_id)
+    if found is None:
+        print(f"warning: {a.model} has no grant decoder (`imambig train-grant-decoder`): the "
+              "grant will be revealed with the model's own decoder, which shows less than "
+              "the grant holds", file=sys.stderr)
+        return ""
+    return found[1]
+
+
+def _add_grant_decoder(sub: Subparsers) -> None:
+    d = GrantDecoderConfig()
+    p = sub.add_parser(
+        "train-grant-decoder", parents=[STORAGE],
+        help="train the decoder that lower-fidelity grants are revealed with",
+        description="Fine-tunes a copy of the model's decoder on the training split's codes "
+                    "cut to a random k_low of their k entries per map, and publishes it in "
+                    "<model>/grant-decoder/; `imambig grant --k-low --model` names it in "
+                    "the grant, so a grantee sees what its grant holds, not less.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="model folder (from `imambig train`)")
+    p.add_argument("--images", required=True, help="image store with train and val splits")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="epochs (an upper bound when --minutes is given)")
+    p.add_argument("--minutes", type=float, default=d.minutes,
+                   help="time budget in minutes of optimizer steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--min-fraction", type=float, default=d.min_fraction,
+                   help="smallest k_low/k the decoder is trained for")
+    p.add_argument("--max-items", type=int, default=d.max_items)
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS))
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.num_threads,
+                   help="torch CPU threads (0: torch default)")
+    p.set_defaults(handler=_run_grant_decoder)
+
+
+def _run_grant_decoder(a: argparse.Namespace) -> int:
+    from imambig.stages.grant_decoder import train_grant_decoder
+
+    config = GrantDecoderConfig(epochs=a.epochs, minutes=a.minutes, batch_size=a.batch_size,
+                                lr=a.lr, min_fraction=a.min_fraction, max_items=a.max_items,
+                                precision=a.precision, seed=a.seed, num_threads=a.threads)
+    result = train_grant_decoder(location(a, a.model), location(a, a.images), config,
+                                 log=print)
+    print(f"grant decoder {result['model_id']} written to {a.model}/grant-decoder")
     return 0
 
 
@@ -561,6 +633,10 @@ def _add_evaluate(sub: Subparsers) -> None:
                    help="ambiguations of each attacker image the learned inversion trains on")
     p.add_argument("--no-identity", dest="identity", action="store_false",
                    help="skip the face-recognition rows (they need pip install 'imambig[face]')")
+    p.add_argument("--grants", type=_comma_list, default=d.grant_fractions,
+                   metavar="F,F,...", help="lower-fidelity grant rows, as fractions k_low/k")
+    p.add_argument("--no-grantee-attacks", dest="grantee_attacks", action="store_false",
+                   help="leave out the grantee attacks beside each grant row")
     p.add_argument("--no-linkage", dest="linkage", action="store_false",
                    help="skip the exact-photo linkage rows")
     p.set_defaults(handler=_run_evaluate)
@@ -624,6 +700,12 @@ def _add_attack(sub: Subparsers) -> None:
                    help="ambiguations of each own image (one attacker secret each) that the "
                         "learned inversion trains on")
     p.add_argument("--inversion-epochs", type=int, default=d.inversion_epochs)
+    p.add_argument("--k-low", type=_comma_list, default=d.k_lows, metavar="K,K,...",
+                   help="also attack lower-fidelity grants of these fidelities as their "
+                        "grantees (e.g. 32,64,96): re-encoding, learned inversion, and a "
+                        "grantee holding other items' full keys")
+    p.add_argument("--key-holder-items", type=int, default=d.key_holder_items,
+                   help="other items whose full keys the key-holding grantee has")
     p.add_argument("--targets", type=int, default=d.target_items, help="test images attacked")
     p.add_argument("--second-release", type=_comma_list, default=d.second_releases,
                    help="second releases of each target to compare with its first record "
@@ -682,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the help of every sub-command and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (*_plugin_commands(), _add_ingest, _add_train, _add_encode, _add_convert_model, _add_validate,
-                _add_keys, _add_grant, _add_reveal, _add_evaluate, _add_attack):
+                _add_keys, _add_grant, _add_grant_decoder, _add_reveal, _add_evaluate, _add_attack):
         add(sub)
     return parser
 

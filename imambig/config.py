@@ -230,6 +230,25 @@ class TrainConfig:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class GrantDecoderConfig:
+    """Training of the decoder that lower-fidelity grants are revealed with
+    (``imambig.stages.grant_decoder``)."""
+
+    epochs: int = 8
+    minutes: float | None = None  # time budget of optimizer steps; epochs is then a cap
+    batch_size: int = 64
+    lr: float = 1e-3
+    # Each batch keeps a random k_low of each map's k entries, k_low drawn from
+    # min_fraction * k .. k: one decoder for every fidelity a grant may have.
+    min_fraction: float = 0.125
+    max_items: int | None = None  # cap the training split
+    val_items: int = 256
+    precision: str = "auto"
+    seed: int = 0
+    num_threads: int = 0
+
+
 # ---------------------------------------------------------------------------
 # Encoding
 # ---------------------------------------------------------------------------
@@ -293,6 +312,8 @@ class EvaluateConfig:
     codecs: tuple[str, ...] = ("jpeg", "webp", "avif")  # baselines at matched bytes
     grid_items: int = 6  # columns of grid.png
     rd_items: int = 64  # items behind the rate-distortion curves; 0: no rd.png
+    grant_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # lower-fidelity grant rows, k_low/k
+    grantee_attacks: bool = True  # each grant row beside the best of its grantee's attacks
 
 
 @dataclass(frozen=True)
@@ -311,6 +332,10 @@ class AttackConfig:
     releases: int = 3
     inversion_epochs: int = 6
     target_items: int = 200  # test images attacked
+    # Lower-fidelity grantees (imambig.attacks.grantee): one set of rows per k_low; each
+    # grantee may also hold the full keys of this many other items of the owner.
+    k_lows: tuple[int, ...] = ()
+    key_holder_items: int = 500
     second_releases: tuple[str, ...] = SECOND_RELEASES
     pair_items: int = 500  # the attacker's own pairs that train the second-release classifier
     second_model: str | None = None  # a model retrained from scratch: one more second release

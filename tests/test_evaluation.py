@@ -14,6 +14,7 @@ from imambig.cli import main
 from imambig.evaluation.codecs import at_budget, available
 from imambig.evaluation.metrics import ms_ssim, ms_ssim_scales, ssim
 from imambig.evaluation.rate_distortion import round_mantissa, value_bytes
+from imambig.mechanism.grant_entries import entries_key_bytes
 from imambig.mechanism.keys import key_bytes
 
 
@@ -73,8 +74,14 @@ def test_evaluate_command_writes_table_plots_and_honest_rates(encoded, synthetic
     ev = json.loads((out / "evaluation.json").read_text())
     table = {(r["name"], r["notes"]): r for r in ev["table"]}
     names = {r["name"] for r in ev["table"]}
-    assert {"authorized k=8", "authorized k=16", "k_low grant k=8", "JPEG", "WEBP", "AVIF",
-            "public as is", "random guess"} <= names
+    assert {"authorized k=8", "authorized k=16", "grant k_low=4", "grant k_low=8",
+            "grant k_low=12", "JPEG", "WEBP", "AVIF", "public as is", "random guess"} <= names
+    # each grant row: the grant's own bytes, and the best of its grantee's attacks beside it
+    grant = next(r for r in ev["table"] if r["name"] == "grant k_low=8")
+    assert grant["bytes_per_image"] == entries_key_bytes(8, 64, 8)
+    assert grant["best_grantee_attack"]["name"] in (
+        "re-encode", "learned inversion", "inversion + re-encode")
+    assert grant["best_grantee_attack"]["psnr"] > 0
     # tiny preset: L=8 maps, k=16 of k'=32; key size is the fixed-length coder's
     with_key = table[("authorized k=16", "key + true values")]
     alone = table[("authorized k=16", "standalone")]

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imambig.access.grant import open_grant
 from imambig.access.identity import new_identity
 from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
@@ -20,7 +19,6 @@ from imambig.access.owner_key import public_text, signing_key
 from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig
 from imambig.errors import TamperedError
-from imambig.mechanism.keys import decode_keys
 from imambig.stages.encode_driver import SerialRegions, run_encode
 from imambig.stages.encode_regions import EncodeJob
 from imambig.stages.share import Revealed, issue_grant, output_names, reveal, write_revealed
@@ -150,41 +148,6 @@ def test_the_public_store_names_no_item_and_no_source(encoded) -> None:
     # the owner maps names to ids with the keystore, nobody else can
     ks = Keystore.open(plan.keystore, _provider())
     assert ks.opaque_ids(_names(job)) == ids
-
-
-# -- item 4: a lower-fidelity grant tells nothing about the entries it does not reveal -------
-
-
-def test_lower_fidelity_grants_leak_nothing_about_unrevealed_entries(encoded) -> None:
-    """With the k_low largest true magnitudes revealed (today), every unrevealed public
-    entry larger than the smallest revealed one is known to be fake. The revealed subset
-    must instead be independent of the magnitudes."""
-    job, plan = encoded
-    alice, names = new_identity(), _names(job)[:120]
-    store, ks = PublicStore.open(plan.public), Keystore.open(plan.keystore, _provider())
-    k = int(store.attrs["k"])
-    owner = public_text(_signer())
-
-    def revealed(k_low: int) -> np.ndarray:
-        blob = issue_grant(job.public_root, job.keys_root, names, alice.public_text(),
-                           _provider(), _signer(), k_low=k_low)
-        return decode_keys(list(open_grant(blob, alice, owner).keys.values()))
-
-    low, half = revealed(k // 4), revealed(k // 2)
-    real = decode_keys(ks.keys(np.arange(120)))
-    _, values = store.read(np.arange(120))
-    magnitude = np.abs(values.astype(np.float32))
-    assert (half <= real).all() and (half.sum(-1) == k // 2).all()
-    assert (low <= half).all(), "grants at several k_low nest: together no more than the largest"
-    floor = np.where(half, magnitude, np.inf).min(-1, keepdims=True)
-    unrevealed = ~half
-    above = unrevealed & (magnitude > floor)
-    # Unrevealed real entries are as likely above the smallest revealed magnitude as the
-    # unrevealed entries are in general: being large does not mark an entry as fake.
-    rate_above = real[above].mean()
-    rate_all = real[unrevealed].mean()
-    assert above.sum() > 1000
-    assert rate_above > 0.5 * rate_all, (rate_above, rate_all)
 
 
 # -- item 8: revealed file names, item order of incremental encodes -------------------------

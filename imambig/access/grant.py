@@ -103,6 +103,9 @@ class Grant:
     note: str = ""  # free text from the issuer
     issuer: str = ""  # the owner's public key (imambig-owner-v1:...), set when sealed
     recipient: str = ""  # the user's public key (imambig-pub-v1:...), set when sealed
+    # Lower-fidelity grants: the id of the grant decoder they are revealed with
+    # (imambig.stages.grant_decoder); empty for full keys or where the owner has none.
+    decoder_id: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "items", tuple(self.items))
@@ -134,6 +137,8 @@ class Grant:
                        "record": i.record.hex(), "key": base64.b64encode(i.key).decode()}
                       for i in self.items],
         }
+        if self.decoder_id:  # absent otherwise: earlier grants keep their signed bytes
+            doc["decoder_id"] = self.decoder_id
         return json.dumps(doc, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode("utf-8")
 
@@ -155,6 +160,8 @@ class Grant:
         for name in ("created_at", "expires_at"):
             _time(_text(doc, name, None), name)
             fields[name] = doc[name]
+        if "decoder_id" in doc:
+            fields["decoder_id"] = _text(doc, "decoder_id", _MODEL_ID)
         return cls(items=tuple(_item(i, n) for n, i in enumerate(items)), **fields)
 
 

@@ -102,7 +102,6 @@ class Keystore:
         self._cipher = ChunkCipher(data_key)
         self._mac_key = subkey(data_key, _MAC_PURPOSE)
         self._id_key = subkey(data_key, b"imambig/keystore/item-id/v1")
-        self._order_key = subkey(data_key, b"imambig/keystore/k-low-order/v1")
         if not hmac.compare_digest(str(self.attrs.get("attrs_mac", "")),
                                    _mac(self._mac_key, self.attrs)):
             raise TamperedError(f"keystore {location}: attributes failed authentication "
@@ -185,16 +184,6 @@ class Keystore:
         nothing about the name."""
         return [hmac.new(self._id_key, b"imambig/item-id/v1\0" + str(n).encode(),
                          hashlib.sha256).digest()[:ID_BYTES].hex() for n in names]
-
-    def order_scores(self, item_id: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A secret random score per entry of an item (uniform in [0, 1), fixed per item
-        and store): lower-fidelity grants reveal the real entries of lowest score, a
-        uniformly random subset to anyone without the keystore key."""
-        seed = hmac.new(self._order_key, b"imambig/k-low-order/v1\0" + item_id.encode(),
-                        hashlib.sha256).digest()
-        rng = np.random.Generator(np.random.Philox(key=int.from_bytes(seed[:16], "little"),
-                                                   counter=int.from_bytes(seed[16:], "little")))
-        return rng.random(shape)
 
     def _aad(self, row: int) -> bytes:
         return chunk_aad(self.attrs["store_id"], "sealed", row, SCHEMA)

@@ -25,9 +25,6 @@ from imambig.attacks.registry import AttackContext, Guess, register_attack
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import autocast, resolve
 
-# Parameters of the encoder half: frozen, the inverter only decodes.
-_ENCODER = ("down_chain", "down_skip", "to_maps")
-
 
 def train_inverter(
     model: SparseAutoencoder,
@@ -44,8 +41,7 @@ def train_inverter(
     precision = resolve(precision)
     torch.manual_seed(seed)
     inverter = copy.deepcopy(model).train()
-    params = [p for name, p in inverter.named_parameters() if not name.startswith(_ENCODER)]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(inverter.decoder_parameters(), lr=lr)  # the inverter only decodes
     n = len(codes)
     steps, step = epochs * math.ceil(n / batch), 0
     for _ in range(epochs):

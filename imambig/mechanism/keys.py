@@ -506,3 +506,31 @@ def lower_fidelity(real: np.ndarray, public_values: np.ndarray, k_low: int) -> n
     out = np.zeros(real.shape, bool)
     np.put_along_axis(out, order, True, axis=-1)
     return out
+
+
+# ---------------------------------------------------------------------------
+# Building blocks for other key formats (imambig.mechanism.grant_entries)
+# ---------------------------------------------------------------------------
+
+
+def unrank_subsets(ranks: Sequence[int], width: int, k_sel: int) -> np.ndarray:
+    """Inverse of :func:`rank_subsets`: (N,) ranks below C(width, k_sel) -> (N, width)."""
+    _check_shape(1, width, k_sel)
+    if len(ranks) == 0:
+        return np.zeros((0, width), bool)
+    return _unrank_maps(np.asarray(list(ranks), dtype=object), width, k_sel)
+
+
+def pack_digits(digits: Sequence[int], radix: int) -> int:
+    """Digits below ``radix``, most significant first, as one integer."""
+    value = 0
+    for d in digits:
+        value = value * radix + d
+    return value
+
+
+def unpack_digits(value: int, n_digits: int, radix: int) -> list[int]:
+    """Inverse of :func:`pack_digits` for a value below ``radix ** n_digits``."""
+    if n_digits == 0:
+        return []
+    return _digits(value, n_digits, _radix_powers(radix, n_digits))

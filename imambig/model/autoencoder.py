@@ -77,6 +77,12 @@ class SparseAutoencoder(nn.Module):
 
     # -- decoder -----------------------------------------------------------------------
 
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters decoding uses: all but the encoder-only blocks (the grouped
+        layer is shared: the decoder applies it transposed)."""
+        encoder_only = ("down_chain", "down_skip", "to_maps")
+        return [p for name, p in self.named_parameters() if not name.startswith(encoder_only)]
+
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         c = self.config
         h = self.linear.transpose(z).unflatten(2, c.bottleneck_hw)

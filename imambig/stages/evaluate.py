@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from imambig.access.key_provider import KeyProvider
 from imambig.access.keystore import Keystore
+from imambig.attacks.grantee import GranteeData, GrantView, run_grantee_attacks
+from imambig.attacks.identity import Gallery
 from imambig.attacks.linkage import link
 from imambig.attacks.registry import ATTACKS
 from imambig.attacks.suite import attacker_ambiguation, attacker_secret, run_attacks
@@ -25,11 +28,14 @@ from imambig.config import EvaluateConfig
 from imambig.evaluation import rate_distortion as rd
 from imambig.evaluation.grid import comparison_grid
 from imambig.evaluation.metrics import ms_ssim_scales
+from imambig.mechanism.grant_entries import entries_key_bytes, revealed_entries
 from imambig.mechanism.keys import decode_keys, key_seals
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.record import Ambiguated
+from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
 from imambig.stages.encode_images import bottlenecks
+from imambig.stages.grant_decoder import find_grant_decoder, grant_codes
 from imambig.stages.near_duplicates import NearDuplicates
 from imambig.stages.privacy_experiment import identity_gallery, identity_rows
 from imambig.stores.image_store import open_image_store
@@ -121,6 +127,51 @@ def _stored_bytes(store: Location, names: tuple[str, ...]) -> int:
     return sum(sum(fs.du(f"{path}/{n}", total=False).values()) for n in names)
 
 
+def _grant_rows(net: SparseAutoencoder, amb: Ambiguated, x: torch.Tensor,
+                own_images: torch.Tensor, config: EvaluateConfig, say: Callable[[str], None],
+                gallery: Gallery | None, people: np.ndarray,
+                grant_decoder: SparseAutoencoder | None) -> list[dict[str, Any]]:
+    """One row per lower-fidelity grant: what its grantee reveals (the entries in the
+    grant, decoded as reveal does) and its size, beside the best of the grantee attacks
+    on it."""
+    decoder = net if grant_decoder is None else grant_decoder
+    c = net.config
+    rows = []
+    own_codes = None
+    if config.grantee_attacks:
+        own_codes = torch.cat([grant_codes(net, own_images[s : s + 64])
+                               for s in range(0, len(own_images), 64)])
+    for fraction in config.grant_fractions:
+        k_low = max(1, round(c.k * fraction))
+        say(f"lower-fidelity grant k_low={k_low}")
+        view = GrantView(*revealed_entries(amb, k_low))
+        p, s, ms = rd.quality(decoder, view.code(), x)
+        size = entries_key_bytes(c.n_maps, c.code_length, k_low)
+        row: dict[str, Any] = {
+            "name": f"grant k_low={k_low}", "psnr": float(p.mean()), "ssim": float(s.mean()),
+            "ms_ssim": float(ms.mean()), "identity_top1": None, "bytes_per_image": size,
+            "bpp": size * 8 / (x.shape[2] * x.shape[3]),
+            "notes": "the grant's own entries decoded with the "
+                     + ("grant decoder" if grant_decoder is not None else "model's decoder")
+                     + " (the grant alone: no public record)"}
+        if own_codes is not None:
+            found, images = run_grantee_attacks(
+                net, view, amb, x, GranteeData(own_images, own_codes), c.k,
+                grant_decoder=grant_decoder, draws=max(1, config.releases))
+            best = max(found[1:], key=lambda r: r.psnr or 0.0)
+            row["best_grantee_attack"] = {"name": best.name, "psnr": best.psnr,
+                                          "ssim": best.ssim, "support_overlap": best.recall,
+                                          "chance": best.chance}
+            row["notes"] += (f"; best grantee attack: {best.name} {best.psnr:.2f} dB "
+                             f"(+{best.psnr - row['psnr']:.2f} dB)")
+            if gallery is not None:
+                row["identity_top1"] = gallery.identify(images[found[0].name], people)[0]
+                row["best_grantee_attack"]["identity_top1"] = gallery.identify(
+                    images[best.name], people)[0]
+        rows.append(row)
+    return rows
+
+
 def evaluate_stores(
     images: Location,
     model: Location,
@@ -191,11 +242,9 @@ def evaluate_stores(
         with_key, alone = rd.authorized(net, amb, x, k_low)
         table += [asdict(with_key), asdict(alone)]
     assert alone is not None
-    # What a lower-fidelity grant reveals: a random half of the real entries, not the
-    # largest (imambig.stages.share), so it says nothing about the unrevealed ones.
-    granted, _ = rd.authorized(net, amb, x, k // 2, order=np.random.default_rng(0).random(
-        amb.real.shape), label="k_low grant")
-    table.append(asdict(granted))
+    found = find_grant_decoder(model, info.model_id)
+    table += _grant_rows(net, amb, x, to_tensor(store.read(own)), config, say,
+                         gallery, store.identities()[target], found and found[0])
     budgets = [alone.bytes_per_image] * len(x)
     for codec in config.codecs:
         say(f"{codec} at the authorized k={k} standalone bytes")

@@ -16,7 +16,10 @@ records. Per k' a run reports:
   other precision, or under a fine-tuned or retrained model) and the two records
   compared by the second-release attacks;
 - exact-photo linkage: can the holder of the exact photo find its record;
-- the key size and a per-map KS test of real against fake values.
+- the key size and a per-map KS test of real against fake values;
+- lower-fidelity grantees (``config.k_lows``): per ``k_low``, the grantee attacks of
+  :mod:`imambig.attacks.grantee` (one of them holding the full keys of other items), the
+  grant's bytes, and what two grants of one photo filed under two names reveal together.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from scipy.stats import ks_2samp
 
 from imambig.access.secrets import Secret
+from imambig.attacks.grantee import GranteeData, GrantView, run_grantee_attacks
 from imambig.attacks.identity import Gallery
 from imambig.attacks.linkage import link
 from imambig.attacks.scoring import (
@@ -52,6 +56,7 @@ from imambig.config import AttackConfig, TrainConfig, default_k_public
 from imambig.evaluation import face_recognizer
 from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.decoy_map import DecoyMap
+from imambig.mechanism.grant_entries import entries_key_bytes, revealed_entries
 from imambig.mechanism.keys import key_bound_bits, key_bytes
 from imambig.mechanism.noise_model import NoiseModel, fit_noise_model
 from imambig.mechanism.record import Ambiguated
@@ -59,6 +64,7 @@ from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
 from imambig.model.precision import resolve
 from imambig.stages.encode_images import bottlenecks
+from imambig.stages.grant_decoder import find_grant_decoder, grant_codes
 from imambig.stages.near_duplicates import VARIANTS, NearDuplicates
 from imambig.stages.train import train
 from imambig.stores.image_store import ImageStore, open_image_store
@@ -68,6 +74,35 @@ from imambig.stores.location import Location
 BATCH = 64
 KS_ALPHA = 0.01
 FINETUNE_LR = 2e-4  # one epoch at a tenth of the training rate: a typical fine-tune
+
+
+@dataclass
+class GranteeRun:
+    """The attacks of ``k_low`` grantees on their own grants (``recall`` holds the
+    support overlap of the hidden real positions, see :mod:`imambig.attacks.grantee`)."""
+
+    k_low: int
+    grant_key_bytes: int  # the lower-fidelity key in the grant
+    full_key_bytes: int
+    two_names_revealed: float  # entries two grants of one photo reveal / one grant's
+    grant_decoder: bool  # revealed with the owner's grant decoder (else the model's)
+    results: list[AttackResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["results"] = [r.to_dict() for r in self.results]
+        return d
+
+    def markdown(self) -> str:
+        own = self.results[0]
+        best = max(self.results, key=lambda r: r.psnr or 0.0)
+        return "\n".join([
+            f"Grantee of k_low = {self.k_low}: key {self.grant_key_bytes} B (full key "
+            f"{self.full_key_bytes} B); grant as is {own.psnr:.2f} dB, best attack "
+            f"{best.name} {best.psnr:.2f} dB (+{best.psnr - own.psnr:.2f} dB); two grants of "
+            f"one photo under two names reveal {self.two_names_revealed:.3f}x one grant's "
+            "entries. The recall column is the support overlap of the hidden real "
+            "positions (chance beside it).", "", format_table(self.results)])
 
 
 @dataclass
@@ -86,11 +121,13 @@ class PrivacyRun:
     linkage: dict[str, float] = field(default_factory=dict)  # top-1 among the targets
     identity_chance: float | None = None
     floor_psnr: float | None = None  # the better of the random guess and the mean face
+    grantees: list[GranteeRun] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["results"] = [r.to_dict() for r in self.results]
         d["second_release"] = [r.to_dict() for r in self.second_release]
+        d["grantees"] = [g.to_dict() for g in self.grantees]
         return d
 
     def markdown(self) -> str:
@@ -104,6 +141,8 @@ class PrivacyRun:
         if self.second_release:
             out += ["", "Second releases (the target's record A against a second record B of "
                     "the same image):", "", format_table(self.second_release)]
+        for g in self.grantees:
+            out += ["", g.markdown()]
         if self.linkage:
             out += ["", "Exact-photo linkage (top-1 among the targets' records): "
                     + ", ".join(f"{k} {v:.3f}" for k, v in self.linkage.items())]
@@ -198,6 +237,12 @@ def run_privacy_experiment(
     elif config.identity:
         say("identity rows skipped: no gallery, or the face recognizer is not installed "
             "(pip install 'imambig[face]')")
+    grant_decoder = None
+    if config.k_lows:
+        found = find_grant_decoder(model_location, info.model_id)
+        grant_decoder = None if found is None else found[0]
+        say("grants are revealed with " + ("the model's grant decoder" if found else
+            "the model's own decoder (no grant decoder: `imambig train-grant-decoder`)"))
     seed = config.seed.to_bytes(4, "little")
     owner = Secret(hashlib.sha256(b"imambig experiment owner" + seed).digest())
 
@@ -236,8 +281,45 @@ def run_privacy_experiment(
                                                   model_location, images, say)
         if config.linkage:
             run.linkage = _linkage(model, target, data, precision)
+        for k_low in config.k_lows:
+            say(f"k_low={k_low}: grantee attacks")
+            run.grantees.append(_grantee_run(model, noise, owner, target, data, config,
+                                             precision, gallery, k_low, grant_decoder))
         runs.append(run)
     return runs
+
+
+def _grantee_run(model: SparseAutoencoder, noise: NoiseModel, owner: Secret,
+                 target: Ambiguated, data: _Data, config: AttackConfig, precision: str,
+                 gallery: Gallery | None, k_low: int,
+                 grant_decoder: SparseAutoencoder | None) -> GranteeRun:
+    c = model.config
+    view = GrantView(*revealed_entries(target, k_low))
+    # The same photos filed again under other names: records are a function of the
+    # image, so the second grants are cut from a second encoding of the same images.
+    again = ambiguate(model, data.h_targets, noise, DecoyMap.for_owner(noise, owner))
+    second = revealed_entries(again, k_low)[0]
+    two_names = float((view.mask | second).sum() / view.mask.sum())
+    own_codes = torch.cat([grant_codes(model, data.x_own[s : s + BATCH])
+                           for s in range(0, len(data.x_own), BATCH)])
+    held_idx = data.split.fit[: config.key_holder_items]
+    held = held_images = None
+    if len(held_idx):
+        h_held = bottlenecks(model, data.store.read(held_idx), precision)
+        held = ambiguate(model, h_held, noise, DecoyMap.for_owner(noise, owner))
+        held_images = decode_images(model, held.authorized_code())
+    rows, images = run_grantee_attacks(
+        model, view, target, data.x_targets,
+        GranteeData(data.x_own, own_codes, held, held_images), c.k,
+        grant_decoder=grant_decoder, draws=max(1, config.releases), inversion_epochs=config.inversion_epochs,
+        seed=config.seed)
+    if gallery is not None:
+        for row in rows:
+            row.identity_top1, row.identity_auc = gallery.identify(images[row.name],
+                                                                   data.people)
+    return GranteeRun(k_low, entries_key_bytes(c.n_maps, c.code_length, k_low),
+                      key_bytes(c.n_maps, target.values.shape[-1], c.k), two_names,
+                      grant_decoder is not None, rows)
 
 
 def identity_rows(results: list[AttackResult], images: dict[str, torch.Tensor],

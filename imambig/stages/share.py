@@ -11,13 +11,12 @@ beside its key, or no grant is issued. The user checks the model file against th
 grant's model id before loading it, and each fetched record against the grant's digest
 before decoding it.
 
-Lower-fidelity grants reveal ``k_low`` of each map's ``k`` real entries, chosen by a
-secret random order per item (``Keystore.order_scores``): a uniformly random subset,
-so the revealed entries say nothing about which other public entries are real. (Keeping
-the largest magnitudes instead would mark every unrevealed public entry larger than the
-smallest revealed one as fake; ``benchmarks/lower_fidelity_grants.py`` measures that.)
-The order is fixed per item, so grants at several ``k_low`` never add up to more than
-the largest of them.
+Lower-fidelity grants carry the ``k_low`` revealed entries of each map themselves
+(positions and values, :mod:`imambig.mechanism.grant_entries`) and no seal: nothing in
+them unseals, locates or ranks another entry of the record. Which ``k_low`` of the ``k``
+real entries is fixed per record by a secret order derived from its seal, so grants at
+several ``k_low`` nest, and the same photo filed under several names reveals no more
+than the largest grant of it.
 """
 
 from __future__ import annotations
@@ -47,9 +46,17 @@ from imambig.access.key_provider import KeyProvider
 from imambig.access.keystore import Keystore
 from imambig.errors import StoreFormatError, TamperedError
 from imambig.evaluation.metrics import to_uint8
-from imambig.mechanism.keys import decode_keys, encode_keys, key_seals, lower_fidelity
+from imambig.mechanism.grant_entries import (
+    decode_entries_keys,
+    encode_entries_keys,
+    entries_code,
+    is_entries_key,
+    revealed_entries,
+)
+from imambig.mechanism.keys import decode_keys, key_seals, sealed_keys
 from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
+from imambig.stages.grant_decoder import grant_decoder_location
 from imambig.stages.versions import resolve_store
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore, record_digests
@@ -65,13 +72,15 @@ def issue_grant(
     k_low: int | None = None,
     note: str = "",
     valid_days: float = DEFAULT_VALID_DAYS,
+    decoder_id: str = "",
 ) -> bytes:
     """Sign with ``signer`` and seal to ``recipient`` (an ``imambig-pub-v1:`` key) the
     keys of the items named ``item_ids`` (their source paths). ``public`` and
     ``keystore`` are stores or roots (their current version is used).
 
-    ``k_low`` issues lower-fidelity keys: ``k_low`` real entries per map, a secret
-    random subset (see the module docstring).
+    ``k_low`` issues lower-fidelity keys: ``k_low`` real entries per map themselves,
+    a secret random subset fixed per record (see the module docstring), to be revealed
+    with the grant decoder ``decoder_id`` (:mod:`imambig.stages.grant_decoder`).
     """
     public_store = resolve_store(public)
     store = PublicStore.open(public_store)
@@ -97,15 +106,15 @@ def issue_grant(
             "issued")
     keys = [s.key for s in slots]
     if k_low is not None:
-        real = decode_keys(keys)
-        order = np.stack([ks.order_scores(o, real.shape[1:]) for o in opaque])
-        keys = encode_keys(lower_fidelity(real, order, k_low), key_seals(keys))
+        mask, values = store.read(idx)
+        amb = Ambiguated(mask, values, decode_keys(keys), key_seals(keys))
+        keys = encode_entries_keys(*revealed_entries(amb, k_low))
     items = tuple(GrantItem(n, o, int(i), s.record, k)
                   for n, o, i, s, k in zip(item_ids, opaque, idx, slots, keys, strict=True))
     expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=valid_days)
     grant = Grant(ks.attrs["model_id"], ks.attrs["public_store_id"], ks.attrs["version"],
                   public_store.url, items, expires_at=expires.isoformat(timespec="seconds"),
-                  note=note)
+                  note=note, decoder_id=decoder_id if k_low is not None else "")
     return seal_grant(grant, signer, recipient)
 
 
@@ -140,6 +149,28 @@ def reveal(
     c = net.config
     if (store.attrs["n_maps"], store.attrs["code_length"]) != (c.n_maps, c.code_length):
         raise StoreFormatError(f"{store.location} does not have the model's code shape")
+    keys = [i.key for i in grant.items]
+    low = [is_entries_key(k) for k in keys]
+    if any(low) and not all(low):
+        raise GrantError("the grant mixes full and lower-fidelity keys; ask for two grants")
+    if all(low):
+        # A lower-fidelity key holds its entries: the public record adds nothing to it.
+        code = entries_code(*decode_entries_keys(keys, c.n_maps, c.code_length))
+        if grant.decoder_id:
+            net, _, _ = load_model(grant_decoder_location(model), expected_id=grant.decoder_id)
+    else:
+        code = _authorized_code(store, grant, keys, c.n_maps)
+    images = to_uint8(net.decode(code)).permute(0, 2, 3, 1).numpy()
+    return Revealed([i.name for i in grant.items], images)
+
+
+def _authorized_code(store: PublicStore, grant: Grant, keys: list[bytes], n_maps: int
+                     ) -> torch.Tensor:
+    """The full keys' code: each public record fetched, checked against the grant's
+    digest, unsealed and kept at its real entries."""
+    if not sealed_keys(keys):
+        raise GrantError("the grant holds unsealed (version 1) keys, which cannot open "
+                         "sealed records; ask the owner for a new grant")
     idx = np.array([i.index for i in grant.items], dtype=np.int64)
     if idx.max() >= store.n_items:
         raise TamperedError(f"{store.location} holds {store.n_items} items, fewer than the "
@@ -152,11 +183,8 @@ def reveal(
             f"the public records of {len(substituted)} granted items differ from the ones "
             f"granted (substituted or corrupted by the storage provider): {substituted[:5]}; "
             "nothing revealed")
-    keys = [i.key for i in grant.items]
-    real = decode_keys(keys, n_maps=c.n_maps, k_public=int(store.attrs["k_public"]))
-    code = Ambiguated(mask, values, real, key_seals(keys)).authorized_code()
-    images = to_uint8(net.decode(code)).permute(0, 2, 3, 1).numpy()
-    return Revealed([i.name for i in grant.items], images)
+    real = decode_keys(keys, n_maps=n_maps, k_public=int(store.attrs["k_public"]))
+    return Ambiguated(mask, values, real, key_seals(keys)).authorized_code()
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
