@@ -17,11 +17,13 @@ from imambig.stores.location import Location
 
 @task(name="seal grant")
 def seal(public_root: Location, keys_root: Location, item_ids: list[str], recipient: str,
-         out: Location, secrets: SecretSources, k_low: int | None) -> tuple[int, str]:
+         out: Location, secrets: SecretSources, k_low: int | None,
+         model: Location | None) -> tuple[int, str]:
     resolved = Secrets(secrets)
     signer = signing_key(resolved.signing_key)
     blob = issue_grant(public_root, keys_root, item_ids, recipient,
-                       LocalKeyProvider.from_secrets(resolved), signer, k_low=k_low)
+                       LocalKeyProvider.from_secrets(resolved), signer, k_low=k_low,
+                       model=model, log=print)
     out.write_bytes(blob)
     # Only the size and the owner's *public* key leave the task: the grant is for its
     # recipient, and users pin the public key to check grants.
@@ -36,13 +38,17 @@ def grant_flow(
     recipient: str,
     out: Location,
     k_low: int | None = None,
+    model: Location | None = None,
     secrets: SecretSources = SecretSources(),
 ) -> dict[str, Any]:
+    """``k_low`` grants k_low of each map's real entries; ``model`` (its folder) then
+    names the grant decoder they are revealed with."""
     for where, what in ((public_root, "public root"), (keys_root, "keys root"),
                         (out, "grant file")):
         check_location(where, what)
     if not item_ids:
         raise ValueError("no items to grant")
-    size, owner = seal(public_root, keys_root, item_ids, recipient, out, secrets, k_low)
+    size, owner = seal(public_root, keys_root, item_ids, recipient, out, secrets, k_low,
+                       model)
     print(f"grant for {len(item_ids)} items written to {out} ({size} bytes), signed by {owner}")
     return {"grant": out.url, "items": len(item_ids), "bytes": size, "owner_key": owner}

@@ -485,35 +485,15 @@ def _run_grant(a: argparse.Namespace) -> int:
         items += [ln.strip() for ln in Path(a.items_file).read_text().splitlines() if ln.strip()]
     if not items:
         raise ValueError("no items to grant: pass --items or --items-file")
-    decoder_id = ""
-    if a.k_low is not None:
-        decoder_id = _grant_decoder_id(a)
     secrets = Secrets(secret_sources(a))
     blob = issue_grant(location(a, a.public), location(a, a.keys), items, a.to,
                        LocalKeyProvider.from_secrets(secrets), signing_key(secrets.signing_key),
-                       k_low=a.k_low, valid_days=a.valid_days, decoder_id=decoder_id)
+                       k_low=a.k_low, valid_days=a.valid_days,
+                       model=None if a.model is None else location(a, a.model),
+                       log=lambda m: print(m, file=sys.stderr))
     Path(a.out).write_bytes(blob)
     print(f"granted {len(items)} items: {a.out} ({len(blob)} bytes)")
     return 0
-
-
-def _grant_decoder_id(a: argparse.Namespace) -> str:
-    """The id of the grant decoder beside --model, or "" (with a warning) without one."""
-    from imambig.model.checkpoint import load_model
-    from imambig.stages.grant_decoder import find_grant_decoder
-
-    if a.model is None:
-        print("warning: no --model given: the grant will be revealed with the model's own "
-              "decoder, which shows less than the grant holds", file=sys.stderr)
-        return ""
-    _, info, _ = load_model(location(a, a.model))
-    found = find_grant_decoder(location(a, a.model), info.model_id)
-    if found is None:
-        print(f"warning: {a.model} has no grant decoder (`imambig train-grant-decoder`): the "
-              "grant will be revealed with the model's own decoder, which shows less than "
-              "the grant holds", file=sys.stderr)
-        return ""
-    return found[1]
 
 
 def _add_grant_decoder(sub: Subparsers) -> None:
@@ -523,8 +503,11 @@ def _add_grant_decoder(sub: Subparsers) -> None:
         help="train the decoder that lower-fidelity grants are revealed with",
         description="Fine-tunes a copy of the model's decoder on the training split's codes "
                     "cut to a random k_low of their k entries per map, and publishes it in "
-                    "<model>/grant-decoder/; `imambig grant --k-low --model` names it in "
-                    "the grant, so a grantee sees what its grant holds, not less.",
+                    "<model>/grant-decoder/; with --k-low, also one for each of those "
+                    "fidelities (fine-tuned from the general one, in "
+                    "<model>/grant-decoder/k_low-<n>/). `imambig grant --k-low --model` "
+                    "names the best one for the grant's fidelity, so a grantee sees what its "
+                    "grant holds, not less than it could get by training its own.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="model folder (from `imambig train`)")
@@ -536,7 +519,11 @@ def _add_grant_decoder(sub: Subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--min-fraction", type=float, default=d.min_fraction,
-                   help="smallest k_low/k the decoder is trained for")
+                   help="smallest k_low/k the general decoder is trained for")
+    p.add_argument("--k-low", type=_comma_list, default=(), metavar="K,K,...",
+                   help="comma-separated fidelities to train a decoder of their own for, "
+                        "e.g. 32,64,96 (the fidelities you grant; the general one is "
+                        "trained first where missing)")
     p.add_argument("--max-items", type=int, default=d.max_items)
     p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS))
     p.add_argument("--seed", type=int, default=d.seed)
@@ -551,9 +538,10 @@ def _run_grant_decoder(a: argparse.Namespace) -> int:
     config = GrantDecoderConfig(epochs=a.epochs, minutes=a.minutes, batch_size=a.batch_size,
                                 lr=a.lr, min_fraction=a.min_fraction, max_items=a.max_items,
                                 precision=a.precision, seed=a.seed, num_threads=a.threads)
-    result = train_grant_decoder(location(a, a.model), location(a, a.images), config,
-                                 log=print)
-    print(f"grant decoder {result['model_id']} written to {a.model}/grant-decoder")
+    for k_low in [int(x) for x in a.k_low] or [None]:
+        result = train_grant_decoder(location(a, a.model), location(a, a.images),
+                                     dataclasses.replace(config, k_low=k_low), log=print)
+        print(f"grant decoder {result['model_id']} written to {result['where']}")
     return 0
 
 

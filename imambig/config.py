@@ -242,6 +242,9 @@ class GrantDecoderConfig:
     # Each batch keeps a random k_low of each map's k entries, k_low drawn from
     # min_fraction * k .. k: one decoder for every fidelity a grant may have.
     min_fraction: float = 0.125
+    # A decoder for grants of exactly this k_low instead, fine-tuned from the general one
+    # (which is trained first where missing).
+    k_low: int | None = None
     max_items: int | None = None  # cap the training split
     val_items: int = 256
     precision: str = "auto"

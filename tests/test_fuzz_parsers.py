@@ -166,3 +166,14 @@ def test_fuzz_model_files(rng, tmp_path) -> None:
     head = data[:4096]
     _fuzz(lambda d: ckpt.verify_model_bytes(d + data[4096:], "model", mid),
           byte_mutations(head, rng, ROUNDS // 2))
+
+
+def test_fuzz_lower_fidelity_keys(rng) -> None:
+    from imambig.mechanism.grant_entries import decode_entries_keys, encode_entries_keys
+    from imambig.mechanism.quantizer import quantize
+
+    mask = np.zeros((1, 4, 64), bool)
+    for row in range(4):
+        mask[0, row, rng.choice(64, 8, replace=False)] = True
+    (key,) = encode_entries_keys(mask, quantize(torch.randn(1, 4, 8)).numpy())
+    assert _fuzz(lambda data: decode_entries_keys([data]), byte_mutations(key, rng)) > ROUNDS // 2

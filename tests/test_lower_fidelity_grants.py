@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from imambig.access.grant import open_grant
+from imambig.access.grant import GrantError, open_grant
 from imambig.access.identity import new_identity
 from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
@@ -219,7 +219,6 @@ def test_a_grant_names_the_grant_decoder_and_reveal_uses_only_that_one(
     """The owner's grant decoder is published beside the model; a lower-fidelity grant
     names its id and reveal decodes with it, refusing any other file in its place."""
     from imambig.config import GrantDecoderConfig
-    from imambig.errors import TamperedError
     from imambig.stages.grant_decoder import find_grant_decoder, train_grant_decoder
 
     job, _ = twins
@@ -239,7 +238,7 @@ def test_a_grant_names_the_grant_decoder_and_reveal_uses_only_that_one(
     names = _names(job)[:3]
     alice = new_identity()
     blob = issue_grant(job.public_root, job.keys_root, names, alice.public_text(),
-                       _provider(), _signer(), k_low=k // 2, decoder_id=decoder_id)
+                       _provider(), _signer(), k_low=k // 2, model=model)
     grant = open_grant(blob, alice, public_text(_signer()))
     assert grant.decoder_id == decoder_id
     out = reveal(blob, alice, public_text(_signer()), model)
@@ -248,8 +247,59 @@ def test_a_grant_names_the_grant_decoder_and_reveal_uses_only_that_one(
         expected = decoder.decode(G.entries_code(mask, values))
     got = torch.from_numpy(out.images).permute(0, 3, 1, 2).float() / 255
     assert (got - expected).abs().max() <= 1 / 255 + 1e-6
+
+    # one made for k/2 alone: new k/2 grants name it, other fidelities keep the general
+    # one, and the grant issued before still reveals with the decoder it names
+    special = train_grant_decoder(model, job.images, GrantDecoderConfig(
+        epochs=1, num_threads=1, k_low=k // 2))
+    assert special["model_id"] not in (decoder_id, info.model_id)
+    assert special["where"].endswith(f"grant-decoder/k_low-{k // 2}")
+    half_blob = issue_grant(job.public_root, job.keys_root, names, alice.public_text(),
+                            _provider(), _signer(), k_low=k // 2, model=model)
+    quarter_blob = issue_grant(job.public_root, job.keys_root, names, alice.public_text(),
+                               _provider(), _signer(), k_low=k // 4, model=model)
+    assert open_grant(half_blob, alice, public_text(_signer())).decoder_id == special["model_id"]
+    assert open_grant(quarter_blob, alice, public_text(_signer())).decoder_id == decoder_id
+    np.testing.assert_array_equal(reveal(blob, alice, public_text(_signer()), model).images,
+                                  out.images)
+    special_out = reveal(half_blob, alice, public_text(_signer()), model).images
+    assert not np.array_equal(special_out, out.images)
+
     # another decoder put in its place (here: the model itself) is refused
     shutil.copyfile(Path(model.url) / "model.safetensors",
                     Path(model.url) / "grant-decoder" / "model.safetensors")
-    with pytest.raises(TamperedError):
+    with pytest.raises(GrantError, match=f"grant decoder {decoder_id}"):
         reveal(blob, alice, public_text(_signer()), model)
+    # and a decoder made for another model is refused when the owner issues a grant
+    with pytest.raises(ValueError, match="grant decoder of another model"):
+        issue_grant(job.public_root, job.keys_root, names, alice.public_text(),
+                    _provider(), _signer(), k_low=k // 4, model=model)
+
+
+def test_k_public_equal_to_k_publishes_no_fakes_and_a_seal_only_key(twins, tmp_path) -> None:
+    """k' = k is a knob: records of the real entries alone, sealed; the full key is the
+    header and the seal (no support to name), and reveal still decodes the image."""
+    from imambig.mechanism.keys import HEADER_BYTES
+
+    job, _ = twins
+    k = int(load_model(job.model)[0].config.k)
+    lean = EncodeJob(images=job.images, model=job.model,
+                     public_root=Location(str(tmp_path / "pub")),
+                     keys_root=Location(str(tmp_path / "keys")),
+                     config=EncodeConfig(region_items=32, k_public=k))
+    plan = run_encode(lean, SerialRegions(), progress=False).plan
+    names = _names(job)[:3]
+    keys, blob = _grant(lean, names, None)
+    assert {len(x) for x in keys} == {HEADER_BYTES + SEAL_BYTES}
+    idx = PublicStore.open(plan.public).index_of(
+        Keystore.open(plan.keystore, _provider()).opaque_ids(names), names=names)
+    sealed, real, _ = _truth(plan, idx)
+    assert sealed.real.all() and (real.sum(-1) == k).all()
+    alice = new_identity()
+    blob = issue_grant(lean.public_root, lean.keys_root, names, alice.public_text(),
+                       _provider(), _signer())
+    out = reveal(blob, alice, public_text(_signer()), job.model)
+    with torch.no_grad():
+        expected = load_model(job.model)[0].decode(sealed.authorized_code())
+    got = torch.from_numpy(out.images).permute(0, 3, 1, 2).float() / 255
+    assert (got - expected).abs().max() <= 1 / 255 + 1e-6

@@ -30,6 +30,7 @@ what the network's prior infers from the granted entries alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,7 +140,8 @@ def run_grantee_attacks(model: SparseAutoencoder, view: GrantView, targets: Ambi
                         images: torch.Tensor, data: GranteeData, k: int, *,
                         grant_decoder: SparseAutoencoder | None = None,
                         draws: int = 3, inversion_epochs: int = 6, rounds: int = 3,
-                        seed: int = 0) -> tuple[list[AttackResult], dict[str, torch.Tensor]]:
+                        seed: int = 0, log: Callable[[str], None] | None = None
+                        ) -> tuple[list[AttackResult], dict[str, torch.Tensor]]:
     """Rows (and reconstructions) of every grantee attack on ``k_low`` grants ``view`` of
     the sealed records ``targets`` of ``images``; ``targets.real`` is used only to score.
     ``grant_decoder``: the owner's published one, which reveal uses and attacks start from."""
@@ -159,6 +161,10 @@ def run_grantee_attacks(model: SparseAutoencoder, view: GrantView, targets: Ambi
         rows.append(AttackResult(name, overlap, None, chance, None, psnr, ssim_, len(images),
                                  time.perf_counter() - t0, notes))
         out[name] = decoded
+        if log is not None:
+            log(f"k_low={view.k_low} {name}: PSNR {psnr:.2f} dB"
+                + ("" if overlap is None else f", support overlap {overlap:.3f}")
+                + f", {rows[-1].seconds:.1f} s")
 
     t = time.perf_counter()
     as_is = decode_images(decoder, view.code())

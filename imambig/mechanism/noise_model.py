@@ -219,8 +219,8 @@ def fit_noise_model(
     """Fit on training images (an iterable of (B, 3, H, W) float batches in [0, 1]),
     their bottlenecks computed at ``precision`` (the encoder's, resolved)."""
     c = model.config
-    if not c.k < k_public <= c.code_length:
-        raise ValueError(f"k_public must be in ({c.k}, {c.code_length}], got {k_public}")
+    if not c.k <= k_public <= c.code_length:
+        raise ValueError(f"k_public must be in [{c.k}, {c.code_length}], got {k_public}")
     model.eval()
     hs = []
     for x in batches:
@@ -326,6 +326,9 @@ def fit_position_weights(
     Returns the weights, the fake frequencies they reach and the fraction of those fakes
     that are positive, each (L, m)."""
     n = min(len(decoy_codes), len(support))
+    if n_fake == 0:  # k' = k: no fakes to place
+        zeros = torch.zeros_like(position_freq)
+        return torch.ones_like(position_freq), zeros, zeros + 0.5
     score, taken, signs = decoy_codes[:n].abs(), support[:n], decoy_codes.sign()
     target = torch.minimum(position_freq, 1 - position_freq).clamp_min(1.0 / n)
     target = target * (n_fake / target.sum(-1, keepdim=True))

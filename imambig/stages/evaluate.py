@@ -130,11 +130,11 @@ def _stored_bytes(store: Location, names: tuple[str, ...]) -> int:
 def _grant_rows(net: SparseAutoencoder, amb: Ambiguated, x: torch.Tensor,
                 own_images: torch.Tensor, config: EvaluateConfig, say: Callable[[str], None],
                 gallery: Gallery | None, people: np.ndarray,
-                grant_decoder: SparseAutoencoder | None) -> list[dict[str, Any]]:
+                grant_decoders: Callable[[int], SparseAutoencoder | None]
+                ) -> list[dict[str, Any]]:
     """One row per lower-fidelity grant: what its grantee reveals (the entries in the
     grant, decoded as reveal does) and its size, beside the best of the grantee attacks
     on it."""
-    decoder = net if grant_decoder is None else grant_decoder
     c = net.config
     rows = []
     own_codes = None
@@ -144,6 +144,8 @@ def _grant_rows(net: SparseAutoencoder, amb: Ambiguated, x: torch.Tensor,
     for fraction in config.grant_fractions:
         k_low = max(1, round(c.k * fraction))
         say(f"lower-fidelity grant k_low={k_low}")
+        grant_decoder = grant_decoders(k_low)
+        decoder = net if grant_decoder is None else grant_decoder
         view = GrantView(*revealed_entries(amb, k_low))
         p, s, ms = rd.quality(decoder, view.code(), x)
         size = entries_key_bytes(c.n_maps, c.code_length, k_low)
@@ -157,7 +159,7 @@ def _grant_rows(net: SparseAutoencoder, amb: Ambiguated, x: torch.Tensor,
         if own_codes is not None:
             found, images = run_grantee_attacks(
                 net, view, amb, x, GranteeData(own_images, own_codes), c.k,
-                grant_decoder=grant_decoder, draws=max(1, config.releases))
+                grant_decoder=grant_decoder, draws=max(1, config.releases), log=say)
             best = max(found[1:], key=lambda r: r.psnr or 0.0)
             row["best_grantee_attack"] = {"name": best.name, "psnr": best.psnr,
                                           "ssim": best.ssim, "support_overlap": best.recall,
@@ -242,9 +244,13 @@ def evaluate_stores(
         with_key, alone = rd.authorized(net, amb, x, k_low)
         table += [asdict(with_key), asdict(alone)]
     assert alone is not None
-    found = find_grant_decoder(model, info.model_id)
+
+    def grant_decoder(k_low: int) -> SparseAutoencoder | None:
+        found = find_grant_decoder(model, info.model_id, k_low)
+        return None if found is None else found[0]
+
     table += _grant_rows(net, amb, x, to_tensor(store.read(own)), config, say,
-                         gallery, store.identities()[target], found and found[0])
+                         gallery, store.identities()[target], grant_decoder)
     budgets = [alone.bytes_per_image] * len(x)
     for codec in config.codecs:
         say(f"{codec} at the authorized k={k} standalone bytes")

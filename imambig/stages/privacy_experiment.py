@@ -237,17 +237,22 @@ def run_privacy_experiment(
     elif config.identity:
         say("identity rows skipped: no gallery, or the face recognizer is not installed "
             "(pip install 'imambig[face]')")
-    grant_decoder = None
-    if config.k_lows:
-        found = find_grant_decoder(model_location, info.model_id)
-        grant_decoder = None if found is None else found[0]
-        say("grants are revealed with " + ("the model's grant decoder" if found else
-            "the model's own decoder (no grant decoder: `imambig train-grant-decoder`)"))
+    grant_decoders: dict[int, SparseAutoencoder | None] = {}
+    for k_low in config.k_lows:
+        found = find_grant_decoder(model_location, info.model_id, k_low)
+        grant_decoders[k_low] = None if found is None else found[0]
+        say(f"k_low={k_low} grants are revealed with "
+            + (f"grant decoder {found[1]}" if found else
+               "the model's own decoder (no grant decoder: `imambig train-grant-decoder`)"))
     seed = config.seed.to_bytes(4, "little")
     owner = Secret(hashlib.sha256(b"imambig experiment owner" + seed).digest())
 
     runs = []
     for k_public in config.k_publics or (default_k_public(c.k),):
+        if k_public == c.k:
+            raise ValueError(f"k' = k = {c.k} publishes no fakes, so there is nothing for the "
+                             "attacks to tell apart (a seal alone shows the image); choose "
+                             "k' > k")
         say(f"k'={k_public}: fitting the noise model on {len(parts.fit)} training images")
         noise = _noise(model, info.model_id, store, parts.fit, k_public, precision)
         target = ambiguate(model, data.h_targets, noise, DecoyMap.for_owner(noise, owner))
@@ -284,7 +289,9 @@ def run_privacy_experiment(
         for k_low in config.k_lows:
             say(f"k_low={k_low}: grantee attacks")
             run.grantees.append(_grantee_run(model, noise, owner, target, data, config,
-                                             precision, gallery, k_low, grant_decoder))
+                                             precision, gallery, k_low,
+                                             grant_decoders[k_low],
+                                             say))
         runs.append(run)
     return runs
 
@@ -292,7 +299,8 @@ def run_privacy_experiment(
 def _grantee_run(model: SparseAutoencoder, noise: NoiseModel, owner: Secret,
                  target: Ambiguated, data: _Data, config: AttackConfig, precision: str,
                  gallery: Gallery | None, k_low: int,
-                 grant_decoder: SparseAutoencoder | None) -> GranteeRun:
+                 grant_decoder: SparseAutoencoder | None,
+                 say: Callable[[str], None]) -> GranteeRun:
     c = model.config
     view = GrantView(*revealed_entries(target, k_low))
     # The same photos filed again under other names: records are a function of the
@@ -312,7 +320,7 @@ def _grantee_run(model: SparseAutoencoder, noise: NoiseModel, owner: Secret,
         model, view, target, data.x_targets,
         GranteeData(data.x_own, own_codes, held, held_images), c.k,
         grant_decoder=grant_decoder, draws=max(1, config.releases), inversion_epochs=config.inversion_epochs,
-        seed=config.seed)
+        seed=config.seed, log=say)
     if gallery is not None:
         for row in rows:
             row.identity_top1, row.identity_auc = gallery.identify(images[row.name],

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,7 +56,12 @@ from imambig.mechanism.grant_entries import (
 from imambig.mechanism.keys import decode_keys, key_seals, sealed_keys
 from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
-from imambig.stages.grant_decoder import grant_decoder_location
+from imambig.stages.grant_decoder import (
+    NO_DECODER_WARNING,
+    grant_decoder_location,
+    load_grant_decoder,
+    published_decoder_id,
+)
 from imambig.stages.versions import resolve_store
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore, record_digests
@@ -72,7 +77,8 @@ def issue_grant(
     k_low: int | None = None,
     note: str = "",
     valid_days: float = DEFAULT_VALID_DAYS,
-    decoder_id: str = "",
+    model: Location | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> bytes:
     """Sign with ``signer`` and seal to ``recipient`` (an ``imambig-pub-v1:`` key) the
     keys of the items named ``item_ids`` (their source paths). ``public`` and
@@ -80,7 +86,8 @@ def issue_grant(
 
     ``k_low`` issues lower-fidelity keys: ``k_low`` real entries per map themselves,
     a secret random subset fixed per record (see the module docstring), to be revealed
-    with the grant decoder ``decoder_id`` (:mod:`imambig.stages.grant_decoder`).
+    with the grant decoder published beside ``model`` (the model folder), named in the
+    grant (:mod:`imambig.stages.grant_decoder`); without one ``log`` gets a warning.
     """
     public_store = resolve_store(public)
     store = PublicStore.open(public_store)
@@ -105,7 +112,12 @@ def issue_grant(
             f"(substituted or corrupted by the storage provider): {changed[:5]}; no grant "
             "issued")
     keys = [s.key for s in slots]
+    decoder_id = ""
     if k_low is not None:
+        if model is not None:
+            decoder_id = published_decoder_id(model, ks.attrs["model_id"], k_low)
+        if not decoder_id and log is not None:
+            log(f"warning: no grant decoder: {NO_DECODER_WARNING}")
         mask, values = store.read(idx)
         amb = Ambiguated(mask, values, decode_keys(keys), key_seals(keys))
         keys = encode_entries_keys(*revealed_entries(amb, k_low))
@@ -114,7 +126,7 @@ def issue_grant(
     expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=valid_days)
     grant = Grant(ks.attrs["model_id"], ks.attrs["public_store_id"], ks.attrs["version"],
                   public_store.url, items, expires_at=expires.isoformat(timespec="seconds"),
-                  note=note, decoder_id=decoder_id if k_low is not None else "")
+                  note=note, decoder_id=decoder_id)
     return seal_grant(grant, signer, recipient)
 
 
@@ -155,9 +167,15 @@ def reveal(
         raise GrantError("the grant mixes full and lower-fidelity keys; ask for two grants")
     if all(low):
         # A lower-fidelity key holds its entries: the public record adds nothing to it.
-        code = entries_code(*decode_entries_keys(keys, c.n_maps, c.code_length))
+        positions, values = decode_entries_keys(keys, c.n_maps, c.code_length)
+        code = entries_code(positions, values)
         if grant.decoder_id:
-            net, _, _ = load_model(grant_decoder_location(model), expected_id=grant.decoder_id)
+            try:
+                net = load_grant_decoder(model, grant.decoder_id, values.shape[-1])
+            except FileNotFoundError:
+                raise GrantError(f"the grant is revealed with grant decoder {grant.decoder_id}, "
+                                 f"which is not in {grant_decoder_location(model)}: fetch the "
+                                 "owner's published model folder whole") from None
     else:
         code = _authorized_code(store, grant, keys, c.n_maps)
     images = to_uint8(net.decode(code)).permute(0, 2, 3, 1).numpy()
