@@ -99,4 +99,5 @@ def encode_flow(
     )
     return {"version": plan.version, "public_url": plan.public.url,
             "keystore_url": plan.keystore.url, "n_items": plan.n_items,
-            "encoded_now": report.encoded, "regions": plan.total}
+            "encoded_now": report.encoded, "regions": plan.total,
+            "seconds": round(report.seconds, 3)}

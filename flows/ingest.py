@@ -10,13 +10,16 @@ from prefect.tasks import exponential_backoff
 
 from flows.params import check_location
 from imambig.config import IngestConfig
-from imambig.stages.ingest import ingest
+from imambig.stages.ingest import ingest, stored_settings
 from imambig.stores.location import Location
 
 
 @task(name="ingest images", retries=2, retry_delay_seconds=exponential_backoff(5))
-def ingest_images(source: Location, out: Location, config: IngestConfig,
+def ingest_images(source: Location, out: Location, config: IngestConfig | None,
                   overwrite: bool) -> dict[str, Any]:
+    """``config`` None: an existing store's settings (an append), else the defaults."""
+    if config is None:
+        config = (None if overwrite else stored_settings(out)) or IngestConfig()
     return ingest(source, out, config, overwrite=overwrite).to_dict()
 
 
@@ -24,9 +27,11 @@ def ingest_images(source: Location, out: Location, config: IngestConfig,
 def ingest_flow(
     source: Location,
     out: Location,
-    config: IngestConfig = IngestConfig(),
+    config: IngestConfig | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
+    """Into an existing store: appends what it does not hold (``config`` None keeps the
+    store's settings)."""
     check_location(out, "image store")
     check_location(source, "source", must_exist=True)
     report = ingest_images(source, out, config, overwrite)

@@ -3,6 +3,9 @@ with a clear reason and nothing written."""
 
 from __future__ import annotations
 
+import argparse
+import json
+from collections.abc import Callable
 from typing import Any
 
 from imambig.stores.location import Location
@@ -35,3 +38,12 @@ def check_location(location: Location, what: str, *, must_exist: bool = False) -
         raise ValueError(f"{what} {location.url!r} cannot be reached: {exc}") from None
     if not found:
         raise ValueError(f"{what} {location.url!r} does not exist")
+
+
+def main_with_params(flow: Callable[..., Any], doc: str | None) -> None:
+    """``python -m flows.<name> --params '{...}'``: run ``flow`` once with those
+    parameters and print its result as JSON."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--params", required=True, help="JSON object of the flow's parameters")
+    a = p.parse_args()
+    print(json.dumps(flow(**json.loads(a.params)), indent=1))

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 
 from prefect import flow
@@ -20,7 +18,7 @@ from flows.encode import dask_runner, encode_flow
 from flows.evaluate import evaluate_flow
 from flows.grant import grant_flow
 from flows.ingest import ingest_flow
-from flows.params import check_location
+from flows.params import check_location, main_with_params
 from flows.publish import publish_flow
 from flows.train import train_flow
 from imambig.access.keystore import assert_separate_roots
@@ -87,10 +85,7 @@ def pipeline(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--params", required=True, help="JSON object of pipeline parameters")
-    a = p.parse_args()
-    print(json.dumps(pipeline(**json.loads(a.params)), indent=1))
+    main_with_params(pipeline, __doc__)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 incremental re-encode and a manual full re-encode of one collection.
 
     imambig serve --images URL --model URL --public URL --keys URL [--cron "0 2 * * *"]
+                  [--source URL]   (the nightly run also ingests what is new there)
     python -m flows.serve ...   (the same)
 
 The same deployments for work pools are in ``infra/prefect/prefect.yaml``. ``imambig
@@ -26,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region-items", "--chunk-items", dest="region_items", type=int,
                    default=EncodeConfig().region_items,
                    help="items per region: one public-store chunk, one keystore row, one task")
+    p.add_argument("--source", default=None,
+                   help="folder or URL the collection grows in: each nightly run first "
+                        "appends its new images to --images (flows/nightly.py), then "
+                        "encodes them; without it the nightly run encodes what was ingested")
     p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (UTC)")
     p.add_argument("--interval", type=float, default=None,
                    help="seconds between runs instead of --cron (testing)")
@@ -47,14 +52,21 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 
 def deployments(params: dict[str, Any], cron: str | None = "0 2 * * *",
-                interval: float | None = None) -> list[Any]:
+                interval: float | None = None, source: Location | None = None) -> list[Any]:
     from flows.encode import encode_flow
+    from flows.nightly import nightly_flow
 
-    nightly = encode_flow.to_deployment(
-        name="nightly-reencode", cron=None if interval else cron, interval=interval,
-        parameters=params, description="Incremental encoding of newly ingested images.",
-        tags=["imambig", "scheduled"],
-    )
+    schedule = {"cron": None if interval else cron, "interval": interval,
+                "tags": ["imambig", "scheduled"]}
+    if source is None:
+        nightly = encode_flow.to_deployment(
+            name="nightly-reencode", parameters=params,
+            description="Incremental encoding of newly ingested images.", **schedule)
+    else:
+        nightly = nightly_flow.to_deployment(
+            name="nightly-reencode", parameters={**params, "source": source},
+            description="Ingest what is new at the source (appended), encode only it, "
+                        "validate the stores.", **schedule)
     full = encode_flow.to_deployment(
         name="full-reencode", parameters={**params, "overwrite": True},
         description="Rebuild the store version from scratch, started by hand: the same "
@@ -72,7 +84,8 @@ def run(a: argparse.Namespace) -> int:
     params = {"images": Location(a.images), "model": Location(a.model),
               "public_root": Location(a.public), "keys_root": Location(a.keys),
               "config": EncodeConfig(region_items=a.region_items)}
-    serve(*deployments(params, a.cron, a.interval))
+    source = Location(a.source) if a.source else None
+    serve(*deployments(params, a.cron, a.interval, source))
     return 0
 
 

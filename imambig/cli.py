@@ -105,11 +105,22 @@ def secret_sources(a: argparse.Namespace) -> SecretSources:
                          signing_key=getattr(a, "signing_key", _SECRETS.signing_key))
 
 
-def ingest_config(a: argparse.Namespace) -> IngestConfig:
-    height = a.size[0]
-    width = a.size[1] if len(a.size) > 1 else height
-    return IngestConfig(height=height, width=width, crop=a.crop, split=a.split, seed=a.seed,
-                        chunk_items=a.chunk_items, workers=a.workers, limit=a.limit)
+def ingest_config(a: argparse.Namespace, base: IngestConfig | None = None) -> IngestConfig:
+    """Flags over ``base`` (an existing store's settings, which an append keeps) or the
+    defaults."""
+    d = base or IngestConfig()
+    height, width = d.height, d.width
+    if a.size is not None:
+        height = a.size[0]
+        width = a.size[1] if len(a.size) > 1 else height
+
+    def given(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return IngestConfig(height=height, width=width, crop=given(a.crop, d.crop),
+                        split=given(a.split, d.split), seed=given(a.seed, d.seed),
+                        chunk_items=given(a.chunk_items, d.chunk_items), workers=a.workers,
+                        limit=a.limit)
 
 
 def train_config(a: argparse.Namespace) -> TrainConfig:
@@ -173,36 +184,44 @@ def _add_ingest(sub: Subparsers) -> None:
             "fsspec URL such as s3://bucket/prefix), centre-crop and resize it, assign a "
             "train/val/test split and write a chunked uint8 Zarr store at --out. Files that "
             "cannot be used are set aside with a reason in <out>/ingest_report.json; the run "
-            "goes on."
+            "goes on. Into an existing store it appends: sources it does not hold by name are "
+            "added at the end (existing items never move), a known name whose file changed "
+            "or a copy of a held file is reported, not added; the store's size, crop, split "
+            "and seed are kept. Run it again after adding files, e.g. nightly."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("source", help="folder, CelebA root, or fsspec URL of images")
     p.add_argument("--out", required=True, help="URL or path of the image store to write")
-    p.add_argument("--size", type=int, nargs="+", default=[d.height, d.width], metavar="PX",
-                   help="output HEIGHT [WIDTH] in pixels")
-    p.add_argument("--crop", type=int, default=d.crop,
+    p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
+                   help=f"output HEIGHT [WIDTH] in pixels (default: {d.height}, or the "
+                        "existing store's)")
+    p.add_argument("--crop", type=int, default=None,
                    help="centre square crop before resizing (default: 178 for CelebA, "
                         "else the largest centred crop of the output aspect ratio)")
-    p.add_argument("--split", default=d.split,
+    p.add_argument("--split", default=None,
                    help="official | random:<train fraction> | identity:<train fraction>; "
-                        "the remainder is split evenly into val and test")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of random/identity splits")
+                        f"the remainder is split evenly into val and test (default: {d.split}, "
+                        "or the existing store's)")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seed of random/identity splits (default: {d.seed}, or the store's)")
     p.add_argument("--limit", type=int, default=d.limit,
                    help="ingest only the first N sources (sorted by name)")
-    p.add_argument("--chunk-items", type=int, default=d.chunk_items,
-                   help="images per Zarr chunk")
+    p.add_argument("--chunk-items", type=int, default=None,
+                   help=f"images per Zarr chunk of a new store (default: {d.chunk_items})")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="decode processes (0: one per core)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store instead of appending to it")
     p.set_defaults(handler=_run_ingest)
 
 
 def _run_ingest(a: argparse.Namespace) -> int:
-    from imambig.stages.ingest import ingest
+    from imambig.stages.ingest import ingest, stored_settings
 
-    report = ingest(location(a, a.source), location(a, a.out), ingest_config(a),
-                    overwrite=a.overwrite)
+    out = location(a, a.out)
+    base = None if a.overwrite else stored_settings(out)
+    report = ingest(location(a, a.source), out, ingest_config(a, base), overwrite=a.overwrite)
     print(report.summary())
     return 0
 
@@ -382,6 +401,107 @@ def _run_validate(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# versions / prune
+# ---------------------------------------------------------------------------
+
+
+def _add_versions(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "versions", parents=[STORAGE],
+        help="list the store versions under a public root and a key root",
+        description="One line per version (model id, k', encoder precision, items, since "
+                    "when, which stores exist, current / complete / incomplete / leased). "
+                    "A new model id (retraining, rotating the owner secret) starts a new "
+                    "version beside the old ones; `imambig prune` removes old ones.",
+    )
+    p.add_argument("--public", required=True, help="public store root")
+    p.add_argument("--keys", required=True, help="keystore root")
+    p.set_defaults(handler=_run_versions)
+
+
+def _run_versions(a: argparse.Namespace) -> int:
+    from imambig.stages.versions import HEADER, list_versions
+
+    found = list_versions(location(a, a.public), location(a, a.keys))
+    print(HEADER)
+    for v in found:
+        print(v.row())
+    if not found:
+        print("(no versions)")
+    return 0
+
+
+def _add_prune(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "prune", parents=[STORAGE],
+        help="delete old store versions (public store and keystore together)",
+        description="Deletes every version but the current one that stopped being current "
+                    "(or was last written) more than --grace-days ago, both its public store "
+                    "and its keystore; a version an encode run holds the lease of is kept. "
+                    "Grants of a deleted version stop working: keep the grace period longer "
+                    "than your grants' validity, or re-grant from the current version.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--public", required=True, help="public store root")
+    p.add_argument("--keys", required=True, help="keystore root")
+    p.add_argument("--grace-days", type=float, default=7.0,
+                   help="keep versions superseded less than this many days ago")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    p.set_defaults(handler=_run_prune)
+
+
+def _run_prune(a: argparse.Namespace) -> int:
+    from imambig.stages.versions import prune
+
+    gone = prune(location(a, a.public), location(a, a.keys), grace_days=a.grace_days,
+                 dry_run=a.dry_run)
+    print(f"{'would delete' if a.dry_run else 'deleted'} {len(gone)} versions")
+    return 0
+
+
+def _item_list(a: argparse.Namespace, none: str) -> list[str]:
+    """Items named on the command line and in ``--items-file`` (one a line)."""
+    items = list(a.items)
+    if a.items_file:
+        items += [ln.strip() for ln in Path(a.items_file).read_text().splitlines() if ln.strip()]
+    if not items:
+        raise ValueError(none)
+    return items
+
+
+def _add_forget(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "forget", parents=[STORAGE, KEYSTORE_KEY],
+        help="remove items for good: their keys, public records and images",
+        description="For each item (its name in the image store): its key is destroyed in "
+                    "every keystore version (the slot becomes a tombstone, the row "
+                    "re-sealed), its public record overwritten with an empty one in every "
+                    "public store version, its image zeroed and its name replaced in the "
+                    "image store. Later encodes and appends never bring it back; grants "
+                    "already issued are refused at reveal. Each version is changed under "
+                    "its encode lease. Names not found are reported; the rest go on.",
+    )
+    p.add_argument("items", nargs="*", help="item names to forget")
+    p.add_argument("--items-file", default=None, help="file with one item name per line")
+    p.add_argument("--images", required=True, help="image store")
+    p.add_argument("--public", required=True, help="public store root")
+    p.add_argument("--keys", required=True, help="keystore root")
+    p.set_defaults(handler=_run_forget)
+
+
+def _run_forget(a: argparse.Namespace) -> int:
+    from imambig.access.key_provider import LocalKeyProvider
+    from imambig.access.secrets import Secrets
+    from imambig.stages.forget import forget
+
+    items = _item_list(a, "no items to forget: name them, or pass --items-file")
+    report = forget(items, location(a, a.images), location(a, a.public), location(a, a.keys),
+                    LocalKeyProvider.from_secrets(Secrets(secret_sources(a))), log=print)
+    print(report.summary())
+    return 0 if not report.problems else 1
+
+
+# ---------------------------------------------------------------------------
 # keys / grant / reveal
 # ---------------------------------------------------------------------------
 
@@ -480,11 +600,7 @@ def _run_grant(a: argparse.Namespace) -> int:
     from imambig.access.secrets import Secrets
     from imambig.stages.share import issue_grant
 
-    items = list(a.items)
-    if a.items_file:
-        items += [ln.strip() for ln in Path(a.items_file).read_text().splitlines() if ln.strip()]
-    if not items:
-        raise ValueError("no items to grant: pass --items or --items-file")
+    items = _item_list(a, "no items to grant: pass --items or --items-file")
     secrets = Secrets(secret_sources(a))
     blob = issue_grant(location(a, a.public), location(a, a.keys), items, a.to,
                        LocalKeyProvider.from_secrets(secrets), signing_key(secrets.signing_key),
@@ -752,6 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the help of every sub-command and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (*_plugin_commands(), _add_ingest, _add_train, _add_encode, _add_convert_model, _add_validate,
+                _add_versions, _add_prune, _add_forget,
                 _add_keys, _add_grant, _add_grant_decoder, _add_reveal, _add_evaluate, _add_attack):
         add(sub)
     return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from storage_schemas import (
     image_store_v1,
+    image_store_v2,
     keystore_v1,
     keystore_v2,
     public_store_v1,
@@ -12,7 +13,9 @@ from storage_schemas import (
 from storage_schemas.layout import Layout
 
 LAYOUTS: dict[str, Layout] = {
-    m.LAYOUT.schema: m.LAYOUT for m in (image_store_v1, public_store_v1, public_store_v2, keystore_v1, keystore_v2)
+    m.LAYOUT.schema: m.LAYOUT
+    for m in (image_store_v1, image_store_v2, public_store_v1, public_store_v2, keystore_v1,
+              keystore_v2)
 }
 
 

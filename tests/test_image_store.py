@@ -34,6 +34,7 @@ def _write(location: Location, images: np.ndarray, finish: bool = True) -> Image
         np.array([f"dir/{i}.png" for i in range(len(images))]),
         np.array([0, 1, 2, 0, 0, 1, 2, 0, 0, 0][: len(images)], dtype=np.uint8),
         np.arange(len(images)) - 1,
+        np.array([f"{i:064x}" for i in range(len(images))]),
     )
     if finish:
         writer.finish(set_aside=0)
@@ -81,7 +82,8 @@ def test_resize_keeps_written_items(tmp_path: Path) -> None:
     writer.write_images(0, images[:4])
     writer.resize(6)
     writer.write_images(4, images[4:6])  # a short last region may end at n_items
-    writer.write_labels(np.array(list("abcdef")), np.zeros(6, np.uint8), np.zeros(6, np.int64))
+    writer.write_labels(np.array(list("abcdef")), np.zeros(6, np.uint8), np.zeros(6, np.int64),
+                        np.array(["0" * 64] * 6))
     writer.finish()
     store = open_image_store(location)
     assert store.n_items == 6

@@ -478,7 +478,7 @@ def test_prefect_deployments_target_the_pools() -> None:
     config = load_all(INFRA / "prefect" / "prefect.yaml")[0]
     deployments = {d["name"]: d for d in config["deployments"]}
     nightly, train = deployments["nightly-reencode"], deployments["train-gpu"]
-    assert nightly["entrypoint"] == "flows/encode.py:encode_flow"
+    assert nightly["entrypoint"] == "flows/nightly.py:nightly_flow"
     assert deployments["full-reencode"]["parameters"]["overwrite"] is True
     assert "schedules" not in deployments["full-reencode"]
     assert nightly["work_pool"]["name"] == "cpu"

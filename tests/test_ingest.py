@@ -237,14 +237,13 @@ def test_worker_processes_give_the_same_store(
     assert np.array_equal(store.read(slice(None)), broken.store.read(slice(None)))
 
 
-def test_existing_store_needs_overwrite(broken: Ingested, tmp_path: Path) -> None:
+def test_existing_store_is_appended_to_or_overwritten(broken: Ingested, tmp_path: Path) -> None:
     src = tmp_path / "src"
     _save(src / "x.png", _noise(20, 20, 0))
     _save(src / "y.png", _noise(20, 20, 1))
     out = str(tmp_path / "out")
     ingest(Location(str(src)), Location(str(out)), CFG)
-    with pytest.raises(ValueError, match="exists; pass --overwrite"):
-        ingest(Location(str(src)), Location(str(out)), CFG)
+    assert ingest(Location(str(src)), Location(str(out)), CFG).written == 0  # nothing new
     (src / "y.png").unlink()
     assert ingest(Location(str(src)), Location(str(out)), CFG, overwrite=True).written == 1
     assert open_image_store(Location(str(out))).n_items == 1
@@ -353,8 +352,10 @@ def test_cli_ingest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "wrote 3 images" in text and "not-an-image 1" in text
     store = open_image_store(Location(str(out)))
     assert (store.height, store.width) == (24, 20)
-    assert main(args) == 2  # exists, no --overwrite
-    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(args) == 0  # exists: an append, with nothing new
+    assert "added 0 images" in capsys.readouterr().out
+    assert main([*args[:4], "--size", "32"]) == 2  # an append keeps the store's size
+    assert "size (24, 20) (asked: (32, 32))" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
 
 

@@ -182,7 +182,8 @@ def test_an_incremental_encode_refuses_items_that_moved(synthetic_store, tiny_mo
     w = ImageStoreWriter.create(grown, n_items=200, height=32, width=32, chunk_items=100,
                                 attrs={"source": "synthetic"})
     w.write_images(0, full.read(slice(100, 300)))
-    w.write_labels(list(ids[100:300]), full.splits()[100:300], full.identities()[100:300])
+    w.write_labels(list(ids[100:300]), full.splits()[100:300], full.identities()[100:300],
+                   full.source_digests()[100:300])
     w.finish()
     job = EncodeJob(images=grown, model=tiny_model,
                     public_root=Location(str(tmp_path / "public")),
@@ -193,7 +194,7 @@ def test_an_incremental_encode_refuses_items_that_moved(synthetic_store, tiny_mo
     w = ImageStoreWriter.open(grown)
     w.resize(300)
     w.write_images(0, full.read(slice(0, 300)))
-    w.write_labels(list(ids), full.splits(), full.identities())
+    w.write_labels(list(ids), full.splits(), full.identities(), full.source_digests())
     w.finish()
     with pytest.raises(ValueError, match="items moved in the image store"):
         run_encode(job, SerialRegions(), progress=False)

@@ -61,6 +61,15 @@ class Slot:
     def __repr__(self) -> str:
         return f"Slot(item_id={self.item_id!r})"  # the key is secret
 
+    @classmethod
+    def tombstone(cls, item_id: str, key_bytes: int) -> Slot:
+        """The slot of a forgotten item: no key, no record (``imambig forget``)."""
+        return cls(item_id, bytes(DIGEST_BYTES), bytes(key_bytes))
+
+    @property
+    def forgotten(self) -> bool:
+        return not any(self.key) and not any(self.record)
+
 
 def assert_separate_roots(public: Location, keystore: Location) -> None:
     """Refuse a keystore that shares a root with the public store: the public side is

@@ -12,7 +12,9 @@ shipped to any worker; arrays never travel through the scheduler. Steps, driven 
 2. ``encode_region``: encode one region, write both stores, then the region's
    done-marker. A region without a marker is redone from scratch; since encoding is
    deterministic, redoing it writes the same bytes, so a crash anywhere is repaired by
-   re-running.
+   re-running. When the collection grew, the old last region (partly filled) keeps the
+   marker of its finished part: only the new items are encoded, the finished ones'
+   records and keys are copied byte for byte into the region's chunk and key row.
 3. ``finish``: mark both stores complete, consolidate metadata, and move the
    ``current`` pointer of the public and key roots to this version.
 
@@ -55,7 +57,7 @@ from imambig.stages.release_binding import (
     published_versions,
 )
 from imambig.stages.versions import set_current, version_name
-from imambig.stores.image_store import ImageStore, open_image_store
+from imambig.stores.image_store import FORGOTTEN, ImageStore, open_image_store
 from imambig.stores.lease import Fence
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
@@ -169,10 +171,25 @@ def _regions(n_items: int, region_items: int) -> list[tuple[int, int]]:
     return [(s, min(s + region_items, n_items)) for s in range(0, n_items, region_items)]
 
 
+def _markers(keystore: Location) -> set[tuple[int, int]]:
+    """(start, stop) of every done-marker (one listing, not one request per region)."""
+    out = set()
+    for name in keystore.join(STATE_DIR, "regions").names():
+        start, _, stop = name.removesuffix(".json").partition("-")
+        if start.isdigit() and stop.isdigit():
+            out.add((int(start), int(stop)))
+    return out
+
+
 def _done(keystore: Location, regions: list[tuple[int, int]]) -> set[tuple[int, int]]:
-    """Regions whose done-marker exists (one listing, not one request per region)."""
-    names = keystore.join(STATE_DIR, "regions").names()
-    return {r for r in regions if f"{r[0]:012d}-{r[1]:012d}.json" in names}
+    """Regions whose done-marker exists."""
+    return set(regions) & _markers(keystore)
+
+
+def _finished_part(keystore: Location, start: int, stop: int) -> int:
+    """Where the finished part of region ``start:stop`` ends: ``start`` unless the
+    collection grew and an earlier, shorter run of this region is done."""
+    return max((b for a, b in _markers(keystore) if a == start and b < stop), default=start)
 
 
 # ---------------------------------------------------------------------------
@@ -316,7 +333,6 @@ def _open_or_create_keystore(location: Location, public: PublicStore,
 
 
 def _extend(public: PublicStore, keystore: Keystore, n: int) -> None:
-    old = public.n_items
     for name in ("support", "values", "item_id"):
         arr = public.group[name]
         arr.resize((n, *arr.shape[1:]))
@@ -326,11 +342,8 @@ def _extend(public: PublicStore, keystore: Keystore, n: int) -> None:
     public.attrs.update({"n_items": n, "complete": False})
     keystore.set_attrs(n_items=n, complete=False)
     public.consolidate()  # readers must not see the old shape
-    # The old last chunk was partial; it is rewritten whole (with identical bytes for its
-    # old items), so its marker no longer means done.
-    last = (old // public.chunk_items) * public.chunk_items
-    if last < old:
-        _marker(keystore.location, last, old).delete()
+    # The old last chunk was partial: its marker (start, old) stays and now means "done
+    # up to old"; encode_region encodes the rest and copies the finished items.
 
 
 def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStore) -> None:
@@ -344,7 +357,8 @@ def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStor
     if store.n_items < public.n_items:
         raise ValueError(f"the image store has {store.n_items} items, fewer than the "
                          f"{public.n_items} of {public.location}; {again}")
-    done = sorted(_done(keystore.location, regions))
+    del regions  # every marker is checked, those of partly finished regions too
+    done = sorted(r for r in _markers(keystore.location) if r[1] <= public.n_items)
     published = public.item_ids() if done else None  # one pass: chunks fetched together
     for start, stop in done:
         expected = np.array(keystore.opaque_ids(names[start:stop]))
@@ -371,24 +385,43 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionMa
     t0, started = time.perf_counter(), time.time()
     context, noise, decoy_map = _worker_context(job)
     store = open_image_store(job.images)
-    images = store.read(slice(start, stop))
+    held = _finished_part(plan.keystore, start, stop)  # items start:held are done already
+    images = store.read(slice(held, stop))
     ids = store.item_ids()[start:stop].tolist()
     enc = encode_images(context.model, noise, decoy_map, images, job.config.precision,
                         job.config.micro_batch)
-    _fenced(plan, f"writing items {start}-{stop}")
+    _fenced(plan, f"writing items {held}-{stop}")
     keystore = Keystore.open(plan.keystore, context.key_provider, mode="r+")
     opaque = keystore.opaque_ids(ids)
     public = PublicStore.open(plan.public, mode="r+")
-    public.write_region(start, enc.mask, enc.values, opaque)
-    records = record_digests(public.attrs["store_id"], opaque, enc.mask, enc.values)
-    keystore.write_row(start // plan.region_items,
-                       [Slot(*entry) for entry in zip(opaque, records, enc.keys, strict=True)])
-    digest = hashlib.sha256(np.packbits(enc.mask).tobytes() + enc.values.tobytes())
-    manifest = RegionManifest(start, stop, stop - start, digest.hexdigest(),
+    row = start // plan.region_items
+    mask, values = enc.mask, enc.values
+    records = record_digests(public.attrs["store_id"], opaque[held - start :], mask, values)
+    slots = [Slot(*entry) for entry in zip(opaque[held - start :], records, enc.keys,
+                                           strict=True)]
+    for j, name in enumerate(ids[held - start :]):
+        if name.startswith(FORGOTTEN):  # its image is gone: publish an empty tombstone
+            mask[j], values[j] = False, 0
+            slots[j] = Slot.tombstone(slots[j].item_id, keystore.key_bytes)
+    if held > start:
+        # The finished items' records and keys, copied (never re-encoded).
+        old_mask, old_values = public.read(slice(start, held))
+        old_slots = keystore.read_row(row)[: held - start]
+        if [s.item_id for s in old_slots] != opaque[: held - start]:
+            raise ValueError(f"items {start}-{held} moved in the image store since they were "
+                             "encoded; remove this version to encode the collection again")
+        mask, values = np.concatenate([old_mask, mask]), np.concatenate([old_values, values])
+        slots = old_slots + slots
+    public.write_region(start, mask, values, opaque)
+    keystore.write_row(row, slots)
+    digest = hashlib.sha256(np.packbits(mask).tobytes() + values.astype(np.float16).tobytes())
+    manifest = RegionManifest(start, stop, stop - held, digest.hexdigest(),
                               time.perf_counter() - t0, started, time.time())
     _fenced(plan, f"marking items {start}-{stop} done")
     # Written last: its presence means both the public chunk and the key row are in.
     marker.write_bytes(json.dumps(manifest.to_dict()).encode())
+    if held > start:
+        _marker(plan.keystore, start, held).delete()
     return manifest
 
 

@@ -12,11 +12,19 @@ Stages:
    is laid out for every candidate first and shrunk to the good items at the end.
 4. Splits are assigned to the good items, labels written, ``ingest_report.json`` saved
    beside the arrays, and only then is the store marked complete.
+
+Into an existing store, ingest appends: the sources whose name the store does not hold
+are added at its end (existing items never move), a known name whose file changed is
+reported and left alone, a new name with the bytes of a held item is reported as a
+duplicate, and appended items get splits that keep every held identity's split
+(``imambig.stores.splits.extend_splits``). The store's own size, crop, split and seed
+rule; a config that asks for others is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import itertools
 import json
@@ -33,18 +41,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import zarr
 from fsspec import AbstractFileSystem
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from imambig.config import IngestConfig
-from imambig.stores.image_store import ImageStoreWriter, store_state
+from imambig.stores.image_store import FORGOTTEN, ImageStoreWriter, forgotten_id, store_state
 from imambig.stores.location import Location
 from imambig.stores.splits import (
     NO_PARTITION,
     SPLIT_NAMES,
     UNKNOWN_IDENTITY,
     assign_splits,
+    extend_splits,
     parse_split_spec,
     split_counts,
 )
@@ -284,6 +294,7 @@ class _BatchResult:
     positions: list[int]  # positions (in the decode list) of the good images
     images: np.ndarray  # (len(positions), H, W, 3) uint8
     set_aside: list[dict[str, str]]
+    digests: list[str] = field(default_factory=list)  # sha-256 of each good source file
 
 
 def _decode_batch_with(
@@ -291,6 +302,7 @@ def _decode_batch_with(
 ) -> _BatchResult:
     positions: list[int] = []
     images: list[np.ndarray] = []
+    digests: list[str] = []
     set_aside: list[dict[str, str]] = []
     for pos, item_id, path in batch:
         try:
@@ -300,6 +312,7 @@ def _decode_batch_with(
                 raise SetAside("unreadable", f"{type(exc).__name__}: {exc}") from None
             images.append(decode_image(data, p))
             positions.append(pos)
+            digests.append(hashlib.sha256(data).hexdigest())
         except SetAside as exc:
             set_aside.append({"item": item_id, "reason": exc.reason, "detail": exc.detail})
         except Exception as exc:  # anything unforeseen: one file must not stop the run
@@ -309,7 +322,7 @@ def _decode_batch_with(
     stacked = (
         np.stack(images) if images else np.empty((0, p.height, p.width, 3), dtype=np.uint8)
     )
-    return _BatchResult(positions, stacked, set_aside)
+    return _BatchResult(positions, stacked, set_aside, digests)
 
 
 # Per-process state of decode workers, set once by the pool initializer so that the
@@ -384,6 +397,7 @@ class IngestReport:
     reasons: dict[str, int] = field(default_factory=dict)  # set-aside count per reason
     set_aside: list[dict[str, str]] = field(default_factory=list)  # item, reason, detail
     ignored: int = 0  # files without an image extension, not considered
+    held: int = 0  # items the store held before this run (an append)
     elapsed_s: float = 0.0
     report_url: str = ""
 
@@ -396,7 +410,11 @@ class IngestReport:
 
     def summary(self) -> str:
         split_text = ", ".join(f"{name} {self.splits.get(name, 0):,}" for name in SPLIT_NAMES)
-        lines = [f"wrote {self.written:,} images to {self.out} ({split_text})"]
+        if self.held:
+            lines = [f"added {self.written:,} images to {self.out} ({split_text}); it held "
+                     f"{self.held:,} and holds {self.held + self.written:,}"]
+        else:
+            lines = [f"wrote {self.written:,} images to {self.out} ({split_text})"]
         if self.set_aside:
             top = sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))
             reasons = ", ".join(f"{reason} {count:,}" for reason, count in top[:4])
@@ -421,6 +439,66 @@ def _batch_items(p: DecodeParams) -> int:
     return max(1, min(_MAX_BATCH_ITEMS, _BATCH_BYTES // (p.height * p.width * 3)))
 
 
+@dataclass
+class _Held:
+    """What an existing store holds, for an append."""
+
+    writer: ImageStoreWriter
+    start: int  # items held (appends begin here)
+    ids: np.ndarray
+    digests: np.ndarray
+    splits: np.ndarray
+    identities: np.ndarray
+
+
+def stored_settings(out: Location) -> IngestConfig | None:
+    """The settings the image store at ``out`` was ingested with (which an append must
+    keep), or None where there is none."""
+    if store_state(out) not in ("complete", "incomplete"):
+        return None
+    group = zarr.open_group(out.zarr_store(mode="r"), mode="r")
+    a = group.attrs.asdict()
+    d = IngestConfig()
+    return IngestConfig(height=a["height"], width=a["width"], crop=a.get("crop"),
+                        split=a.get("split_spec", d.split), seed=a.get("seed", d.seed),
+                        chunk_items=int(group["images"].chunks[0]))
+
+
+def _open_held(out: Location, crop: int | None, spec: str, cfg: IngestConfig) -> _Held:
+    writer = ImageStoreWriter.open(out)  # refuses v1 stores, which hold no digests
+    a = writer.group.attrs.asdict()
+    wanted = {"size": (cfg.height, cfg.width), "crop": crop, "split": spec, "seed": cfg.seed}
+    held = {"size": (a["height"], a["width"]), "crop": a.get("crop"),
+            "split": a.get("split_spec"), "seed": a.get("seed")}
+    differ = [f"{k} {held[k]} (asked: {wanted[k]})" for k in wanted if wanted[k] != held[k]]
+    if differ:
+        raise ValueError(f"image store {out} holds images ingested with {', '.join(differ)}; "
+                         "appends keep the store's settings (leave those flags out), or pass "
+                         "--overwrite to rebuild it")
+    start = writer.begin_append()
+    g = writer.group
+    return _Held(writer, start, np.array(g["item_id"][:start].tolist(), dtype=str),
+                 np.array(g["source_digest"][:start].tolist(), dtype=str),
+                 np.asarray(g["split"][:start]), np.asarray(g["identity"][:start]))
+
+
+def _changed(src: Source, known: list[SourceEntry], held: _Held) -> list[dict[str, str]]:
+    """Held items whose source file now has other bytes (reported, never replaced)."""
+    digest_of = dict(zip(held.ids.tolist(), held.digests.tolist(), strict=True))
+    out = []
+    for i in range(0, len(known), 256):
+        batch = [e for e in known[i : i + 256] if e.path is not None]
+        data = src.fs.cat([e.path for e in batch], on_error="return")
+        for e in batch:
+            got = data.get(e.path)
+            if isinstance(got, bytes) and hashlib.sha256(got).hexdigest() != digest_of[e.item_id]:
+                out.append({"item": e.item_id, "reason": "changed",
+                            "detail": "the file differs from the one ingested under this "
+                                      "name; the store keeps the ingested image (ingest it "
+                                      "under a new name to add it)"})
+    return out
+
+
 def ingest(
     source: Location,
     out: Location,
@@ -429,7 +507,8 @@ def ingest(
     overwrite: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
-    """Ingest the images of ``source`` into a new image store at ``out``.
+    """Ingest the images of ``source`` into a new image store at ``out``, or append the
+    ones it does not hold to the store there (see the module docstring).
 
     ``cfg.limit`` keeps only the first N source files (sorted by id); ``on_progress(n)``
     is called after each decoded batch with the number of files it covered.
@@ -444,10 +523,10 @@ def ingest(
         raise ValueError(f"limit must be >= 0, got {cfg.limit}")
 
     state = store_state(out)
-    if state == "complete" and not overwrite:
-        raise ValueError(f"image store {out} exists; pass --overwrite to replace it")
     if state == "foreign":
         raise ValueError(f"{out} exists and is not an image store; refusing to replace it")
+    appending = not overwrite and (
+        state == "complete" or (state == "incomplete" and _append_died(out)))
 
     src = discover_source(source)
     if not src.entries:
@@ -455,9 +534,18 @@ def ingest(
     if spec.kind == "official" and src.partition is None:
         raise ValueError(NO_PARTITION)
     entries = src.entries if cfg.limit is None else src.entries[: cfg.limit]
+    crop = cfg.crop if cfg.crop is not None else (CELEBA_CROP if src.is_celeba else None)
+    held = _open_held(out, crop, str(spec), cfg) if appending else None
 
     report = IngestReport(source=source.url, out=out.url, seen=len(entries),
-                          ignored=src.ignored)
+                          ignored=src.ignored, held=0 if held is None else held.start)
+    if held is not None:
+        names = set(held.ids.tolist())
+        report.set_aside += _changed(src, [e for e in entries if e.item_id in names], held)
+        report.set_aside += [_forgotten(e.item_id) for e in entries
+                             if forgotten_id(e.item_id) in names]
+        entries = [e for e in entries
+                   if e.item_id not in names and forgotten_id(e.item_id) not in names]
     todo: list[tuple[str, str]] = []  # (item id, path) of the files to decode
     for e in entries:
         if e.path is None:
@@ -469,13 +557,20 @@ def ingest(
         else:
             todo.append((e.item_id, e.path))
 
-    crop = cfg.crop if cfg.crop is not None else (CELEBA_CROP if src.is_celeba else None)
     params = DecodeParams(cfg.height, cfg.width, crop, cfg.min_side, cfg.max_pixels)
-    writer = ImageStoreWriter.create(
-        out, n_items=len(todo), height=cfg.height, width=cfg.width,
-        chunk_items=cfg.chunk_items,
-        attrs={"source": source.url, "split_spec": str(spec), "seed": cfg.seed, "crop": crop},
-    )
+    if held is None:
+        writer = ImageStoreWriter.create(
+            out, n_items=len(todo), height=cfg.height, width=cfg.width,
+            chunk_items=cfg.chunk_items,
+            attrs={"source": source.url, "split_spec": str(spec), "seed": cfg.seed,
+                   "crop": crop},
+        )
+        base = 0
+        held_by_digest: dict[str, str] = {}
+    else:
+        writer, base = held.writer, held.start
+        writer.resize(base + len(todo))
+        held_by_digest = dict(zip(held.digests.tolist(), held.ids.tolist(), strict=True))
 
     step = _batch_items(params)
     batches = (
@@ -483,46 +578,76 @@ def ingest(
         for i in range(0, len(todo), step)
     )
     n_batches = math.ceil(len(todo) / step)
-    workers = min(cfg.workers or _available_cpus(), n_batches)
+    workers = max(1, min(cfg.workers or _available_cpus(), n_batches))
     if "memory" in _protocols(src.fs):
         workers = 1  # an in-memory file system is private to this process
 
     chunk = writer.chunk_items
     buffer = np.empty((chunk, cfg.height, cfg.width, 3), dtype=np.uint8)
     filled = 0  # images in the buffer
-    written = 0  # images already flushed to the store
+    written = base  # items already flushed to the store
     good_positions: list[int] = []
+    digests: list[str] = []
+
+    def flush() -> None:
+        # An append's first chunk may be partly held: only the one writer touches it.
+        if written % chunk:
+            writer.write_tail(written, buffer[:filled])
+        else:
+            writer.write_images(written, buffer[:filled])
+
     with tqdm(total=len(todo), unit="img", desc="ingest", disable=None) as bar:
         for result in _in_order(batches, src.fs, params, workers):
             report.set_aside.extend(result.set_aside)
-            good_positions.extend(result.positions)
+            keep = []
+            for j, (pos, digest) in enumerate(zip(result.positions, result.digests,
+                                                  strict=True)):
+                if held_by_digest.get(digest, "").startswith(FORGOTTEN):
+                    report.set_aside.append(_forgotten(todo[pos][0], " (the same bytes)"))
+                elif digest in held_by_digest:
+                    report.set_aside.append({
+                        "item": todo[pos][0], "reason": "duplicate",
+                        "detail": f"the same bytes as held item {held_by_digest[digest]}"})
+                else:
+                    keep.append(j)
+                    good_positions.append(pos)
+                    digests.append(digest)
+            images = result.images[keep]
             taken = 0
-            while taken < len(result.images):
-                n = min(chunk - filled, len(result.images) - taken)
-                buffer[filled : filled + n] = result.images[taken : taken + n]
+            while taken < len(images):
+                room = chunk - written % chunk  # up to the next chunk boundary
+                n = min(room - filled, len(images) - taken)
+                buffer[filled : filled + n] = images[taken : taken + n]
                 filled, taken = filled + n, taken + n
-                if filled == chunk:
-                    writer.write_images(written, buffer)
-                    written, filled = written + chunk, 0
+                if filled == room:
+                    flush()
+                    written, filled = written + filled, 0
             covered = len(result.positions) + len(result.set_aside)
             bar.update(covered)
             if on_progress is not None:
                 on_progress(covered)
 
-    n_good = written + filled
-    writer.resize(n_good)
+    n_total = written + filled
+    writer.resize(n_total)
     if filled:
-        writer.write_images(written, buffer[:filled])
+        flush()
 
     item_ids = [todo[pos][0] for pos in good_positions]
     known = src.identities or {}
     identities = np.array([known.get(i, UNKNOWN_IDENTITY) for i in item_ids], dtype=np.int64)
-    splits = assign_splits(
-        item_ids, spec, seed=cfg.seed, identities=identities, partition=src.partition
-    )
-    writer.write_labels(np.array(item_ids, dtype=str), splits, identities)
+    if held is None:
+        splits = assign_splits(
+            item_ids, spec, seed=cfg.seed, identities=identities, partition=src.partition
+        )
+    else:
+        splits = extend_splits(
+            item_ids, spec, held_ids=held.ids.tolist(), held_identities=held.identities,
+            held_splits=held.splits, seed=cfg.seed, identities=identities,
+            partition=src.partition)
+    writer.write_labels(np.array(item_ids, dtype=str), splits, identities,
+                        np.array(digests, dtype=str), start=base)
 
-    report.written = n_good
+    report.written = len(item_ids)
     report.splits = split_counts(splits)
     report.set_aside.sort(key=lambda r: r["item"])
     report.reasons = dict(sorted(Counter(r["reason"] for r in report.set_aside).items()))
@@ -531,8 +656,24 @@ def ingest(
     report.elapsed_s = round(time.perf_counter() - started, 3)
     report_location.write_bytes(json.dumps(report.to_dict(), indent=1).encode())
 
-    writer.finish(set_aside=report.n_set_aside, split_counts=report.splits, report=REPORT_NAME)
+    whole = split_counts(np.asarray(writer.group["split"][:]))
+    writer.finish(set_aside=report.n_set_aside, split_counts=whole, report=REPORT_NAME)
     return report
+
+
+def _forgotten(name: str, how: str = "") -> dict[str, str]:
+    return {"item": name, "reason": "forgotten",
+            "detail": f"removed from the collection at the owner's request{how}; never "
+                      "ingested again"}
+
+
+def _append_died(out: Location) -> bool:
+    """Whether the incomplete store at ``out`` is an append that did not finish (and is
+    to be cut back and appended again) rather than a first ingest that died."""
+    try:
+        return "append_from" in ImageStoreWriter.open(out).group.attrs
+    except ValueError:
+        return False
 
 
 def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:

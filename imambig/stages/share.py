@@ -97,6 +97,11 @@ def issue_grant(
     if ks.attrs["public_store_id"] != store.attrs["store_id"]:
         raise ValueError("the keystore belongs to another public store")
     opaque = ks.opaque_ids(item_ids)
+    forgotten = ks.attrs.get("forgotten", {})
+    if gone := [f"{n} (on {forgotten[o]})" for n, o in zip(item_ids, opaque, strict=True)
+                if o in forgotten]:
+        raise GrantError(f"{len(gone)} items were forgotten at the owner's request and have "
+                         f"no key any more: {gone[:5]}; no grant issued")
     idx = store.index_of(opaque, names=item_ids)
     slots = ks.entries(idx)
     moved = [n for n, o, s in zip(item_ids, opaque, slots, strict=True) if s.item_id != o]
@@ -162,6 +167,7 @@ def reveal(
     if (store.attrs["n_maps"], store.attrs["code_length"]) != (c.n_maps, c.code_length):
         raise StoreFormatError(f"{store.location} does not have the model's code shape")
     keys = [i.key for i in grant.items]
+    _refuse_forgotten(store, grant)
     low = [is_entries_key(k) for k in keys]
     if any(low) and not all(low):
         raise GrantError("the grant mixes full and lower-fidelity keys; ask for two grants")
@@ -180,6 +186,26 @@ def reveal(
         code = _authorized_code(store, grant, keys, c.n_maps)
     images = to_uint8(net.decode(code)).permute(0, 2, 3, 1).numpy()
     return Revealed([i.name for i in grant.items], images)
+
+
+def _refuse_forgotten(store: PublicStore, grant: Grant) -> None:
+    """Refuse items whose record the owner destroyed (``imambig forget``): the store no
+    longer holds their id, and their record is empty."""
+    idx = np.array([i.index for i in grant.items], dtype=np.int64)
+    inside = idx < store.n_items
+    if not inside.any():
+        return
+    ids = store.item_ids(idx[inside])
+    moved = [(item, j) for item, j, now in zip(
+        [i for i, ok in zip(grant.items, inside, strict=True) if ok], idx[inside], ids,
+        strict=True) if now != item.item_id]
+    if not moved:
+        return
+    mask, _ = store.read(np.array([j for _, j in moved], dtype=np.int64))
+    gone = [item.name for (item, _), m in zip(moved, mask, strict=True) if not m.any()]
+    if gone:
+        raise GrantError(f"{len(gone)} granted items were forgotten at the owner's request "
+                         f"(their records destroyed): {gone[:5]}; nothing revealed")
 
 
 def _authorized_code(store: PublicStore, grant: Grant, keys: list[bytes], n_maps: int

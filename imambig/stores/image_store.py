@@ -14,10 +14,15 @@ Writing: ``ImageStoreWriter.create`` lays out every array at its full size first
 image regions are then written chunk-aligned (so independent workers can each write
 their own regions, reopening the store with ``ImageStoreWriter.open``), and only
 ``finish`` sets ``complete: true``. Readers refuse stores without it.
+
+Appending (``ImageStoreWriter.begin_append``): the store is marked incomplete with
+``append_from`` (its item count before), grown, written from there on by one writer,
+and finished again; an append that dies is cut back to ``append_from`` by the next.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,9 +33,18 @@ from zarr.codecs import ZstdCodec
 
 from imambig.stores.location import Location
 from imambig.stores.splits import SPLIT_NAMES, UNKNOWN_IDENTITY, split_code
-from storage_schemas import image_store_v1
+from storage_schemas import image_store_v1, image_store_v2
 
-SCHEMA = image_store_v1.SCHEMA
+SCHEMA = image_store_v2.SCHEMA  # what is written
+READABLE = (image_store_v1.SCHEMA, SCHEMA)
+LABELS = ("item_id", "split", "identity", "source_digest")
+FORGOTTEN = "forgotten:"  # item id prefix of a forgotten item (imambig.stages.forget)
+
+
+def forgotten_id(name: str) -> str:
+    """The id a forgotten item keeps: its name is gone, the name's hash stays so that
+    an append recognises it."""
+    return FORGOTTEN + hashlib.sha256(name.encode()).hexdigest()
 
 # Plain zstd rather than Blosc: Blosc's gain over zstd comes from byte shuffling, which
 # does nothing for 1-byte pixels, and plain zstd is the simplest codec every Zarr v3
@@ -59,7 +73,7 @@ def store_state(location: Location) -> StoreState:
         attrs = json.loads(fs.cat_file(meta_path)).get("attributes", {})
     except (ValueError, OSError):
         return "foreign"
-    if attrs.get("schema") != SCHEMA:
+    if attrs.get("schema") not in READABLE:
         return "foreign"
     return "complete" if attrs.get("complete") is True else "incomplete"
 
@@ -117,15 +131,35 @@ class ImageStoreWriter:
             compressors=ZstdCodec(level=3), fill_value=UNKNOWN_IDENTITY,
             dimension_names=("item",),
         )
+        group.create_array(
+            "source_digest", shape=(n_items,), dtype=str, chunks=(chunk_items,),
+            dimension_names=("item",),
+        )
         return cls(group)
 
     @classmethod
     def open(cls, location: Location) -> ImageStoreWriter:
         """Reopen a store laid out by ``create`` to write more regions into it."""
         group = zarr.open_group(location.zarr_store(mode="r+"), mode="r+")
-        if group.attrs.get("schema") != SCHEMA:
+        schema = group.attrs.get("schema")
+        if schema == image_store_v1.SCHEMA:
+            raise ValueError(f"{location} is an image store of {schema}, which holds no source "
+                             "digests and cannot be added to; re-ingest it once with "
+                             "--overwrite")
+        if schema != SCHEMA:
             raise ValueError(f"{location} is not an image store (schema {SCHEMA})")
         return cls(group)
+
+    def begin_append(self) -> int:
+        """Mark the store as being appended to; returns the item count appends start at.
+        A store left so by an append that died is first cut back to where it began."""
+        start = self.group.attrs.get("append_from")
+        if start is None:
+            start = self.n_items
+            self.group.attrs.update({"append_from": start, "complete": False})
+        elif self.n_items != start:
+            self.resize(int(start))
+        return int(start)
 
     @property
     def n_items(self) -> int:
@@ -157,28 +191,39 @@ class ImageStoreWriter:
 
     def resize(self, n_items: int) -> None:
         """Change the item count of every array (dropping items beyond ``n_items``)."""
-        for name in ("images", "item_id", "split", "identity"):
+        for name in ("images", *LABELS):
             arr: zarr.Array = self.group[name]  # type: ignore[assignment]
             arr.resize((n_items, *arr.shape[1:]))
         self.images = self.group["images"]  # type: ignore[assignment]  # fresh metadata
         self.group.attrs["n_items"] = n_items
 
-    def write_labels(
-        self, item_ids: np.ndarray, splits: np.ndarray, identities: np.ndarray
-    ) -> None:
-        """Write the per-item label arrays, all of length ``n_items``."""
-        n = self.n_items
-        for name, values in (("item_id", item_ids), ("split", splits), ("identity", identities)):
+    def write_tail(self, start: int, images: np.ndarray) -> None:
+        """Write ``images`` at items ``start:start+B`` where the region may begin inside a
+        chunk (an append's first chunk): for the one writer of an append only."""
+        if images.dtype != np.uint8 or images.shape[1:] != self.images.shape[1:]:
+            raise ValueError(f"expected uint8 images of shape (B, *{self.images.shape[1:]})")
+        if start + len(images) > self.n_items:
+            raise ValueError(f"region exceeds the store's {self.n_items} items")
+        self.images[start : start + len(images)] = images
+
+    def write_labels(self, item_ids: np.ndarray, splits: np.ndarray, identities: np.ndarray,
+                     digests: np.ndarray, start: int = 0) -> None:
+        """Write the per-item labels of items ``start:`` (to the end of the store)."""
+        n = self.n_items - start
+        columns = (("item_id", item_ids, str), ("split", splits, np.uint8),
+                   ("identity", identities, np.int64), ("source_digest", digests, str))
+        for name, values, _ in columns:
             if len(values) != n:
-                raise ValueError(f"{name} has {len(values)} values, the store {n} items")
+                raise ValueError(f"{name} has {len(values)} values for {n} items")
         if n:
-            self.group["item_id"][:] = np.asarray(item_ids, dtype=str)
-            self.group["split"][:] = np.asarray(splits, dtype=np.uint8)
-            self.group["identity"][:] = np.asarray(identities, dtype=np.int64)
+            for name, values, dtype in columns:
+                self.group[name][start:] = np.asarray(values, dtype=dtype)
 
     def finish(self, **attrs: Any) -> None:
         """Record final attributes and mark the store complete (call last)."""
         self.group.attrs.update({**attrs, "n_items": self.n_items, "complete": True})
+        if "append_from" in self.group.attrs:
+            del self.group.attrs["append_from"]
 
 
 class ImageStore:
@@ -194,7 +239,7 @@ class ImageStore:
         except FileNotFoundError:
             raise FileNotFoundError(f"no image store at {self.location}") from None
         attrs = group.attrs.asdict()
-        if attrs.get("schema") != SCHEMA:
+        if attrs.get("schema") not in READABLE:
             raise ValueError(f"{self.location} is not an image store (expected schema {SCHEMA})")
         if attrs.get("complete") is not True:
             raise ValueError(
@@ -284,6 +329,12 @@ class ImageStore:
         # Zarr hands out numpy's variable-width StringDType; callers get plain '<U' strings.
         return np.array(self._label("item_id").tolist(), dtype=str)
 
+    def source_digests(self) -> np.ndarray | None:
+        """sha-256 (hex) of each item's source file; None for a v1 store."""
+        if "source_digest" not in self._group:
+            return None
+        return np.array(self._label("source_digest").tolist(), dtype=str)
+
     def splits(self) -> np.ndarray:
         """Split code per item: 0 train, 1 val, 2 test (uint8)."""
         return self._label("split").astype(np.uint8)
@@ -292,11 +343,17 @@ class ImageStore:
         """Identity per item (int64, -1 unknown)."""
         return self._label("identity").astype(np.int64)
 
+    def forgotten(self) -> np.ndarray:
+        """Whether each item was forgotten (``imambig forget``): its pixels are zero."""
+        return np.char.startswith(self.item_ids(), FORGOTTEN)
+
     def indices(self, split: str) -> np.ndarray:
-        """Item indices (int64, ascending) of ``"train"``, ``"val"``, ``"test"`` or ``"all"``."""
-        if split == "all":
-            return np.arange(self.n_items, dtype=np.int64)
-        return np.flatnonzero(self.splits() == split_code(split)).astype(np.int64)
+        """Item indices (int64, ascending) of ``"train"``, ``"val"``, ``"test"`` or ``"all"``,
+        forgotten items left out."""
+        keep = ~self.forgotten()
+        if split != "all":
+            keep &= self.splits() == split_code(split)
+        return np.flatnonzero(keep).astype(np.int64)
 
 
 def open_image_store(location: Location) -> ImageStore:

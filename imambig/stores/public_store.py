@@ -198,10 +198,13 @@ class PublicStore:
                                    f"({type(exc).__name__}: {str(exc)[:200]})") from None
         return unpack_support(bits, int(self.attrs["code_length"])), values
 
-    def item_ids(self, selection: slice = slice(None)) -> np.ndarray:
-        """Opaque ids (str) of the items in ``selection``."""
+    def item_ids(self, selection: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Opaque ids (str) of the items in ``selection`` (a slice or item indices)."""
+        arr = self.group["item_id"]
+        got = (arr[selection] if isinstance(selection, slice)
+               else arr.get_orthogonal_selection((np.asarray(selection, dtype=np.int64),)))
         # Zarr hands out numpy's variable-width StringDType; callers get plain '<U' strings.
-        return np.array(np.asarray(self.group["item_id"][selection]).tolist(), dtype=str)
+        return np.array(np.asarray(got).tolist(), dtype=str)
 
     def index_of(self, item_ids: list[str], names: Sequence[str] | None = None) -> np.ndarray:
         """Positions of opaque ``item_ids``; errors name the items by ``names`` if given."""

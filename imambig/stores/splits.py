@@ -11,6 +11,11 @@ Specs:
 The remainder (1 - frac) is divided evenly between val and test. Items (or identities)
 are ranked by a keyed hash of ``(seed, key)``, so the result depends only on the seed and
 on the set of keys: not on their order, on worker counts or on batch sizes.
+
+Items appended to a store later (``extend_splits``) never move an item already there:
+an identity the store holds keeps its split, and a new one goes by the same keyed hash
+read as a number in [0, 1) against the fractions (exact for the first ingest, in
+expectation for appends).
 """
 
 from __future__ import annotations
@@ -78,6 +83,13 @@ def _rank_keys(keys: Sequence[str], seed: int) -> np.ndarray:
     )
 
 
+def _unit(key: str, seed: int) -> float:
+    """The keyed hash of ``_rank_keys`` as a number in [0, 1) (same order)."""
+    salt = seed.to_bytes(8, "little", signed=True)
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, salt=salt).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def _divide(n: int, train_fraction: float) -> tuple[int, int]:
     """How many of ``n`` ranked units go to train and to val (the rest is test)."""
     n_train = round(n * train_fraction)
@@ -133,23 +145,65 @@ def assign_splits(
         return _assign_ranked(list(item_ids), spec.train_fraction, seed)
 
     # identity: rank identities, then give every item its identity's split.
-    ids = (
-        np.full(n, UNKNOWN_IDENTITY, dtype=np.int64)
-        if identities is None
-        else np.asarray(identities, dtype=np.int64)
-    )
-    if ids.shape != (n,):
-        raise ValueError(f"identities has shape {ids.shape}, expected ({n},)")
-    # Unknown identities become pseudo-identities of their own, keyed by the item id
-    # (a different namespace from real identities, so they can never collide).
-    group_keys = [
-        f"item:{item}" if ident == UNKNOWN_IDENTITY else f"id:{ident}"
-        for item, ident in zip(item_ids, ids.tolist(), strict=True)
-    ]
+    ids = _identities(identities, n)
+    group_keys = _group_keys(item_ids, ids)
     unique_keys = sorted(set(group_keys))
     unique_splits = _assign_ranked(unique_keys, spec.train_fraction, seed).tolist()
     group_split = dict(zip(unique_keys, unique_splits, strict=True))
     return np.array([group_split[k] for k in group_keys], dtype=np.uint8)
+
+
+def _identities(identities: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+    ids = (np.full(n, UNKNOWN_IDENTITY, dtype=np.int64) if identities is None
+           else np.asarray(identities, dtype=np.int64))
+    if ids.shape != (n,):
+        raise ValueError(f"identities has shape {ids.shape}, expected ({n},)")
+    return ids
+
+
+def _group_keys(item_ids: Sequence[str], ids: np.ndarray) -> list[str]:
+    # Unknown identities become pseudo-identities of their own, keyed by the item id
+    # (a different namespace from real identities, so they can never collide).
+    return [f"item:{item}" if ident == UNKNOWN_IDENTITY else f"id:{ident}"
+            for item, ident in zip(item_ids, ids.tolist(), strict=True)]
+
+
+def extend_splits(
+    item_ids: Sequence[str],
+    spec: SplitSpec | str,
+    *,
+    held_ids: Sequence[str],
+    held_identities: np.ndarray,
+    held_splits: np.ndarray,
+    seed: int = 0,
+    identities: Sequence[int] | np.ndarray | None = None,
+    partition: Mapping[str, int] | None = None,
+) -> np.ndarray:
+    """Split codes of items appended to a store that holds ``held_*`` already: an
+    identity (``identity:``) the store holds keeps its split, anything new goes by the
+    keyed hash against the fractions; ``official`` reads the partition as before."""
+    spec = parse_split_spec(spec) if isinstance(spec, str) else spec
+    n = len(item_ids)
+    if spec.kind == "official":
+        return assign_splits(item_ids, spec, seed=seed, partition=partition)
+    assert spec.train_fraction is not None
+    if spec.kind == "random":
+        keys = list(item_ids)
+        known: dict[str, int] = {}
+    else:
+        keys = _group_keys(item_ids, _identities(identities, n))
+        known = dict(zip(_group_keys(held_ids, np.asarray(held_identities, np.int64)),
+                         np.asarray(held_splits).tolist(), strict=True))
+    train = spec.train_fraction
+    val = train + (1 - train) / 2
+    out = np.empty(n, dtype=np.uint8)
+    for i, key in enumerate(keys):
+        if key in known:
+            out[i] = known[key]
+        else:
+            u = _unit(key, seed)
+            out[i] = TRAIN if u < train else VAL if u < val else TEST
+    return out
 
 
 def split_counts(splits: np.ndarray) -> dict[str, int]:
