@@ -100,6 +100,9 @@ class Plan:
     done: int  # regions already done
     precision: str = "fp32"  # the encoder's, resolved: the records depend on it
     fence: Fence | None = None  # the run's lease, checked before every commit
+    # (start, held) of regions to do whose items start:held are done already (the old
+    # last region of a collection that grew): only held:stop is encoded
+    topped_up: tuple[tuple[int, int], ...] = ()
 
     @property
     def total(self) -> int:
@@ -186,12 +189,6 @@ def _done(keystore: Location, regions: list[tuple[int, int]]) -> set[tuple[int, 
     return set(regions) & _markers(keystore)
 
 
-def _finished_part(keystore: Location, start: int, stop: int) -> int:
-    """Where the finished part of region ``start:stop`` ends: ``start`` unless the
-    collection grew and an earlier, shorter run of this region is done."""
-    return max((b for a, b in _markers(keystore) if a == start and b < stop), default=start)
-
-
 # ---------------------------------------------------------------------------
 # 1. prepare
 # ---------------------------------------------------------------------------
@@ -264,10 +261,13 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     if public.n_items < n:  # new images since the last run: extend, keep old chunks
         _extend(public, keystore, n)
     regions = _regions(n, job.config.region_items)
-    done = _done(keystore_location, regions)
-    todo = tuple(r for r in regions if r not in done)
+    markers = _markers(keystore_location)
+    todo = tuple(r for r in regions if r not in markers)
+    # A region left partly filled by an earlier, smaller collection: done up to b.
+    topped_up = tuple((a, b) for a, b in markers for start, stop in todo
+                      if a == start and b < stop)
     return Plan(version, public_location, keystore_location, n, job.config.region_items,
-                todo, len(regions) - len(todo), job.config.precision)
+                todo, len(regions) - len(todo), job.config.precision, topped_up=topped_up)
 
 
 def store_binding(context: EncodeContext, store: ImageStore,
@@ -348,16 +348,15 @@ def _extend(public: PublicStore, keystore: Keystore, n: int) -> None:
 
 def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStore) -> None:
     """Refuse to resume or extend a version whose finished items moved in the image
-    store: ingest sorts ids, so images added with names that sort earlier shift the
-    others, and a finished region would then hold other items than its position says."""
-    regions = _regions(public.n_items, public.chunk_items)
+    store (ingest appends, but a store rebuilt with ``--overwrite`` sorts its items by
+    name): a finished region would then hold other items than its position says. Every
+    done-marker is checked, those of partly finished regions too."""
     names = store.item_ids()
     again = (f"remove this version ({public.location} and {keystore.location}) to encode "
              "the collection again")
     if store.n_items < public.n_items:
         raise ValueError(f"the image store has {store.n_items} items, fewer than the "
                          f"{public.n_items} of {public.location}; {again}")
-    del regions  # every marker is checked, those of partly finished regions too
     done = sorted(r for r in _markers(keystore.location) if r[1] <= public.n_items)
     published = public.item_ids() if done else None  # one pass: chunks fetched together
     for start, stop in done:
@@ -385,7 +384,7 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionMa
     t0, started = time.perf_counter(), time.time()
     context, noise, decoy_map = _worker_context(job)
     store = open_image_store(job.images)
-    held = _finished_part(plan.keystore, start, stop)  # items start:held are done already
+    held = dict(plan.topped_up).get(start, start)  # items start:held are done already
     images = store.read(slice(held, stop))
     ids = store.item_ids()[start:stop].tolist()
     enc = encode_images(context.model, noise, decoy_map, images, job.config.precision,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -50,10 +50,19 @@ def grant_decoder_location(model: Location, k_low: int | None = None) -> Locatio
     return where if k_low is None else where.join(f"k_low-{k_low}")
 
 
-def _candidates(model: Location, k_low: int | None) -> list[Location]:
-    """The decoders a ``k_low`` grant may use, the preferred first."""
+def _published(model: Location, k_low: int | None
+               ) -> Iterator[tuple[Location, SparseAutoencoder, ckpt.ModelInfo]]:
+    """The grant decoders a ``k_low`` grant may use that exist, the preferred first."""
+    if model.url.endswith(".safetensors"):  # a bare model file has no folder beside it
+        return
     general = grant_decoder_location(model)
-    return [general] if k_low is None else [grant_decoder_location(model, k_low), general]
+    for where in [general] if k_low is None else [grant_decoder_location(model, k_low),
+                                                  general]:
+        try:
+            decoder, info, _ = ckpt.load_model(where)
+        except FileNotFoundError:
+            continue
+        yield where, decoder, info
 
 
 def find_grant_decoder(model: Location, model_id: str, k_low: int | None = None
@@ -61,13 +70,7 @@ def find_grant_decoder(model: Location, model_id: str, k_low: int | None = None
     """The grant decoder published beside ``model`` (id ``model_id``) for grants of
     ``k_low`` (the one specialised for it, else the general one) and its id, or None
     where none was trained; one made for another model is refused."""
-    if model.url.endswith(".safetensors"):  # a bare model file has no folder beside it
-        return None
-    for where in _candidates(model, k_low):
-        try:
-            decoder, info, _ = ckpt.load_model(where)
-        except FileNotFoundError:
-            continue
+    for where, decoder, info in _published(model, k_low):
         if info.metadata.get("grant_decoder_of") != model_id:
             raise ValueError(f"{where} is the grant decoder of another model, not {model_id}")
         return decoder, info.model_id
@@ -77,11 +80,7 @@ def find_grant_decoder(model: Location, model_id: str, k_low: int | None = None
 def load_grant_decoder(model: Location, decoder_id: str, k_low: int) -> SparseAutoencoder:
     """The grant decoder of id ``decoder_id`` beside ``model``, for a ``k_low`` grant.
     Raises FileNotFoundError where neither place holds that id."""
-    for where in _candidates(model, k_low):
-        try:
-            decoder, info, _ = ckpt.load_model(where)
-        except FileNotFoundError:
-            continue
+    for _, decoder, info in _published(model, k_low):
         if info.model_id == decoder_id:
             return decoder
     raise FileNotFoundError(f"no grant decoder {decoder_id} in {grant_decoder_location(model)}")

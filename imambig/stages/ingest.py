@@ -37,7 +37,7 @@ import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -464,12 +464,17 @@ def stored_settings(out: Location) -> IngestConfig | None:
                         chunk_items=int(group["images"].chunks[0]))
 
 
+def _settings(cfg: IngestConfig, crop: int | None) -> dict[str, Any]:
+    return {"size": (cfg.height, cfg.width), "crop": crop, "split": cfg.split,
+            "seed": cfg.seed}
+
+
 def _open_held(out: Location, crop: int | None, spec: str, cfg: IngestConfig) -> _Held:
     writer = ImageStoreWriter.open(out)  # refuses v1 stores, which hold no digests
-    a = writer.group.attrs.asdict()
-    wanted = {"size": (cfg.height, cfg.width), "crop": crop, "split": spec, "seed": cfg.seed}
-    held = {"size": (a["height"], a["width"]), "crop": a.get("crop"),
-            "split": a.get("split_spec"), "seed": a.get("seed")}
+    stored = stored_settings(out)
+    assert stored is not None
+    held = _settings(stored, stored.crop)
+    wanted = _settings(replace(cfg, split=spec), crop)
     differ = [f"{k} {held[k]} (asked: {wanted[k]})" for k in wanted if wanted[k] != held[k]]
     if differ:
         raise ValueError(f"image store {out} holds images ingested with {', '.join(differ)}; "

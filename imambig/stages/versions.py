@@ -142,8 +142,8 @@ def _stores(root: Location) -> set[str]:
 
 def list_versions(public_root: Location, keys_root: Location) -> list[VersionInfo]:
     """Every store version under the two roots, the current one flagged."""
-    current = _pointer(public_root).get("version")
-    superseded = _pointer(public_root).get("superseded", {})
+    pointer = _pointer(public_root)
+    current, superseded = pointer.get("version"), pointer.get("superseded", {})
     in_public, in_keys = _stores(public_root), _stores(keys_root)
     out = []
     for name in sorted(in_public | in_keys):

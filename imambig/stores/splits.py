@@ -71,12 +71,15 @@ def parse_split_spec(spec: str) -> SplitSpec:
     return SplitSpec(kind, frac)  # type: ignore[arg-type]
 
 
+def _key_digest(key: str, seed: int) -> bytes:
+    """The seeded keyed hash that ranks (and, for appends, places) a key."""
+    salt = seed.to_bytes(8, "little", signed=True)
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=8, salt=salt).digest()
+
+
 def _rank_keys(keys: Sequence[str], seed: int) -> np.ndarray:
     """A seeded pseudo-random order of ``keys`` that depends only on the set of keys."""
-    salt = seed.to_bytes(8, "little", signed=True)
-    digests = [
-        hashlib.blake2b(k.encode("utf-8"), digest_size=8, salt=salt).digest() for k in keys
-    ]
+    digests = [_key_digest(k, seed) for k in keys]
     # Ties (astronomically unlikely) are broken by the key itself, keeping determinism.
     return np.array(
         sorted(range(len(keys)), key=lambda i: (digests[i], keys[i])), dtype=np.int64
@@ -85,9 +88,7 @@ def _rank_keys(keys: Sequence[str], seed: int) -> np.ndarray:
 
 def _unit(key: str, seed: int) -> float:
     """The keyed hash of ``_rank_keys`` as a number in [0, 1) (same order)."""
-    salt = seed.to_bytes(8, "little", signed=True)
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, salt=salt).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    return int.from_bytes(_key_digest(key, seed), "big") / 2**64
 
 
 def _divide(n: int, train_fraction: float) -> tuple[int, int]:
