@@ -23,7 +23,11 @@ from fsspec import AbstractFileSystem
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
+from imambig.errors import FormatError
+
 Mode = Literal["r", "r+", "a", "w", "w-"]
+# The largest single object imambig reads whole (model files are the largest).
+READ_LIMIT = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,18 @@ class Location:
         fs, path = self.filesystem()
         return fs.exists(path)
 
-    def read_bytes(self) -> bytes | None:
-        """The object here, or None when there is none."""
+    def read_bytes(self, limit: int = READ_LIMIT) -> bytes | None:
+        """The object here, or None when there is none; ``FormatError`` when it holds
+        more than ``limit`` bytes (at most ``limit + 1`` are fetched: stores are
+        untrusted, an object's size is the writer's choice)."""
         fs, path = self.filesystem()
         try:
-            return fs.cat_file(path)
+            data = fs.cat_file(path, start=0, end=limit + 1)
         except FileNotFoundError:
             return None
+        if len(data) > limit:
+            raise FormatError(f"{self} is larger than {limit:,} bytes; refused")
+        return data
 
     def write_bytes(self, data: bytes) -> None:
         """Write a whole small object. Local files go to a temporary name first and are
