@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
+from storage_schemas.layout import Layout
 from storage_schemas.registry import layout_for
 
 if TYPE_CHECKING:
@@ -64,15 +66,64 @@ def validate_group(group: zarr.Group, url: str = "") -> ValidationReport:
         if not _dtype_ok(arr, spec.dtype):
             report.violations.append(f"array {spec.name!r} has dtype {arr.dtype}, "
                                      f"expected {spec.dtype}")
+    if not report.violations:  # a store that claims more chunks than it holds
+        report.violations += _unwritten_chunks(group, layout)
     if not report.violations:  # semantic checks assume the structure is right
         for check in layout.checks:
-            report.violations += check(group)
+            try:
+                report.violations += check(group)
+            except ValueError as exc:  # a chunk refused by the guard, or undecodable
+                report.violations.append(f"{check.__name__.strip('_')}: {exc}")
     return report
+
+
+def _unwritten_chunks(group: zarr.Group, layout: Layout) -> list[str]:
+    """Arrays whose chunks are fewer than their shape needs, counted from a listing
+    before any chunk is read: an unwritten chunk reads back as its fill value, and an
+    item count raised by the provider would otherwise be read chunk by missing chunk.
+    Arrays whose chunks can all be fill (support, values) are not counted."""
+    problems = []
+    for spec in layout.arrays:
+        arr = group[spec.name]
+        if spec.dtype != "str" or arr.ndim != 1:
+            continue  # string ids are never empty: every written chunk exists
+        need = -(-arr.shape[0] // arr.chunks[0])
+        have = sum(1 for _ in _keys(group, f"{spec.name}/c/"))
+        if have < need:
+            problems.append(f"array {spec.name!r} has {have} of its {need} chunks "
+                            "(never written, or the item count was raised)")
+    return problems
+
+
+def _keys(group: zarr.Group, prefix: str) -> list[str]:
+    """Keys under ``prefix`` in the group's store."""
+    from zarr.core.sync import sync
+
+    async def collect() -> list[str]:
+        return [k async for k in group.store.list_prefix(prefix)]
+
+    return sync(collect())
+
+
+def _guard(group: zarr.Group) -> None:
+    """Register each array's chunk limit with the store's guard (``imambig``'s
+    ``ChunkGuard``), so no chunk decodes past its array's own size."""
+    store = group.store
+    if not hasattr(store, "register"):
+        return
+    from imambig.stores.chunk_guard import ChunkLimit
+
+    for name, arr in group.arrays():
+        # An array whose metadata gives no limit stays unregistered: the strict guard
+        # then refuses its chunks, and the layout checks report it.
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            store.register(name, ChunkLimit.of(arr.metadata.to_dict(), max_string_bytes=1024))
 
 
 def validate(location: Location) -> ValidationReport:
     try:
-        group = zarr.open_group(location.zarr_store(mode="r"), mode="r")
+        group = zarr.open_group(location.zarr_store(mode="r", strict=True), mode="r")
+        _guard(group)
     except Exception as exc:  # any failure to open is itself the finding
         return ValidationReport(url=location.url,
                                 violations=[f"cannot open a Zarr group: {exc}"])

@@ -156,7 +156,7 @@ class Keystore:
             "complete": False,
         }
         attrs["attrs_mac"] = _mac(subkey(data_key, _MAC_PURPOSE), attrs)
-        group = zarr.open_group(location.zarr_store("w"), mode="w", attributes=attrs)
+        group = zarr.open_group(location.zarr_store("w", strict=True), mode="w", attributes=attrs)
         row = keystore_v2.sealed_row_bytes(chunk_items, key_bytes)
         group.create_array(
             "sealed", shape=(math.ceil(n_items / chunk_items), row), dtype="uint8",
@@ -233,6 +233,41 @@ class Keystore:
                 rows[r] = self.read_row(r)
             out.append(rows[r][i % self.chunk_items])
         return out
+
+    @property
+    def n_items(self) -> int:
+        return int(self.attrs["n_items"])  # authenticated (attrs_mac)
+
+    def check_public(self, public: Any) -> None:
+        """Refuse a public store (``PublicStore``) that is not this keystore's, or
+        whose item count differs from the authenticated one here: every bound a reader
+        of that store uses comes from this count, not from the provider's word."""
+        where = public.location
+        if public.attrs.get("store_id") != self.attrs["public_store_id"]:
+            raise TamperedError(f"{where} is not the public store of keystore {self.location}")
+        if public.n_items != self.n_items:
+            raise TamperedError(f"{where} claims {public.n_items:,} items; its keystore "
+                                f"holds {self.n_items:,} (changed by the storage provider?)")
+
+    def positions(self, item_ids: list[str], names: list[str] | None = None) -> np.ndarray:
+        """Positions (public-store order) of the opaque ``item_ids``, found in the
+        sealed slots (the owner's own authenticated data, never the public store's
+        ``item_id`` array); unknown items are a ``ValueError`` naming them by
+        ``names`` if given."""
+        wanted = {i: n for n, i in enumerate(item_ids)}
+        found = np.full(len(item_ids), -1, dtype=np.int64)
+        rows = math.ceil(self.n_items / self.chunk_items)
+        for row in range(rows):
+            if (found >= 0).all():
+                break
+            for j, slot in enumerate(self.read_row(row)):
+                if (at := wanted.get(slot.item_id)) is not None:
+                    found[at] = row * self.chunk_items + j
+        if (found < 0).any():
+            missing = [(names or item_ids)[i] for i in np.flatnonzero(found < 0)[:5]]
+            raise ValueError(f"{int((found < 0).sum())} items are not in {self.location}: "
+                             f"{missing}")
+        return found
 
     def keys(self, indices: np.ndarray | list[int]) -> list[bytes]:
         """Keys of the items at ``indices`` (public-store order)."""

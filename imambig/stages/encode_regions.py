@@ -357,11 +357,16 @@ def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStor
     if store.n_items < public.n_items:
         raise ValueError(f"the image store has {store.n_items} items, fewer than the "
                          f"{public.n_items} of {public.location}; {again}")
+    keystore.check_public(public)
     done = sorted(r for r in _markers(keystore.location) if r[1] <= public.n_items)
-    published = public.item_ids() if done else None  # one pass: chunks fetched together
     for start, stop in done:
         expected = np.array(keystore.opaque_ids(names[start:stop]))
-        moved = np.flatnonzero(published[start:stop] != expected)
+        # The sealed slots say who was encoded where (the public item_id array is the
+        # provider's to change); a region's markers never span two rows.
+        row = keystore.read_row(start // keystore.chunk_items)
+        first = start % keystore.chunk_items
+        sealed = np.array([s.item_id for s in row[first : first + stop - start]])
+        moved = np.flatnonzero(sealed != expected)
         if len(moved):
             at = start + int(moved[0])
             raise ValueError(

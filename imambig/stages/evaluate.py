@@ -203,9 +203,16 @@ def evaluate_stores(
     if len(target) == 0:
         raise ValueError(f"the image store has no {config.split!r} items")
     names = [str(i) for i in ids[target]]
-    pidx = pub.index_of(ks.opaque_ids(names), names=names)
+    ks.check_public(pub)
+    # Items keep their image-store position in the public store; the sealed slots say
+    # whether the item there is the one named (the public ``item_id`` array is not read).
+    pidx = np.asarray(target, dtype=np.int64)
+    slots = ks.entries(pidx)
+    if moved := [n for n, o, s in zip(names, ks.opaque_ids(names), slots, strict=True)
+                 if s.item_id != o]:
+        raise ValueError(f"{len(moved)} items are not where {public} has them: {moved[:5]}")
     mask, values = pub.read(pidx)
-    keys = ks.keys(pidx)
+    keys = [s.key for s in slots]
     amb = Ambiguated(mask, values, decode_keys(keys), key_seals(keys))
     x = to_tensor(store.read(target))
     own = store.indices("train")[: config.attacker_items]

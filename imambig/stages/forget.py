@@ -91,32 +91,36 @@ def _forget_in_version(public_loc: Location, keys_loc: Location, provider: KeyPr
                        todo: dict[str, int], now: str) -> None:
     public = PublicStore.open(public_loc, mode="r+")
     keystore = Keystore.open(keys_loc, provider, mode="r+")
+    keystore.check_public(public)
     chunk = public.chunk_items
-    published = public.item_ids()
     forgotten = dict(keystore.attrs.get("forgotten", {}))
+    # Who sits where comes from the sealed slots (the owner's own, authenticated data),
+    # not from the public store's item_id array.
     by_region: dict[int, list[tuple[str, int]]] = {}
     for name, i in todo.items():
-        if i >= public.n_items:
-            continue  # encoded after this version: nothing of it here
-        old_id, new_id = keystore.opaque_ids([name, forgotten_id(name)])
-        if published[i] == new_id:
-            continue  # done here by an earlier run that stopped before the end
-        if published[i] != old_id:
-            raise ValueError(f"{public_loc} holds another item at {name!r}'s position "
-                             f"{i}: the image store and this version disagree")
-        by_region.setdefault(i // chunk, []).append((name, i))
-        forgotten[old_id] = now
+        if i < public.n_items:  # encoded after this version: nothing of it here
+            by_region.setdefault(i // chunk, []).append((name, i))
     for row, items in sorted(by_region.items()):
         start, stop = row * chunk, min((row + 1) * chunk, public.n_items)
-        mask, values = public.read(slice(start, stop))
-        region_ids = published[start:stop].tolist()
         slots = keystore.read_row(row)
+        todo_here = []
         for name, i in items:
-            (new_id,) = keystore.opaque_ids([forgotten_id(name)])
+            old_id, new_id = keystore.opaque_ids([name, forgotten_id(name)])
+            held = slots[i - start].item_id
+            if held == new_id:
+                continue  # done here by an earlier run that stopped before the end
+            if held != old_id:
+                raise ValueError(f"{public_loc} holds another item at {name!r}'s position "
+                                 f"{i}: the image store and this version disagree")
+            forgotten[old_id] = now
+            todo_here.append((i, new_id))
+        if not todo_here:
+            continue
+        mask, values = public.read(slice(start, stop))
+        for i, new_id in todo_here:
             mask[i - start], values[i - start] = False, 0
-            region_ids[i - start] = new_id
             slots[i - start] = Slot.tombstone(new_id, keystore.key_bytes)
-        public.write_region(start, mask, values, region_ids)
+        public.write_region(start, mask, values, [s.item_id for s in slots])
         keystore.write_row(row, slots)
     keystore.set_attrs(forgotten=forgotten)
     public.consolidate()

@@ -14,14 +14,19 @@ from typing import Any
 import zarr
 
 from imambig.errors import StoreFormatError
+from imambig.stores.chunk_guard import ChunkGuard, ChunkLimit
 from imambig.stores.location import Location, Mode
+
+# Zarr v3's default: chunk (i, j) of array a is "a/c/i/j", which the guard recognises.
+_CHUNK_KEYS = {"name": "default", "configuration": {"separator": "/"}}
 
 
 def open_group(location: Location, mode: Mode, what: str, **kw: Any) -> zarr.Group:
-    """The Zarr group at ``location``; ``FileNotFoundError`` when there is none,
-    ``StoreFormatError`` for anything that does not parse."""
+    """The Zarr group at ``location`` behind a strict :class:`ChunkGuard` (only chunks
+    of arrays :func:`check_array` passed are read); ``FileNotFoundError`` when there is
+    none, ``StoreFormatError`` for anything that does not parse."""
     try:
-        return zarr.open_group(location.zarr_store(mode), mode=mode, **kw)
+        return zarr.open_group(location.zarr_store(mode, strict=True), mode=mode, **kw)
     except FileNotFoundError:
         if not location.join("zarr.json").exists():
             raise FileNotFoundError(f"no {what} at {location}") from None
@@ -34,8 +39,10 @@ def open_group(location: Location, mode: Mode, what: str, **kw: Any) -> zarr.Gro
 
 def check_array(group: zarr.Group, name: str, where: Location, *, dtype: str,
                 shape: tuple[int, ...], chunks: tuple[int, ...] | None,
-                codecs: tuple[str, ...]) -> zarr.Array:
-    """``group[name]`` after checking its metadata; ``StoreFormatError`` otherwise."""
+                codecs: tuple[str, ...], max_string_bytes: int = 64) -> zarr.Array:
+    """``group[name]`` after checking its metadata; ``StoreFormatError`` otherwise.
+    The array's chunk limit is then registered with the group's :class:`ChunkGuard`,
+    so each chunk's bytes are checked before a codec decodes them."""
     what = f"{where}: array {name!r}"
     try:
         arr = group[name]
@@ -57,4 +64,11 @@ def check_array(group: zarr.Group, name: str, where: Location, *, dtype: str,
         raise StoreFormatError(f"{what} has shape {tuple(arr.shape)}, expected {shape}")
     if chunks is not None and tuple(arr.chunks) != chunks:
         raise StoreFormatError(f"{what} has chunks {tuple(arr.chunks)}, expected {chunks}")
+    if meta.get("chunk_key_encoding") != _CHUNK_KEYS or meta.get("chunk_grid", {}).get(
+            "name") != "regular":
+        raise StoreFormatError(f"{what} names its chunks in another way than "
+                               f"{_CHUNK_KEYS}; refused")
+    guard = group.store
+    if isinstance(guard, ChunkGuard):
+        guard.register(arr.path, ChunkLimit.of(meta, max_string_bytes))
     return arr

@@ -24,6 +24,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from imambig.errors import FormatError
+from imambig.stores.chunk_guard import ChunkGuard
 
 Mode = Literal["r", "r+", "a", "w", "w-"]
 # The largest single object imambig reads whole (model files are the largest).
@@ -157,8 +158,10 @@ class Location:
 
     # -- zarr --------------------------------------------------------------------------
 
-    def zarr_store(self, mode: Mode = "r") -> Store:
-        """The Zarr store here; read-only when ``mode`` is ``"r"``.
+    def zarr_store(self, mode: Mode = "r", strict: bool = False) -> ChunkGuard:
+        """The Zarr store here, behind a :class:`ChunkGuard` (bounded metadata and
+        chunk reads; ``strict``: only chunks of arrays registered after their metadata
+        was checked); read-only when ``mode`` is ``"r"``.
 
         Creating or clearing is left to ``zarr.open_group(store, mode=...)``; ``mode``
         here only decides whether the store accepts writes.
@@ -170,6 +173,8 @@ class Location:
             # does not.
             url = fsspec.core.strip_protocol(url)
         if "://" in url:
-            return FsspecStore.from_url(url, storage_options=self._options(for_zarr=True),
-                                        read_only=read_only)
-        return LocalStore(url, read_only=read_only)
+            store: Store = FsspecStore.from_url(
+                url, storage_options=self._options(for_zarr=True), read_only=read_only)
+        else:
+            store = LocalStore(url, read_only=read_only)
+        return ChunkGuard(store, strict=strict)

@@ -130,7 +130,7 @@ class PublicStore:
             "noise_fit": noise_fit,
             "complete": False,
         }
-        group = zarr.open_group(location.zarr_store("w"), mode="w", attributes=attrs)
+        group = zarr.open_group(location.zarr_store("w", strict=True), mode="w", attributes=attrs)
         layout = public_store_v2.LAYOUT
         group.create_array(
             "support", shape=layout.shape("support", attrs), dtype="uint8",
