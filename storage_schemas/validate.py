@@ -72,7 +72,7 @@ def validate_group(group: zarr.Group, url: str = "") -> ValidationReport:
         for check in layout.checks:
             try:
                 report.violations += check(group)
-            except ValueError as exc:  # a chunk refused by the guard, or undecodable
+            except Exception as exc:  # a refused or undecodable chunk is itself the finding
                 report.violations.append(f"{check.__name__.strip('_')}: {exc}")
     return report
 

@@ -201,8 +201,12 @@ class PublicStore:
     def item_ids(self, selection: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Opaque ids (str) of the items in ``selection`` (a slice or item indices)."""
         arr = self.group["item_id"]
-        got = (arr[selection] if isinstance(selection, slice)
-               else arr.get_orthogonal_selection((np.asarray(selection, dtype=np.int64),)))
+        try:
+            got = (arr[selection] if isinstance(selection, slice)
+                   else arr.get_orthogonal_selection((np.asarray(selection, dtype=np.int64),)))
+        except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as exc:
+            raise StoreFormatError(f"{self.location}: item ids unreadable "
+                                   f"({type(exc).__name__}: {str(exc)[:200]})") from None
         # Zarr hands out numpy's variable-width StringDType; callers get plain '<U' strings.
         return np.array(np.asarray(got).tolist(), dtype=str)
 
