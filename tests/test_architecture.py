@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "imambig"
 
 # Lowest first: a module may import from its own package and from the ones before it.
-LAYERS = ["errors", "config", "stores", "model", "access", "mechanism", "evaluation", "attacks",
+LAYERS = ["errors", "untrusted", "config", "stores", "model", "access", "mechanism", "evaluation", "attacks",
           "stages", "cli", "__main__"]
 
 
