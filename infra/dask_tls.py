@@ -6,7 +6,8 @@ names), so whoever holds neither certificate cannot connect: the cluster runs on
 the code of its clients. Keys are written readable by their owner only::
 
     python -m infra.dask_tls --out runs/dask-tls
-    # ca.pem, cluster.pem, cluster-key.pem, client.pem, client-key.pem
+    # ca.pem (the CA's certificate), cluster.pem and client.pem (each a certificate
+    # followed by its private key, as Dask accepts them: --tls-cert alone)
 
 Kubernetes: put them in two Secrets (``infra/README.md``); the CA's own key is not
 written, so no further certificate can be signed: run it again to rotate them all.
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALID_DAYS = 365
-FILES = ("ca.pem", "cluster.pem", "cluster-key.pem", "client.pem", "client-key.pem")
+FILES = ("ca.pem", "cluster.pem", "client.pem")
 
 
 def _name(common_name: str) -> x509.Name:
@@ -49,8 +50,9 @@ def _write(path: Path, data: bytes, private: bool) -> None:
 
 def make_certificates(out: Path, hosts: Sequence[str] = ("localhost", "127.0.0.1"),
                       days: int = VALID_DAYS) -> dict[str, Path]:
-    """Write a fresh CA certificate and the cluster's and the clients' certificates and
-    keys (signed by it) under ``out``; the CA's key is dropped. Returns the paths."""
+    """Write a fresh CA certificate and the cluster's and the clients' certificates (signed
+    by it), each with its key in the same file, under ``out``; the CA's key is dropped.
+    Returns the paths by role ("ca", "cluster", "client")."""
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -88,9 +90,8 @@ def make_certificates(out: Path, hosts: Sequence[str] = ("localhost", "127.0.0.1
                 .add_extension(x509.SubjectAlternativeName(sans), critical=False)
                 .sign(ca_key, hashes.SHA256()))
         paths[role] = out / f"{role}.pem"
-        paths[f"{role}-key"] = out / f"{role}-key.pem"
-        _write(paths[role], cert.public_bytes(serialization.Encoding.PEM), private=False)
-        _write(paths[f"{role}-key"], _key_pem(key), private=True)
+        _write(paths[role], cert.public_bytes(serialization.Encoding.PEM) + _key_pem(key),
+               private=True)
     return paths
 
 
@@ -102,7 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a name or IP of the scheduler (repeatable); informative only, "
                         "Dask checks the CA, not host names")
     p.add_argument("--days", type=int, default=VALID_DAYS, help="validity")
+    p.add_argument("--keep", action="store_true",
+                   help="do nothing if the folder holds them already (a job run at each start)")
     a = p.parse_args(argv)
+    if a.keep and all((a.out / name).is_file() for name in FILES):
+        print(f"kept the certificates in {a.out}")
+        return 0
     paths = make_certificates(a.out, a.host or ("localhost", "127.0.0.1"), a.days)
     for path in paths.values():
         print(path)

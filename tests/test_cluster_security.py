@@ -351,8 +351,8 @@ def tls_cluster(tmp_path) -> Iterator[tuple[str, dict[str, Path]]]:
     ``dask worker``), on TLS with certificates from ``infra.dask_tls``, and no owner
     secret anywhere in their environment."""
     certs = make_certificates(tmp_path / "tls")
-    tls = ["--tls-ca-file", str(certs["ca"]), "--tls-cert", str(certs["cluster"]),
-           "--tls-key", str(certs["cluster-key"])]
+    # Each certificate file holds its key too (the form infra.dask_tls writes).
+    tls = ["--tls-ca-file", str(certs["ca"]), "--tls-cert", str(certs["cluster"])]
     info = tmp_path / "scheduler.json"
     env = _clean_env()
     procs = [subprocess.Popen(
@@ -380,8 +380,7 @@ def test_a_tls_cluster_encodes_with_the_operators_certificates(
 
     address, certs = tls_cluster
     assert address.startswith("tls://")
-    security = ClusterSecurity(tls_ca_file=str(certs["ca"]), tls_cert_file=str(certs["client"]),
-                               tls_key_file=str(certs["client-key"]))
+    security = ClusterSecurity(tls_ca_file=str(certs["ca"]), tls_cert_file=str(certs["client"]))
     regions = DaskRegions(address, security=security)
     with Client(address, security=regions.security, timeout=30) as client:
         client.wait_for_workers(1, timeout=60)

@@ -114,8 +114,9 @@ def remote_security(address: str, security: ClusterSecurity) -> Security | None:
         if not (result.tls_ca_file and result.tls_client_cert):
             raise ImambigError(
                 f"the Dask scheduler {address} needs the cluster's CA and this client's "
-                "certificate and key: --dask-tls-ca, --dask-tls-cert and --dask-tls-key "
-                "(or Dask's config distributed.comm.tls.ca-file, .client.cert, .client.key)")
+                "certificate: --dask-tls-ca and --dask-tls-cert (its key in the same file, "
+                "or --dask-tls-key), or Dask's config distributed.comm.tls.ca-file, "
+                ".client.cert, .client.key")
         return result
     if scheme != "tcp":
         raise ImambigError(f"Dask scheduler {address}: expected tls://HOST:PORT")
