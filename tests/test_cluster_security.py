@@ -231,20 +231,24 @@ def test_no_worker_holds_a_secret_it_does_not_use(synthetic_store, tiny_model, t
         # The keystore's data key (which they use) must: the search itself works.
         data_key = _data_key(job, sources)
         found: dict[str, int] = {}
-        for w in workers:
-            for block in _anonymous_memory(w.pid):
-                for name, v in values.items():
-                    if any(form in block for form in _secret_forms(v)):
-                        found[name] = found.get(name, 0) + 1
-                if data_key in block:
-                    found["data key"] = found.get("data key", 0) + 1
+        try:
+            for w in workers:
+                for block in _anonymous_memory(w.pid):
+                    for name, v in values.items():
+                        if any(form in block for form in _secret_forms(v)):
+                            found[name] = found.get(name, 0) + 1
+                    if data_key in block:
+                        found["data key"] = found.get("data key", 0) + 1
+        except PermissionError:  # ptrace restricted (yama ptrace_scope >= 2)
+            found = {"unreadable": 1}
         seen["in_memory"] = found
 
     report = run_encode(job, DaskRegions(n_workers=2), on_region=inspect, progress=False)
     assert seen["workers"] == 2
     assert seen["names"] == [], f"worker environments hold {seen['names']}"
     assert seen["values_in_environ"] == []
-    assert set(seen["in_memory"]) == {"data key"}, seen["in_memory"]  # type: ignore[arg-type]
+    if seen["in_memory"] != {"unreadable": 1}:
+        assert set(seen["in_memory"]) == {"data key"}, seen["in_memory"]  # type: ignore[arg-type]
     # The driver's environment is back as it was.
     assert all(os.environ[name] == value for name, value in values.items())
 
@@ -256,6 +260,9 @@ def test_no_worker_holds_a_secret_it_does_not_use(synthetic_store, tiny_model, t
     run_encode(serial, SerialRegions(), progress=False)
     assert tree_digest(job.public_root) == tree_digest(serial.public_root)
     assert tree_digest(job.keys_root) == tree_digest(serial.keys_root)
+    if seen["in_memory"] == {"unreadable": 1}:
+        pytest.skip("worker memory is not readable here (ptrace restricted); the "
+                    "environments were checked")
 
 
 def _data_key(job: EncodeJob, sources: SecretSources) -> bytes:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import os
@@ -37,7 +36,7 @@ import secrets
 import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -276,16 +275,6 @@ def restore_secret_env() -> None:
         for name, value in _withheld.items():
             os.environ.setdefault(name, value)
         _withheld.clear()
-
-
-@contextlib.contextmanager
-def secret_env_withheld(names: Iterable[str] = ()) -> Iterator[None]:
-    """:func:`withhold_secret_env` for the duration of a ``with`` block."""
-    withhold_secret_env(names)
-    try:
-        yield
-    finally:
-        restore_secret_env()
 
 
 # ---------------------------------------------------------------------------
