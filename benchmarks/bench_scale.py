@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,11 +82,11 @@ def _peak_rss() -> int:
 class Sampler(threading.Thread):
     """Every ``every`` seconds, each worker's RSS: {worker: [(t, bytes)]}."""
 
-    def __init__(self, address: str, every: float) -> None:
+    def __init__(self, cluster: Any, every: float) -> None:
         super().__init__(daemon=True)
         from distributed import Client
 
-        self.client = Client(address)
+        self.client = Client(cluster)  # with the cluster's own TLS credentials
         self.every = every
         self.samples: dict[str, list[tuple[float, int]]] = {}
         self.stop = threading.Event()
@@ -128,10 +129,10 @@ def main() -> None:
                     config=EncodeConfig(region_items=a.region_items, precision=precision))
 
     cluster = local_cluster(a.workers)
-    sampler = Sampler(cluster.scheduler_address, a.sample_every)
+    sampler = Sampler(cluster, a.sample_every)
     sampler.start()
     try:
-        report = run_encode(job, DaskRegions(address=cluster.scheduler_address), progress=True)
+        report = run_encode(job, DaskRegions(cluster=cluster), progress=True)
         peaks = sampler.client.run(_peak_rss)
     finally:
         sampler.stop.set()

@@ -1,8 +1,8 @@
 """Prefect wiring of imambig: flows and tasks that call the library, nothing more.
 
 Importing this package lets secret specs ``prefect:BLOCK`` resolve through Prefect
-Secret blocks, inside whichever process (a Dask worker too) needs the secret; secrets
-never travel as flow or task parameters.
+Secret blocks, in the flow's process; the owner's secrets never travel as flow or task
+parameters (an encode's region tasks carry only keys derived from them).
 """
 
 from imambig.access.secrets import register_secret_scheme

@@ -16,26 +16,30 @@ from prefect.artifacts import (
     create_progress_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
 from flows.params import check_location
 from imambig.access.keystore import assert_separate_roots
-from imambig.config import EncodeConfig, SecretSources
+from imambig.config import ClusterSecurity, EncodeConfig, SecretSources
 from imambig.model.checkpoint import MODEL_FILE
-from imambig.stages.dask_regions import local_cluster
+from imambig.stages.dask_cluster import local_cluster, remote_security
 from imambig.stages.encode_driver import run_encode
 from imambig.stages.encode_regions import EncodeJob, Plan, RegionManifest, encode_region
+from imambig.stages.region_keys import RegionKeys
 from imambig.stores.location import Location
 
 
 # Transient storage errors (a restarting object store, a dropped connection) are retried
 # with backoff; a region redone from scratch writes the same bytes.
+# No cache policy: a cache key would be a hash of the arguments, the keys included.
 @task(name="encode region {start}-{stop}", retries=3, retry_delay_seconds=exponential_backoff(2),
-      retry_jitter_factor=0.5)
-def encode_region_task(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionManifest:
-    manifest = encode_region(job, plan, start, stop)
+      retry_jitter_factor=0.5, cache_policy=NO_CACHE)
+def encode_region_task(job: EncodeJob, plan: Plan, start: int, stop: int,
+                       keys: RegionKeys) -> RegionManifest:
+    manifest = encode_region(job, plan, start, stop, keys)
     get_run_logger().info("items %d-%d: %s in %.1f s", start, stop,
                           "already done" if manifest.skipped else "encoded", manifest.seconds)
     return manifest
@@ -47,7 +51,7 @@ class PrefectRegions:
 
     workers = 0  # the task runner's business
 
-    def map(self, job: EncodeJob, plan: Plan) -> Iterator[RegionManifest]:
+    def map(self, job: EncodeJob, plan: Plan, keys: RegionKeys) -> Iterator[RegionManifest]:
         done = plan.done
         progress = create_progress_artifact(
             progress=100.0 * done / max(plan.total, 1), key="encode-progress",
@@ -55,7 +59,7 @@ class PrefectRegions:
         )
         futures = encode_region_task.map(unmapped(job), unmapped(plan),
                                          [s for s, _ in plan.regions],
-                                         [e for _, e in plan.regions])
+                                         [e for _, e in plan.regions], unmapped(keys))
         for future in as_completed(futures):
             manifest = future.result()
             done += 1
@@ -63,10 +67,15 @@ class PrefectRegions:
             yield manifest
 
 
-def dask_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
-    """An existing cluster, or a LocalCluster of one single-threaded worker per core."""
+def dask_runner(address: str | None = None, workers: int | None = None,
+                security: ClusterSecurity = ClusterSecurity()) -> DaskTaskRunner:
+    """An existing cluster (reached over tls:// as ``security`` says), or a closed local
+    cluster of one single-threaded worker per core (``imambig.stages.dask_cluster``),
+    started when the first region is submitted: after the run resolved its secrets, so
+    those are withheld from the workers too."""
     if address:
-        return DaskTaskRunner(address=address)
+        return DaskTaskRunner(address=address,
+                              client_kwargs={"security": remote_security(address, security)})
     return DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs={"n_workers": workers})
 
 

@@ -22,7 +22,7 @@ from flows.params import check_location, main_with_params
 from flows.publish import publish_flow
 from flows.train import train_flow
 from imambig.access.keystore import assert_separate_roots
-from imambig.config import PipelineConfig, SecretSources
+from imambig.config import ClusterSecurity, PipelineConfig, SecretSources
 from imambig.stores.image_store import open_image_store, store_state
 from imambig.stores.location import Location
 
@@ -39,10 +39,13 @@ def pipeline(
     grant_to: str | None = None,
     dask_address: str | None = None,
     dask_workers: int | None = None,
+    dask_security: ClusterSecurity = ClusterSecurity(),
 ) -> dict[str, Any]:
     """``workdir`` holds the image store, the model and the reports; the public and key
     roots default to separate folders under it. ``grant_to`` (a user's public key)
-    receives a grant of the first ``config.grant_items`` items."""
+    receives a grant of the first ``config.grant_items`` items. ``dask_address``: an
+    existing scheduler (tls://, with ``dask_security``'s certificates), else a closed
+    local cluster of ``dask_workers`` workers."""
     check_location(workdir, "work folder")
     public_root = public_root or workdir.join("public")
     keys_root = keys_root or workdir.join("keys")
@@ -55,7 +58,7 @@ def pipeline(
     else:
         ing = ingest_flow(source, images, config.ingest_for_model())
     tr = train_flow(images, model, config.train)
-    runner = dask_runner(dask_address, dask_workers)
+    runner = dask_runner(dask_address, dask_workers, dask_security)
     enc = encode_flow.with_options(task_runner=runner)(
         images, model, public_root, keys_root, config.encode, secrets)
     pub = publish_flow(public_root, publish_root) if publish_root else None

@@ -24,6 +24,7 @@ from imambig.config import (
     PRESETS,
     SECOND_RELEASES,
     AttackConfig,
+    ClusterSecurity,
     EncodeConfig,
     EvaluateConfig,
     GrantDecoderConfig,
@@ -103,6 +104,11 @@ def secret_sources(a: argparse.Namespace) -> SecretSources:
     return SecretSources(owner_secret=getattr(a, "owner_secret", _SECRETS.owner_secret),
                          keystore_key=getattr(a, "keystore_key", _SECRETS.keystore_key),
                          signing_key=getattr(a, "signing_key", _SECRETS.signing_key))
+
+
+def cluster_security(a: argparse.Namespace) -> ClusterSecurity:
+    return ClusterSecurity(tls_ca_file=a.dask_tls_ca, tls_cert_file=a.dask_tls_cert,
+                           tls_key_file=a.dask_tls_key, allow_plain_tcp=a.dask_allow_plain_tcp)
 
 
 def ingest_config(a: argparse.Namespace, base: IngestConfig | None = None) -> IngestConfig:
@@ -327,8 +333,22 @@ def _add_encode(sub: Subparsers) -> None:
                    help="items per region: one public-store chunk, one keystore row, one task")
     p.add_argument("--workers", type=int, default=None,
                    help="LocalCluster worker processes (default: one per core)")
-    p.add_argument("--dask-address", default=None,
-                   help="use an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
+    c = ClusterSecurity()
+    p.add_argument("--dask-address", "--scheduler", dest="dask_address", default=None,
+                   help="use an existing Dask scheduler, e.g. tls://scheduler:8786, reached "
+                        "with the cluster's certificates (below). The cluster must be trusted: "
+                        "Dask runs what it is sent, and the encode sends it keys. Default: a "
+                        "local cluster that only this process can reach")
+    p.add_argument("--dask-tls-ca", default=c.tls_ca_file,
+                   help="CA certificate (PEM) of the scheduler's cluster (default: Dask config "
+                        "distributed.comm.tls.ca-file)")
+    p.add_argument("--dask-tls-cert", default=c.tls_cert_file,
+                   help="this client's certificate (PEM), signed by that CA")
+    p.add_argument("--dask-tls-key", default=c.tls_key_file,
+                   help="this client's private key (PEM)")
+    p.add_argument("--dask-allow-plain-tcp", action="store_true", default=c.allow_plain_tcp,
+                   help="INSECURE: accept a tcp:// scheduler, without TLS or authentication; "
+                        "anyone who can reach it runs code on its workers and reads the keys")
     p.add_argument("--overwrite", action="store_true",
                    help="rebuild a store version built with other settings")
     p.set_defaults(handler=_run_encode)
@@ -342,7 +362,8 @@ def _run_encode(a: argparse.Namespace) -> int:
     job = EncodeJob(images=location(a, a.images), model=location(a, a.model),
                     public_root=location(a, a.public), keys_root=location(a, a.keys),
                     config=encode_config(a), secrets=secret_sources(a))
-    report = run_encode(job, DaskRegions(a.dask_address, a.workers), overwrite=a.overwrite)
+    regions = DaskRegions(a.dask_address, a.workers, cluster_security(a))
+    report = run_encode(job, regions, overwrite=a.overwrite)
     print(report.summary())
     return 0
 

@@ -163,6 +163,27 @@ class SecretSources:
 
 
 # ---------------------------------------------------------------------------
+# The Dask cluster
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterSecurity:
+    """How an existing Dask scheduler is reached (``imambig.stages.dask_cluster``): over
+    ``tls://`` with the operator's certificates, as file paths (never their contents).
+    Paths left out come from Dask's own config (``distributed.comm.tls.ca-file``,
+    ``.client.cert``, ``.client.key``). A cluster started for the run needs none: it
+    makes in-memory credentials that only this process holds."""
+
+    tls_ca_file: str | None = None  # the CA that signed the scheduler's and workers' certs
+    tls_cert_file: str | None = None  # this client's certificate (PEM)
+    tls_key_file: str | None = None  # its private key (PEM; may be inside the cert file)
+    # A tcp:// scheduler is unauthenticated and unencrypted: whoever reaches it runs code
+    # on its workers and reads the keys sent to them. Refused unless this is set.
+    allow_plain_tcp: bool = False
+
+
+# ---------------------------------------------------------------------------
 # Ingestion
 # ---------------------------------------------------------------------------
 

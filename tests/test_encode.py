@@ -24,7 +24,7 @@ from imambig.config import EncodeConfig
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel
 from imambig.model.checkpoint import load_model
-from imambig.stages.dask_regions import DaskRegions
+from imambig.stages.dask_regions import DaskRegions, local_cluster
 from imambig.stages.encode_driver import EncodeReport, SerialRegions, run_encode
 from imambig.stages.encode_images import encode_images
 from imambig.stages.encode_regions import EncodeContext, EncodeJob
@@ -64,7 +64,7 @@ def _job(images: Location, model: Location, roots: tuple[Location, Location],
 
 def _encode(job: EncodeJob, **kw) -> EncodeReport:
     return run_encode(job, DaskRegions(n_workers=kw.pop("n_workers", 1),
-                                       address=kw.pop("dask_address", None)),
+                                       cluster=kw.pop("cluster", None)),
                       progress=False, **kw)
 
 
@@ -174,26 +174,35 @@ def test_killed_run_resumes_to_identical_bytes(synthetic_store, tiny_model, root
     assert tree_digest(keys) == tree_digest(clean.keys_root)
 
 
-def test_worker_killed_mid_run_still_completes(synthetic_store, tiny_model, roots):
-    from distributed import LocalCluster
-
+def test_worker_killed_mid_region_resumes_to_identical_bytes(synthetic_store, tiny_model,
+                                                             roots):
     clean = _job(synthetic_store, tiny_model, _renamed(roots, "-clean"))
     _encode(clean)
     job = _job(synthetic_store, tiny_model, roots)
-    # Worker pids from the nannies: a second Client in this process (besides run_encode's)
-    # can bind distributed's events to another event loop.
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                      host="127.0.0.1") as cluster:
-        pids = [nanny.process.pid for nanny in cluster.workers.values()]
-        killed: list[int] = []
+    # The cluster an encode starts (closed, TLS), started here to see inside it: its
+    # scheduler runs in this process.
+    regions = job.keys_root.join(_version(job), "_state", "regions")
+    with local_cluster(2) as cluster:
+        killed: list[tuple[int, int]] = []
 
-        def kill_one(manifest, done, total) -> None:
-            if not killed:
-                killed.append(pids[0])
-                os.kill(pids[0], signal.SIGKILL)
+        def kill_busy(manifest, done, total) -> None:
+            # The worker that sent this region went on with its next one: kill it there.
+            if killed:
+                return
+            ts = cluster.scheduler.tasks[f"encode-region-{manifest.start}-{manifest.stop}"]
+            (sender,) = ts.who_has
+            nanny = next(n for n in cluster.workers.values()
+                         if n.worker_address == sender.address)
+            held = [tuple(int(x) for x in t.key.split("-")[2:]) for t in sender.processing]
+            os.kill(nanny.process.pid, signal.SIGKILL)
+            killed.extend(r for r in held  # unfinished when it died: no done-marker
+                          if regions.join(f"{r[0]:012d}-{r[1]:012d}.json").read_bytes() is None)
 
-        report = _encode(job, dask_address=cluster.scheduler_address, on_region=kill_one)
-    assert killed and report.plan.n_items == 300
+        report = _encode(job, cluster=cluster, on_region=kill_busy)
+    assert killed, "the worker was killed between regions, not in one"
+    redone = {(m.start, m.stop) for m in report.manifests if not m.skipped}
+    assert set(killed) <= redone  # by the surviving or the restarted worker
+    assert report.plan.n_items == 300 and report.encoded == 300
     assert validate(report.plan.public).ok
     assert tree_digest(job.public_root) == tree_digest(clean.public_root)
     assert tree_digest(job.keys_root) == tree_digest(clean.keys_root)

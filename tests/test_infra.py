@@ -36,9 +36,11 @@ VAR_REF = re.compile(r"^\$\{[A-Z0-9_]+(?::?[-?][^}]*)?\}$")
 ANY_VAR = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
 PLACEHOLDER = "change-me"
 
-# Services that hold the imambig secrets: the ones that encode.
-ENCODERS_COMPOSE = {"prefect-worker-cpu", "dask-worker"}
-ENCODERS_K8S = {"Deployment/prefect-worker-cpu", "DaskCluster/imambig:worker"}
+# Services that hold the imambig secrets: the one that drives encodes (Dask workers get
+# only the keys derived for their regions, with the tasks).
+ENCODERS_COMPOSE = {"prefect-worker-cpu"}
+ENCODERS_K8S = {"Deployment/prefect-worker-cpu"}
+TLS_DIR = "/etc/dask-tls"
 
 
 def load_all(path: Path) -> list[Any]:
@@ -228,6 +230,31 @@ def test_compose_dask_is_single_threaded(compose: dict[str, Any]) -> None:
         assert env["OMP_NUM_THREADS"] == "1", name
 
 
+def _tls_args(args: list[str]) -> dict[str, str]:
+    return {flag: args[args.index(flag) + 1] for flag in ("--tls-ca-file", "--tls-cert")
+            if flag in args}
+
+
+def test_compose_dask_speaks_tls_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    scheduler = [str(c) for c in services["dask-scheduler"]["command"]]
+    worker = [str(c) for c in services["dask-worker"]["command"]]
+    assert scheduler[scheduler.index("--protocol") + 1] == "tls"
+    assert worker[2].startswith("tls://dask-scheduler:")
+    for args in (scheduler, worker):
+        assert _tls_args(args) == {"--tls-ca-file": f"{TLS_DIR}/ca.pem",
+                                   "--tls-cert": f"{TLS_DIR}/cluster.pem"}
+    client = env_dict(services["prefect-worker-cpu"]["environment"])
+    assert client["DASK_SCHEDULER_ADDRESS"].startswith("tls://")
+    assert client["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"] == f"{TLS_DIR}/client.pem"
+    # The certificates come from the one-shot job, into a volume the three mount.
+    assert services["dask-tls"]["restart"] == "no"
+    assert "infra.dask_tls" in " ".join(services["dask-tls"]["command"])
+    for name in ("dask-scheduler", "dask-worker", "prefect-worker-cpu"):
+        assert f"dask-tls:{TLS_DIR}:ro" in services[name]["volumes"], name
+    assert "no imambig secret" in (COMPOSE_DIR / "docker-compose.yml").read_text().lower()
+
+
 # ---------------------------------------------------------------------------
 # Kubernetes
 # ---------------------------------------------------------------------------
@@ -260,7 +287,8 @@ def test_k8s_secrets_are_templates_only(
     assert not [f for f, d in k8s_docs if d["kind"] == "Secret"], "a Secret would be applied"
     template = load_all(K8S / "secret.example.yaml")
     assert {d["metadata"]["name"] for d in template} == {
-        "imambig-postgres", "imambig-s3", "imambig-keys", "imambig-signing"}
+        "imambig-postgres", "imambig-s3", "imambig-keys", "imambig-signing",
+        "imambig-dask-tls", "imambig-dask-tls-client"}
     for doc in template:
         assert doc["kind"] == "Secret"
         assert "data" not in doc, "base64 `data` hides real values; use stringData"
@@ -351,6 +379,39 @@ def test_k8s_keys_secret_reaches_only_encoders(
     signers = {pod for pod, spec, _ in pod_specs(k8s_docs)
                if "imambig-signing" in secrets_of(spec)}
     assert signers == {"Deployment/prefect-worker-cpu"}  # the grant flow runs there only
+
+
+def test_k8s_dask_speaks_tls_only(k8s_docs: list[tuple[str, dict[str, Any]]]) -> None:
+    pods = {pod: spec for pod, spec, _ in pod_specs(k8s_docs)}
+
+    def tls_secret(spec: dict[str, Any]) -> str:
+        (container,) = spec["containers"]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == TLS_DIR)
+        assert mount.get("readOnly") is True
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        return volume["secret"]["secretName"]
+
+    for role in ("scheduler", "worker"):
+        spec = pods[f"DaskCluster/imambig:{role}"]
+        args = [str(a) for a in spec["containers"][0]["args"]]
+        assert _tls_args(args) == {"--tls-ca-file": f"{TLS_DIR}/ca.pem",
+                                   "--tls-cert": f"{TLS_DIR}/cluster.pem"}, role
+        assert tls_secret(spec) == "imambig-dask-tls"
+    scheduler = [str(a) for a in pods["DaskCluster/imambig:scheduler"]["containers"][0]["args"]]
+    assert scheduler[scheduler.index("--protocol") + 1] == "tls"
+    worker = [str(a) for a in pods["DaskCluster/imambig:worker"]["containers"][0]["args"]]
+    assert worker[2] == "tls://imambig-scheduler:8786"
+    client = pods["Deployment/prefect-worker-cpu"]
+    env = env_dict(client["containers"][0]["env"])
+    assert env["DASK_SCHEDULER_ADDRESS"] == "tls://imambig-scheduler:8786"
+    assert env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"] == f"{TLS_DIR}/client.pem"
+    assert tls_secret(client) == "imambig-dask-tls-client"
+    # Nothing else mounts a certificate the cluster accepts.
+    holders = {pod for pod, spec in pods.items()
+               for v in spec.get("volumes", []) if "dask-tls" in (v.get("secret") or {}).get(
+                   "secretName", "")}
+    assert holders == {"DaskCluster/imambig:scheduler", "DaskCluster/imambig:worker",
+                       "Deployment/prefect-worker-cpu"}
 
 
 def test_k8s_worker_pools(k8s_docs: list[tuple[str, dict[str, Any]]]) -> None:

@@ -9,6 +9,7 @@ would implement the same protocol.
 
 from __future__ import annotations
 
+import hmac
 from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives import hashes
@@ -108,3 +109,35 @@ class LocalKeyProvider:
                 f"{fingerprint.hex()}; this provider's is {self.fingerprint})"
             )
         return self._wrapper.open(blob[header_len:], blob[:header_len], "wrapped data key")
+
+
+class DataKeyProvider:
+    """One keystore's data key, already unwrapped: what a worker that writes rows of
+    that keystore is given instead of the keystore key (which unwraps every store's).
+
+    It opens only the store whose wrapped key it was made for, and neither makes nor
+    wraps keys, so it cannot create a keystore.
+    """
+
+    def __init__(self, data_key: Secret | bytes, wrapped: bytes, name: str = "data-key") -> None:
+        key = reveal(data_key)
+        if len(key) != DATA_KEY_BYTES:
+            raise SecretError(f"data key must be {DATA_KEY_BYTES} bytes, got {len(key)}")
+        self.name = name
+        self._key = Secret(key)
+        self._wrapped = bytes(wrapped)
+
+    def __repr__(self) -> str:
+        return f"DataKeyProvider(name={self.name!r})"
+
+    def data_key(self, key_id: str) -> bytes:
+        raise TypeError("a data-key provider opens its one keystore; it makes no keys")
+
+    def wrap(self, data_key: bytes) -> bytes:
+        raise TypeError("a data-key provider opens its one keystore; it wraps no keys")
+
+    def unwrap(self, blob: bytes) -> bytes:
+        if not hmac.compare_digest(bytes(blob), self._wrapped):
+            raise TamperedError("this data key belongs to another keystore (its wrapped "
+                                "key differs)")
+        return self._key.reveal()

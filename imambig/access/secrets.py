@@ -34,13 +34,14 @@ import os
 import re
 import secrets
 import stat
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from imambig.config import SecretSources
+from imambig.config import KEYSTORE_KEY_ENV, OWNER_SECRET_ENV, SIGNING_KEY_ENV, SecretSources
 from imambig.errors import ImambigError
 
 MIN_SECRET_BYTES = 32
@@ -119,8 +120,11 @@ def _checked(value: bytes, spec: str, min_bytes: int) -> Secret:
 
 
 def from_env(var: str, *, min_bytes: int = MIN_SECRET_BYTES) -> Secret:
-    """The secret in environment variable ``var``."""
-    value = os.environ.get(var)
+    """The secret in environment variable ``var`` (or withheld from it, see
+    :func:`withhold_secret_env`)."""
+    with _env_lock:
+        _env_secrets.add(var)  # withheld from child processes from now on
+        value = os.environ.get(var) or _withheld.get(var)
     if not value:
         raise SecretError(f"secret env:{var} is not set")
     return _checked(_decode(value.encode("utf-8")), f"env:{var}", min_bytes)
@@ -192,8 +196,9 @@ class Secrets:
     """The owner's secrets of one run, each resolved from its source on first use and
     then kept: one resolution per run and process.
 
-    Only the sources travel: a worker process builds its own ``Secrets`` from them, and
-    this object refuses to be pickled, so the values never pass through a scheduler.
+    This object refuses to be pickled, so the owner's secrets themselves never reach a
+    scheduler or a worker: a worker gets only what it uses, derived from them by the
+    driver (``imambig.stages.region_keys``).
     """
 
     def __init__(self, sources: SecretSources | None = None) -> None:
@@ -221,7 +226,55 @@ class Secrets:
         return f"Secrets({self.sources!r})"
 
     def __reduce__(self) -> tuple:
-        raise TypeError("resolved secrets do not travel; pass their SecretSources instead")
+        raise TypeError("resolved secrets do not travel; send a process only what it uses, "
+                        "derived from them (e.g. imambig.stages.region_keys.RegionKeys)")
+
+
+# ---------------------------------------------------------------------------
+# Secrets out of child processes' environments
+# ---------------------------------------------------------------------------
+
+# Child processes (Dask workers above all) start with a copy of this process's
+# environment, and another process of the same user reads it in /proc/PID/environ. While
+# a cluster runs, the variables that hold secrets are taken out of os.environ and kept
+# here, in memory, where from_env still finds them.
+_env_lock = threading.Lock()
+_env_secrets: set[str] = {OWNER_SECRET_ENV, KEYSTORE_KEY_ENV, SIGNING_KEY_ENV}
+_withheld: dict[str, str] = {}
+_withholding = 0
+
+
+def env_names(sources: SecretSources) -> set[str]:
+    """The environment variables that ``sources`` read (its ``env:NAME`` specs)."""
+    specs = (getattr(sources, f.name) for f in sources.__dataclass_fields__.values())
+    return {spec.partition(":")[2] for spec in specs if spec.startswith("env:")}
+
+
+def withhold_secret_env(names: Iterable[str] = ()) -> None:
+    """Take every variable that holds a secret (the default names, those resolved
+    through ``env:`` in this process, and ``names``) out of ``os.environ`` until the
+    matching :func:`restore_secret_env`; calls nest. ``from_env`` still finds them."""
+    global _withholding
+    with _env_lock:
+        _env_secrets.update(names)
+        for name in _env_secrets:
+            if (value := os.environ.pop(name, None)) is not None:
+                _withheld[name] = value
+        _withholding += 1
+
+
+def restore_secret_env() -> None:
+    """Put the withheld variables back once the last withholding ends (a variable set
+    again meanwhile keeps its new value), so library callers find their environment as
+    they left it."""
+    global _withholding
+    with _env_lock:
+        _withholding = max(0, _withholding - 1)
+        if _withholding:
+            return
+        for name, value in _withheld.items():
+            os.environ.setdefault(name, value)
+        _withheld.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -255,9 +308,16 @@ def seal_key(owner_secret: Secret | bytes, model_id: str) -> bytes:
 
 
 def decoy_rng(owner_secret: Secret | bytes, model_id: str) -> np.random.Generator:
-    """A generator seeded by :func:`decoy_seed`: Philox keyed by its first 128 bits,
-    starting at a counter given by the other 128 (so all 256 bits matter)."""
-    seed = decoy_seed(owner_secret, model_id)
+    """A generator seeded by :func:`decoy_seed`."""
+    return seeded_rng(decoy_seed(owner_secret, model_id))
+
+
+def seeded_rng(seed: Secret | bytes) -> np.random.Generator:
+    """Philox keyed by the seed's first 128 bits, starting at a counter given by the
+    other 128 (so all 256 bits matter)."""
+    seed = reveal(seed)
+    if len(seed) != 32:
+        raise SecretError(f"a decoy seed is 32 bytes, got {len(seed)}")
     bit_generator = np.random.Philox(
         key=int.from_bytes(seed[:16], "little"), counter=int.from_bytes(seed[16:], "little")
     )

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from imambig.access.secrets import Secret, decoy_rng, seal_key
+from imambig.access.secrets import Secret, decoy_seed, reveal, seal_key, seeded_rng
 
 if TYPE_CHECKING:
     from imambig.mechanism.noise_model import NoiseModel
@@ -83,10 +83,18 @@ class DecoyMap:
 
     @classmethod
     def for_owner(cls, noise: NoiseModel, owner_secret: Secret | bytes) -> DecoyMap:
+        return cls.from_seeds(noise, decoy_seed(owner_secret, noise.model_id),
+                              seal_key(owner_secret, noise.model_id))
+
+    @classmethod
+    def from_seeds(cls, noise: NoiseModel, seed: Secret | bytes,
+                   seal: Secret | bytes) -> DecoyMap:
+        """The map of the owner whose secret gives ``seed`` (:func:`decoy_seed`) and
+        ``seal`` (:func:`seal_key`) for the noise fit's model: what a worker is sent
+        instead of the owner secret itself."""
         L, m = noise.position_freq.shape
         return cls(noise.mean, noise.components, noise.residual_std, L, m,
-                   decoy_rng(owner_secret, noise.model_id),
-                   seal_key(owner_secret, noise.model_id))
+                   seeded_rng(seed), reveal(seal))
 
     def _coordinates(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Principal coordinates g (B, r) and whitened residual e (B, L*n) of ``h``."""

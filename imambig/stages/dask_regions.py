@@ -1,63 +1,69 @@
 """Regions on a Dask cluster: one task per region, manifests back, arrays never.
 
-Tasks take the job (locations, settings, secret sources) and an index range, and
-return a small manifest. Workers run torch on one thread each and the default
-LocalCluster starts one worker process per core, so torch threads x Dask threads never
-exceed the cores.
+Tasks take the job (locations, settings), the index range and the keys derived for the
+run (``RegionKeys``), and return a small manifest. The cluster is closed to everyone
+but this client (``imambig.stages.dask_cluster``). Workers run torch on one thread each
+and the default local cluster starts one worker process per core, so torch threads x
+Dask threads never exceed the cores.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
+from imambig.access.secrets import env_names
+from imambig.config import ClusterSecurity
+from imambig.stages.dask_cluster import WORKER_DASK_CONFIG, local_cluster, remote_security
 from imambig.stages.encode_regions import EncodeJob, Plan, RegionManifest, encode_region
+from imambig.stages.region_keys import RegionKeys
 
-# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536. Setting it turns off
-# glibc's adaptive mmap threshold, so every large convolution buffer is mmapped and
-# unmapped again: torch encodes ~35 % slower (measured: 8.2 vs 12.8 images/s, paper
-# preset, one thread). Workers we start get no such variable.
-WORKER_DASK_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-
-
-def local_cluster(n_workers: int | None = None) -> Any:
-    """One single-threaded worker process per core (or ``n_workers``), on 127.0.0.1."""
-    import dask
-    from distributed import LocalCluster
-
-    with dask.config.set(WORKER_DASK_CONFIG):
-        return LocalCluster(n_workers=n_workers or max(1, os.cpu_count() or 1),
-                            threads_per_worker=1, processes=True, dashboard_address=None,
-                            host="127.0.0.1")
+__all__ = ["WORKER_DASK_CONFIG", "DaskRegions", "local_cluster"]
 
 
 class DaskRegions:
-    """A ``RegionMapper`` on an existing scheduler (``address``) or on a LocalCluster
-    started for the run and closed after it."""
+    """A ``RegionMapper`` on an existing scheduler (``address``, reached as
+    ``security`` says), on a cluster object the caller started (``cluster``, e.g. a
+    ``local_cluster()``; its own credentials) or on a closed local cluster started for
+    the run and closed after it."""
 
-    def __init__(self, address: str | None = None, n_workers: int | None = None) -> None:
+    def __init__(self, address: str | None = None, n_workers: int | None = None,
+                 security: ClusterSecurity = ClusterSecurity(), cluster: Any = None) -> None:
+        if address and cluster is not None:
+            raise ValueError("give a scheduler address or a cluster, not both")
         self.address = address
         self.n_workers = n_workers
+        self.cluster = cluster
+        # Checked now, before the run takes its lease or writes anything.
+        self.security = remote_security(address, security) if address else None
         self.workers = 0
 
-    def map(self, job: EncodeJob, plan: Plan) -> Iterator[RegionManifest]:
+    def map(self, job: EncodeJob, plan: Plan, keys: RegionKeys) -> Iterator[RegionManifest]:
         if not plan.regions:
             return  # nothing to do: no cluster to start
         from distributed import Client, as_completed
 
-        cluster = None if self.address else local_cluster(self.n_workers)
-        client = Client(self.address or cluster)
+        ours = None  # a cluster started here, closed here
+        if not self.address and self.cluster is None:
+            ours = local_cluster(self.n_workers, env_names(job.secrets))
+        try:
+            # A cluster object brings its own (in-memory) credentials.
+            client = (Client(self.address, security=self.security) if self.address
+                      else Client(self.cluster or ours))
+        except BaseException:
+            if ours is not None:
+                ours.close()
+            raise
         try:
             self.workers = len(client.scheduler_info().get("workers", {}))
             futures = [
-                client.submit(encode_region, job, plan, s, e, key=f"encode-region-{s}-{e}",
-                              retries=2, pure=False)
+                client.submit(encode_region, job, plan, s, e, keys,
+                              key=f"encode-region-{s}-{e}", retries=2, pure=False)
                 for s, e in plan.regions
             ]
             for future in as_completed(futures):
                 yield future.result()
         finally:
             client.close()
-            if cluster is not None:
-                cluster.close()
+            if ours is not None:
+                ours.close()

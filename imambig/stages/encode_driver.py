@@ -7,7 +7,8 @@ region's manifest as it completes. Everything else happens here, once:
 
 1. refuse a keystore root that shares the public root, before anything is written;
 2. open what the run needs (``EncodeContext``: model.pt read once, k' settled, the
-   secrets resolved once);
+   secrets resolved once, here only: workers get keys derived from them,
+   ``RegionKeys``);
 3. take the version's lease, so one run writes a version at a time;
 4. ``prepare`` the stores and map the regions; every region's commit and done-marker is
    fenced by the lease (a worker reads it back first), so a run whose lease was taken
@@ -38,17 +39,20 @@ from imambig.stages.encode_regions import (
     finish,
     prepare,
 )
+from imambig.stages.region_keys import RegionKeys
 from imambig.stages.versions import lease_location
 from imambig.stores.lease import LEASE_TTL_S, Lease, LeaseLost
 
 
 class RegionMapper(Protocol):
-    """How regions run: ``map`` calls ``encode_region(job, plan, start, stop)`` for each
-    of ``plan.regions`` and yields the manifests in completion order."""
+    """How regions run: ``map`` calls ``encode_region(job, plan, start, stop, keys)`` for
+    each of ``plan.regions`` and yields the manifests in completion order. ``keys`` are
+    secret: they may travel only as task arguments to workers the owner trusts."""
 
     workers: int  # how many run in parallel (known once mapping has started)
 
-    def map(self, job: EncodeJob, plan: Plan) -> Iterator[RegionManifest]: ...
+    def map(self, job: EncodeJob, plan: Plan, keys: RegionKeys) -> Iterator[RegionManifest]:
+        ...
 
 
 class SerialRegions:
@@ -56,9 +60,9 @@ class SerialRegions:
 
     workers = 1
 
-    def map(self, job: EncodeJob, plan: Plan) -> Iterator[RegionManifest]:
+    def map(self, job: EncodeJob, plan: Plan, keys: RegionKeys) -> Iterator[RegionManifest]:
         for start, stop in plan.regions:
-            yield encode_region(job, plan, start, stop)
+            yield encode_region(job, plan, start, stop, keys)
 
 
 @dataclass
@@ -112,9 +116,12 @@ def run_encode(
         # Workers check the lease before each commit (the fence), not only this process.
         plan = dataclasses.replace(prepare(context, overwrite=overwrite), fence=lease.fence())
         report = EncodeReport(plan)
+        # What workers get of the secrets: derived keys for this model and keystore.
+        keys = RegionKeys.derive(context.secrets, context.key_provider,
+                                 context.info.model_id, plan.keystore)
         bar = tqdm(total=plan.n_items, initial=plan.done * plan.region_items,
                    disable=None if progress else True, unit="img", desc="encode")
-        with contextlib.closing(regions.map(context.job, plan)) as manifests:
+        with contextlib.closing(regions.map(context.job, plan, keys)) as manifests:
             for manifest in manifests:
                 report.manifests.append(manifest)
                 bar.update(manifest.items)

@@ -18,8 +18,10 @@ shipped to any worker; arrays never travel through the scheduler. Steps, driven 
 3. ``finish``: mark both stores complete, consolidate metadata, and move the
    ``current`` pointer of the public and key roots to this version.
 
-What a process needs (the model, the owner's secrets) is opened once: by the driver
-for steps 1 and 3 (``EncodeContext.open``), and by each worker for step 2.
+What a process needs is opened once: by the driver for steps 1 and 3 (the model and
+the owner's secrets, ``EncodeContext.open``), and by each worker for step 2 (the model,
+the noise fit, and the ``RegionKeys`` the driver derived from the secrets: a worker
+never resolves a secret itself).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import ModelInfo, load_model
 from imambig.model.precision import resolve
 from imambig.stages.encode_images import encode_images
+from imambig.stages.region_keys import RegionKeys
 from imambig.stages.release_binding import (
     Mechanism,
     check_release,
@@ -68,7 +71,8 @@ STATE_DIR = "_state"  # inside the keystore: private, never published
 
 @dataclass(frozen=True)
 class EncodeJob:
-    """Everything a worker needs to know, and nothing secret: hashable and picklable."""
+    """Everything a worker needs to know, and nothing secret: hashable and picklable.
+    (The secrets are named by source for the driver; workers get ``RegionKeys``.)"""
 
     images: Location  # the image store
     model: Location  # model folder (model.pt, noise fits)
@@ -157,13 +161,15 @@ class EncodeContext:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_context(job: EncodeJob) -> tuple[EncodeContext, NoiseModel, DecoyMap]:
-    """A worker's context for ``job`` (the driver's job, k' and precision settled), once
-    per process."""
+def _worker_context(job: EncodeJob, keys: RegionKeys
+                    ) -> tuple[SparseAutoencoder, NoiseModel, DecoyMap]:
+    """A worker's model, noise fit and decoy map for ``job`` (the driver's job, k' and
+    precision settled), once per process. No secret is resolved here: the worker has
+    only the keys the driver derived (``keys``)."""
     torch.set_num_threads(job.config.torch_threads)
-    context = EncodeContext.open(job)
+    model, _, _ = load_model(job.model)
     noise = NoiseModel.load(job.noise_location())
-    return context, noise, DecoyMap.for_owner(noise, context.secrets.owner_secret)
+    return model, noise, keys.decoy_map(noise)
 
 
 def _marker(keystore: Location, start: int, stop: int) -> Location:
@@ -382,20 +388,22 @@ def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStor
 # ---------------------------------------------------------------------------
 
 
-def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int) -> RegionManifest:
+def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
+                  keys: RegionKeys) -> RegionManifest:
+    """Items ``start:stop``, with the keys the driver derived for this version."""
     marker = _marker(plan.keystore, start, stop)
     if (done := marker.read_bytes()) is not None:
         return RegionManifest(**{**json.loads(done), "skipped": True})
     t0, started = time.perf_counter(), time.time()
-    context, noise, decoy_map = _worker_context(job)
+    model, noise, decoy_map = _worker_context(job, keys)
     store = open_image_store(job.images)
     held = dict(plan.topped_up).get(start, start)  # items start:held are done already
     images = store.read(slice(held, stop))
     ids = store.item_ids()[start:stop].tolist()
-    enc = encode_images(context.model, noise, decoy_map, images, job.config.precision,
+    enc = encode_images(model, noise, decoy_map, images, job.config.precision,
                         job.config.micro_batch)
     _fenced(plan, f"writing items {held}-{stop}")
-    keystore = Keystore.open(plan.keystore, context.key_provider, mode="r+")
+    keystore = Keystore.open(plan.keystore, keys.key_provider(), mode="r+")
     opaque = keystore.opaque_ids(ids)
     public = PublicStore.open(plan.public, mode="r+")
     row = start // plan.region_items

@@ -5,8 +5,10 @@
 #   infra/scripts/local-stack.sh          # then: source runs/local-stack/env.sh
 #   infra/scripts/stop-local-stack.sh
 #
-# Export IMAMBIG_OWNER_SECRET and IMAMBIG_KEYSTORE_KEY first if you will encode: Dask
-# tasks read them from the workers' own environment, which is fixed at start.
+# The Dask scheduler and workers speak TLS only, with certificates made in
+# $IMAMBIG_STACK_DIR/dask-tls (infra.dask_tls, kept across restarts): env.sh points Dask's
+# config at the client certificate. No service gets the imambig secrets: an encode sends
+# the workers only the keys derived for their regions.
 #
 # Settings (environment): IMAMBIG_STACK_DIR (default runs/local-stack), PYTHON (default
 # .venv/bin/python), PREFECT_PORT (4200), DASK_SCHEDULER_PORT (8786),
@@ -134,35 +136,44 @@ start prefect-server "${prefect_server_env[@]}" \
     "$PREFECT" server start --host "$HOST" --port "$PREFECT_PORT"
 PREFECT_API_URL="http://$HOST:$PREFECT_PORT/api"
 
-# --- Dask scheduler ---------------------------------------------------------------------
-DASK_SCHEDULER_ADDRESS="tcp://$HOST:$DASK_SCHEDULER_PORT"
-# One thread per process: torch threads x Dask threads never exceed the cores.
+# --- Dask scheduler, TLS only ---------------------------------------------------------------
+TLS_DIR="$STACK_DIR/dask-tls"
+"$PYTHON" -m infra.dask_tls --out "$TLS_DIR" --keep >/dev/null \
+    || die "could not write the Dask certificates to $TLS_DIR"
+dask_tls=(--tls-ca-file "$TLS_DIR/ca.pem" --tls-cert "$TLS_DIR/cluster.pem")
+DASK_SCHEDULER_ADDRESS="tls://$HOST:$DASK_SCHEDULER_PORT"
+# One thread per process: torch threads x Dask threads never exceed the cores. No
+# imambig secret in any Dask process's environment.
 single_thread=(OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMEXPR_NUM_THREADS=1)
-start dask-scheduler env "${single_thread[@]}" \
-    "$DASK" scheduler --host "$HOST" --port "$DASK_SCHEDULER_PORT" \
-    --dashboard-address "$HOST:$DASK_DASHBOARD_PORT"
+no_secrets=(-u IMAMBIG_OWNER_SECRET -u IMAMBIG_KEYSTORE_KEY -u IMAMBIG_SIGNING_KEY)
+start dask-scheduler env "${no_secrets[@]}" "${single_thread[@]}" \
+    "$DASK" scheduler --protocol tls --host "$HOST" --port "$DASK_SCHEDULER_PORT" \
+    "${dask_tls[@]}" --dashboard-address "$HOST:$DASK_DASHBOARD_PORT"
 
 # --- wait for S3 and read its settings ----------------------------------------------------
 s3_env() { grep '^export AWS_' "$LOGS/seaweedfs.log"; }
 wait_for "SeaweedFS" 90 seaweedfs s3_env
 S3_EXPORTS="$(s3_env)"
 
-# --- Dask workers, with S3, Prefect and the secrets in their environment -------------------
+# --- Dask workers, with S3 and Prefect in their environment --------------------------------
 eval "$S3_EXPORTS"
 export PREFECT_API_URL
 wait_for "Dask scheduler" 60 dask-scheduler http_ok "http://$HOST:$DASK_DASHBOARD_PORT/health"
 for i in $(seq "$DASK_WORKERS"); do
-    start "dask-worker-$i" env "${single_thread[@]}" \
-        "$DASK" worker "$DASK_SCHEDULER_ADDRESS" --host "$HOST" --nthreads 1 --nworkers 1 \
+    start "dask-worker-$i" env "${no_secrets[@]}" "${single_thread[@]}" \
+        "$DASK" worker "$DASK_SCHEDULER_ADDRESS" "${dask_tls[@]}" --host "$HOST" \
+        --nthreads 1 --nworkers 1 \
         --name "local-$i" --dashboard-address "$HOST:0" --local-directory "$STACK_DIR/dask"
 done
 
 wait_for "Prefect server" 180 prefect-server http_ok "$PREFECT_API_URL/health"
 count_workers() {
-    "$PYTHON" - "$DASK_SCHEDULER_ADDRESS" "$DASK_WORKERS" <<'PY'
+    "$PYTHON" - "$DASK_SCHEDULER_ADDRESS" "$DASK_WORKERS" "$TLS_DIR" <<'PY'
 import sys
-from distributed import Client
-with Client(sys.argv[1], timeout=5) as c:
+from distributed import Client, Security
+tls = Security(tls_ca_file=f"{sys.argv[3]}/ca.pem", tls_client_cert=f"{sys.argv[3]}/client.pem",
+               require_encryption=True)
+with Client(sys.argv[1], security=tls, timeout=5) as c:
     sys.exit(0 if len(c.scheduler_info(n_workers=-1)["workers"]) >= int(sys.argv[2]) else 1)
 PY
 }
@@ -175,6 +186,8 @@ umask 077
     echo "export PREFECT_API_URL=$PREFECT_API_URL"
     echo "export PREFECT_SERVER_ANALYTICS_ENABLED=false"
     echo "export DASK_SCHEDULER_ADDRESS=$DASK_SCHEDULER_ADDRESS"
+    echo "export DASK_DISTRIBUTED__COMM__TLS__CA_FILE=$TLS_DIR/ca.pem"
+    echo "export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=$TLS_DIR/client.pem"
     echo "$S3_EXPORTS"
 } >"$STACK_DIR/env.sh"
 up=1
@@ -188,6 +201,8 @@ Local stack is up (logs: $LOGS).
 # settings for your shell (also in $STACK_DIR/env.sh):
 export PREFECT_API_URL=$PREFECT_API_URL
 export DASK_SCHEDULER_ADDRESS=$DASK_SCHEDULER_ADDRESS
+export DASK_DISTRIBUTED__COMM__TLS__CA_FILE=$TLS_DIR/ca.pem
+export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=$TLS_DIR/client.pem
 $S3_EXPORTS
 
 # e.g.
