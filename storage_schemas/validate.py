@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from imambig.errors import StorageUnavailableError
 from storage_schemas.registry import layout_for
 
 if TYPE_CHECKING:
@@ -73,7 +74,9 @@ def validate_group(group: zarr.Group, url: str = "") -> ValidationReport:
 def validate(location: Location) -> ValidationReport:
     try:
         group = zarr.open_group(location.zarr_store(mode="r"), mode="r")
-    except Exception as exc:  # any failure to open is itself the finding
+    except StorageUnavailableError:
+        raise  # the storage did not answer: that says nothing about the store
+    except Exception as exc:  # any other failure to open is itself the finding
         return ValidationReport(url=location.url,
                                 violations=[f"cannot open a Zarr group: {exc}"])
     return validate_group(group, location.url)
