@@ -26,7 +26,7 @@ from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.owner_key import public_text, signing_key
 from imambig.access.secrets import Secrets
 from imambig.cli import main
-from imambig.config import EncodeConfig
+from imambig.config import EncodeConfig, StorageRetryConfig
 from imambig.errors import StorageUnavailableError
 from imambig.stages.dask_regions import DaskRegions
 from imambig.stages.encode_driver import SerialRegions, run_encode
@@ -35,6 +35,7 @@ from imambig.stages.share import issue_grant, reveal
 from imambig.stores.image_store import open_image_store
 from imambig.stores.lease import Lease, LeaseHeld
 from imambig.stores.location import Location
+from imambig.stores.retry import RetryingS3FileSystem
 from infra.seaweedfs import SeaweedS3
 from storage_schemas.validate import validate
 from tests.fault_proxy import FAULTS, FaultProxy
@@ -186,3 +187,48 @@ def test_a_store_that_never_answers_is_a_clear_error_in_bounded_time(
         assert proxy.faults == proxy.counts["requests"] > 0
     err = capsys.readouterr().err
     assert "did not answer within the retry budget" in err and "Traceback" not in err
+
+
+def test_retry_settings_have_defaults_in_one_place_and_storage_options_tune_them() -> None:
+    opts = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+            "retry": {"read_timeout_s": 2, "budget_s": 30},
+            "config_kwargs": {"connect_timeout": 7}}
+    fs, _ = Location("s3://bucket/x", opts).filesystem()
+    assert isinstance(fs, RetryingS3FileSystem)  # zarr stores find it in fsspec's registry
+    assert fs.retry_config == StorageRetryConfig(read_timeout_s=2, budget_s=30)
+    assert fs.retries == StorageRetryConfig().s3fs_retries
+    # given botocore settings win; the rest come from the retry settings
+    assert fs.config_kwargs == {"connect_timeout": 7, "read_timeout": 2, "retries": {
+        "mode": "standard", "total_max_attempts": StorageRetryConfig().request_attempts}}
+    with pytest.raises(ValueError, match=r"retry\.budget"):
+        Location("s3://bucket/x", {"retry": {"budget": 30}}).filesystem()
+
+
+def test_an_outage_is_never_taken_for_a_missing_or_malformed_store(
+        s3_server, bucket, synthetic_store, tiny_model, owner_env) -> None:
+    """Every read of the public store's metadata fails: a rerun of a finished encode must
+    stop with the outage, not take the store for a broken one and lay it out anew (its
+    regions are marked done in the keystore, so they would never be written again)."""
+    direct = s3_server.storage_options()
+    public, keys = bucket("pub"), bucket("keys")
+    run_encode(_job(synthetic_store, tiny_model, f"{public}/c", f"{keys}/c", direct),
+               SerialRegions(), progress=False)
+    before = objects(Location(f"{public}/c", direct)), objects(Location(f"{keys}/c", direct))
+    prefix = f"/{public.removeprefix('s3://')}/"
+
+    def public_metadata(method: str, target: str, headers: list[tuple[str, str]],
+                        body: bytes) -> bool:
+        path = target.split("?")[0]
+        return method in ("GET", "HEAD") and path.startswith(prefix) and path.endswith(
+            "zarr.json")
+
+    with FaultProxy(s3_server.endpoint_url, rate=1.0, kinds=("500", "reset", "cut"),
+                    match=public_metadata) as proxy:
+        opts = {**proxy.storage_options(direct),
+                "retry": {"budget_s": 5, "connect_timeout_s": 1, "read_timeout_s": 2}}
+        with pytest.raises(StorageUnavailableError, match=r"zarr\.json"):
+            run_encode(_job(synthetic_store, tiny_model, f"{public}/c", f"{keys}/c", opts),
+                       SerialRegions(), progress=False)
+        assert proxy.faults > 0
+    after = objects(Location(f"{public}/c", direct)), objects(Location(f"{keys}/c", direct))
+    assert after == before
