@@ -33,6 +33,7 @@ from imambig.config import (
     TrainConfig,
     preset,
 )
+from imambig.errors import StorageUnavailableError
 from imambig.model.precision import CHOICES as PRECISIONS
 from imambig.stores.location import Location
 
@@ -916,6 +917,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected user errors: one clear line, no traceback.
         print(f"imambig {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except StorageUnavailableError as exc:
+        # The store did not answer within the retry budget: try again later.
+        print(f"imambig {args.command}: {exc}", file=sys.stderr)
+        return 4
     except RuntimeError as exc:
         from imambig.stores.lease import LeaseHeld, UnsafeStorage
 

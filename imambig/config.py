@@ -392,3 +392,53 @@ class PipelineConfig:
     def ingest_for_model(self) -> IngestConfig:
         m = self.train.model
         return dataclasses.replace(self.ingest, height=m.image_height, width=m.image_width)
+
+
+# ---------------------------------------------------------------------------
+# Object storage: timeouts and retries
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorageRetryConfig:
+    """How requests to an S3 store are timed out and retried (``imambig.stores.retry``).
+
+    Three layers, innermost first: botocore retries each HTTP request (5xx, throttling,
+    resets, timeouts; ``request_attempts`` in all, its "standard" mode's jittered
+    backoff); s3fs retries each call and each body read (``s3fs_retries``); imambig
+    retries each S3 operation again after those gave up (up to ``attempts``, waits from
+    ``backoff_s`` doubling to ``max_backoff_s``, jittered) until ``budget_s`` has passed
+    since the operation began, then raises ``StorageUnavailableError``. A location's
+    storage option ``"retry"`` (a dict of these fields) overrides them; explicit
+    botocore settings (s3fs's ``config_kwargs``) win over the ones derived here.
+    """
+
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0  # per socket read, not per object
+    request_attempts: int = 3
+    s3fs_retries: int = 5
+    attempts: int = 6
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    budget_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if min(self.connect_timeout_s, self.read_timeout_s) <= 0:
+            raise ValueError("storage timeouts must be positive")
+        if min(self.request_attempts, self.s3fs_retries, self.attempts) < 1:
+            raise ValueError("storage retry attempts must be at least 1")
+        if min(self.backoff_s, self.max_backoff_s, self.budget_s) < 0:
+            raise ValueError("storage retry waits and budget must not be negative")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> StorageRetryConfig:
+        """The config a storage option ``"retry"`` dict describes (defaults for the rest)."""
+        if not options:
+            return cls()
+        if not isinstance(options, dict):
+            raise ValueError(f"the storage option 'retry' is a dict, not {options!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(options) - names):
+            raise ValueError(f"unknown storage option retry.{unknown[0]} (known: "
+                             f"{', '.join(sorted(names))})")
+        return cls(**options)

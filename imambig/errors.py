@@ -35,3 +35,11 @@ class StoreFormatError(FormatError):
 
 class ModelFormatError(FormatError):
     """A model or training-state file is malformed, foreign or refused (pickles)."""
+
+
+class StorageUnavailableError(Exception):
+    """The object store did not answer an operation (errors, resets, timeouts, cut
+    replies) within its retry budget. A statement about the storage, not about the data:
+    deliberately neither a ``ValueError`` nor an ``OSError``, so that code treating
+    unreadable or missing bytes as malformed, foreign or absent never mistakes an outage
+    for them (and, say, recreates a store it could not read)."""

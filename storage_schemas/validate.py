@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from imambig.errors import StorageUnavailableError
 from storage_schemas.layout import Layout
 from storage_schemas.registry import layout_for
 
@@ -72,6 +73,8 @@ def validate_group(group: zarr.Group, url: str = "") -> ValidationReport:
         for check in layout.checks:
             try:
                 report.violations += check(group)
+            except StorageUnavailableError:
+                raise
             except Exception as exc:  # a refused or undecodable chunk is itself the finding
                 report.violations.append(f"{check.__name__.strip('_')}: {exc}")
     return report
@@ -124,7 +127,9 @@ def validate(location: Location) -> ValidationReport:
     try:
         group = zarr.open_group(location.zarr_store(mode="r", strict=True), mode="r")
         _guard(group)
-    except Exception as exc:  # any failure to open is itself the finding
+    except StorageUnavailableError:
+        raise  # the storage did not answer: that says nothing about the store
+    except Exception as exc:  # any other failure to open is itself the finding
         return ValidationReport(url=location.url,
                                 violations=[f"cannot open a Zarr group: {exc}"])
     return validate_group(group, location.url)

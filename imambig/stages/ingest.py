@@ -47,6 +47,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from imambig.config import IngestConfig
+from imambig.errors import StorageUnavailableError
 from imambig.stores.image_store import FORGOTTEN, ImageStoreWriter, forgotten_id, store_state
 from imambig.stores.location import Location
 from imambig.stores.splits import (
@@ -308,6 +309,8 @@ def _decode_batch_with(
         try:
             try:
                 data = fs.cat_file(path)
+            except StorageUnavailableError:
+                raise  # the store is down, the file may be fine: stop, set nothing aside
             except Exception as exc:
                 raise SetAside("unreadable", f"{type(exc).__name__}: {exc}") from None
             images.append(decode_image(data, p))
@@ -315,6 +318,8 @@ def _decode_batch_with(
             digests.append(hashlib.sha256(data).hexdigest())
         except SetAside as exc:
             set_aside.append({"item": item_id, "reason": exc.reason, "detail": exc.detail})
+        except StorageUnavailableError:
+            raise
         except Exception as exc:  # anything unforeseen: one file must not stop the run
             set_aside.append(
                 {"item": item_id, "reason": "failed", "detail": f"{type(exc).__name__}: {exc}"}

@@ -13,7 +13,7 @@ from typing import Any
 
 import zarr
 
-from imambig.errors import StoreFormatError
+from imambig.errors import StorageUnavailableError, StoreFormatError
 from imambig.stores.chunk_guard import ChunkGuard, ChunkLimit
 from imambig.stores.location import Location, Mode
 
@@ -32,6 +32,8 @@ def open_group(location: Location, mode: Mode, what: str, **kw: Any) -> zarr.Gro
             raise FileNotFoundError(f"no {what} at {location}") from None
         raise StoreFormatError(f"{location} is not a readable {what}: its zarr.json does "
                                "not describe a Zarr v3 group") from None
+    except StorageUnavailableError:
+        raise  # an outage, not a malformed store (which callers may replace)
     except Exception as exc:  # zarr's own parse errors vary by version: one type out
         raise StoreFormatError(f"{location} is not a readable {what}: "
                                f"{type(exc).__name__}: {str(exc)[:200]}") from None
@@ -47,6 +49,8 @@ def check_array(group: zarr.Group, name: str, where: Location, *, dtype: str,
     try:
         arr = group[name]
         meta = arr.metadata.to_dict()
+    except StorageUnavailableError:
+        raise
     except Exception as exc:  # absent, a group, or metadata that does not parse
         raise StoreFormatError(f"{what} is missing or unreadable ({type(exc).__name__}: "
                                f"{str(exc)[:200]})") from None

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imambig.errors import StorageUnavailableError
 from imambig.stores.location import Location
 
 LEASE_TTL_S = 120.0  # a holder that stops renewing for this long is taken over
@@ -68,7 +69,14 @@ def precondition_failed(err: BaseException) -> bool:
 
 
 class S3ObjectCAS:
-    """Compare-and-swap on one S3 object; tokens are ETags."""
+    """Compare-and-swap on one S3 object; tokens are ETags.
+
+    A conditional write whose answer was lost (a reset, a timeout, a reply cut short)
+    may have been carried out: the retry then fails its own precondition (412). So a
+    refused write reads the object back, and one that now holds exactly the bytes it
+    wrote was this write's own doing. Writers' bytes are unique to them (the lease
+    record names its run and the time), so no other writer's success passes for one.
+    """
 
     def __init__(self, fs: Any, path: str) -> None:
         self.fs = fs
@@ -84,9 +92,15 @@ class S3ObjectCAS:
         finally:
             self.fs.invalidate_cache(f"{self.bucket}/{self.key}")
 
+    def _landed(self, data: bytes) -> str | None:
+        """After a refused write: the object's ETag when it holds ``data`` (an attempt of
+        this write went through, its answer was lost), else None."""
+        got = self.read()
+        return got[1] if got is not None and got[0] == data else None
+
     def create(self, data: bytes) -> str | None:
         reply = self._call("put_object", Body=data, IfNoneMatch="*")
-        return reply and reply["ETag"]
+        return reply["ETag"] if reply else self._landed(data)
 
     def read(self) -> tuple[bytes, str] | None:
         # ETag first, body second: if the object changes in between, the token is the
@@ -101,10 +115,12 @@ class S3ObjectCAS:
 
     def replace(self, data: bytes, token: str) -> str | None:
         reply = self._call("put_object", Body=data, IfMatch=token)
-        return reply and reply["ETag"]
+        return reply["ETag"] if reply else self._landed(data)
 
     def delete(self, token: str) -> bool:
-        return self._call("delete_object", IfMatch=token) is not None
+        # Refused and gone: an attempt of this delete went through (or another run's
+        # did; either way the object no longer names this run).
+        return self._call("delete_object", IfMatch=token) is not None or self.read() is None
 
     def check_conditional_writes(self) -> None:
         """Refuse an endpoint that ignores ``If-None-Match`` or ``If-Match`` (some
@@ -337,10 +353,20 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
-            token = self._cas.replace(self._record(), self._token)
-            if token is None:  # someone took it over: stop pretending to hold it
-                self.lost = True
-                return
+            try:
+                token = self._cas.replace(self._record(), self._token)
+                if token is None:
+                    # Refused: taken over (stop pretending to hold it), unless an
+                    # earlier renewal of ours went through after all.
+                    got = self._cas.read()
+                    if got is None or (_parse(got) or {}).get("owner") != self.owner:
+                        self.lost = True
+                        return
+                    token = got[1]
+            except StorageUnavailableError:
+                # The store is down for now: try again next period (workers' fences
+                # stop the run should the lease expire meanwhile).
+                continue
             self._token = token
 
     def release(self) -> None:

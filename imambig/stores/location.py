@@ -96,6 +96,11 @@ class Location:
 
     def _options(self, for_zarr: bool = False) -> dict[str, Any]:
         opts = dict(self.storage_options)
+        if self.url.startswith(("s3://", "s3a://")):
+            from imambig.stores.retry import s3_options  # s3fs is loaded only for S3
+
+            # Timeouts, and retries within a budget (the storage option "retry").
+            opts = s3_options(opts)
         if self.has_protocol and for_zarr:
             # Zarr drives its file system from its own event loop; a cached fsspec
             # instance bound to another loop (e.g. an s3fs used synchronously before)
