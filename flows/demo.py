@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows.demo_images import write_demo_images
 from flows.demo_weights import DEMO_PRESET, DEMO_WEIGHTS
 from imambig.config import (
     DEFAULT_ATTACKS,
@@ -130,6 +129,8 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400,
     source = root / "source-images"
     if not source.exists():
         print(f"drawing {n_images} demo faces into {source}")
+        from flows.demo_images import write_demo_images
+
         write_demo_images(source, n_images)
     env = {**os.environ, **_owner_secrets(root)}
     ident_path = root / "alice.identity"

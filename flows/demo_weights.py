@@ -19,12 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flows.demo_images import write_demo_images
 from imambig.config import PRESETS, IngestConfig, TrainConfig
-from imambig.model.checkpoint import load_model, save_model
-from imambig.stages.ingest import ingest
-from imambig.stages.train import train
-from imambig.stores.location import Location
 
 DEMO_PRESET = "small"
 DEMO_WEIGHTS = Path(__file__).with_name("assets") / f"demo-{DEMO_PRESET}.safetensors"
@@ -37,6 +32,13 @@ def pretrain_config(epochs: int) -> TrainConfig:
 
 
 def main() -> None:
+    # Loaded here: ``imambig demo`` imports this module for its constants only.
+    from flows.demo_images import write_demo_images
+    from imambig.model.checkpoint import load_model, save_model
+    from imambig.stages.ingest import ingest
+    from imambig.stages.train import train
+    from imambig.stores.location import Location
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images", type=int, default=3000, help="faces to draw and train on")
     p.add_argument("--epochs", type=int, default=20)

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from imambig.config import (
+    ALL_ATTACKS,
     DEFAULT_PRESET,
+    PRECISIONS,
     PRESETS,
     SECOND_RELEASES,
     AttackConfig,
@@ -34,7 +36,6 @@ from imambig.config import (
     preset,
 )
 from imambig.errors import StorageUnavailableError
-from imambig.model.precision import CHOICES as PRECISIONS
 from imambig.stores.location import Location
 
 Handler = Callable[[argparse.Namespace], int]
@@ -793,8 +794,6 @@ def _run_evaluate(a: argparse.Namespace) -> int:
 
 
 def _add_attack(sub: Subparsers) -> None:
-    from imambig.attacks.suite import ATTACKS
-
     d = AttackConfig()
     p = sub.add_parser(
         "attack", parents=[STORAGE],
@@ -814,7 +813,7 @@ def _add_attack(sub: Subparsers) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder of `imambig train`")
     p.add_argument("--images", required=True, help="image store with train and test splits")
     p.add_argument("--attacks", type=_comma_list, default=d.attacks,
-                   help=f"comma list, from: {', '.join(ATTACKS)} (default: all but lp)")
+                   help=f"comma list, from: {', '.join(ALL_ATTACKS)} (default: all but lp)")
     p.add_argument("--k-public", type=_comma_list, default=d.k_publics,
                    help="comma list of k' (public non-zeros per map); default 2k")
     p.add_argument("--fit", type=int, default=d.fit_items,

@@ -19,6 +19,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The forward pass's numeric precisions (``imambig.model.precision``): here, so the
+# command line lists them without importing torch.
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+
 # ---------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------
@@ -313,6 +317,7 @@ DEFAULT_ATTACKS: tuple[str, ...] = (
     "random", "largest", "smallest", "magnitude", "position", "discriminator", "reencode",
     "least_squares", "least_squares_reencode", "learned_inversion", "inversion_reencode",
 )
+ALL_ATTACKS: tuple[str, ...] = (*DEFAULT_ATTACKS, "lp")  # the registry's names (tested)
 # Second releases the privacy experiment makes of each target (imambig.stages.
 # near_duplicates, plus "precision": encoded at the other precision, and "finetune":
 # under a model fine-tuned one epoch from the first).

@@ -140,3 +140,21 @@ def test_a_package_imports_only_from_the_packages_below_it() -> None:
             if name.startswith("imambig.") and LAYERS.index(_layer(name)) > mine:
                 upward.append(f"{'/'.join(rel.parts)} imports {name}")
     assert not upward, "\n".join(upward)
+
+
+def test_the_command_line_help_loads_no_heavy_library() -> None:
+    """``imambig --help`` builds every sub-command's parser without torch, zarr, Prefect
+    or Dask (they load when a command runs), and names every registered attack."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from imambig.cli import build_parser; build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules}))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    for heavy in ("torch", "zarr", "prefect", "distributed", "scipy"):
+        assert f"'{heavy}'" not in loaded, f"{heavy} is imported by the parser"
+    from imambig.attacks.suite import ATTACKS
+    from imambig.config import ALL_ATTACKS
+
+    assert sorted(ALL_ATTACKS) == sorted(ATTACKS)

@@ -38,8 +38,10 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads with the generators: --help stays quick
+    import numpy as np
 
 from imambig.config import KEYSTORE_KEY_ENV, OWNER_SECRET_ENV, SIGNING_KEY_ENV, SecretSources
 from imambig.errors import ImambigError
@@ -318,6 +320,8 @@ def seeded_rng(seed: Secret | bytes) -> np.random.Generator:
     seed = reveal(seed)
     if len(seed) != 32:
         raise SecretError(f"a decoy seed is 32 bytes, got {len(seed)}")
+    import numpy as np
+
     bit_generator = np.random.Philox(
         key=int.from_bytes(seed[:16], "little"), counter=int.from_bytes(seed[16:], "little")
     )

@@ -16,8 +16,10 @@ from typing import Literal
 
 import torch
 
+from imambig.config import PRECISIONS
+
 Precision = Literal["auto", "bf16", "fp32"]
-CHOICES: tuple[str, ...] = ("auto", "bf16", "fp32")
+CHOICES: tuple[str, ...] = PRECISIONS
 
 
 def bf16_supported(device: torch.device | str = "cpu") -> bool:

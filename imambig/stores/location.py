@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import fsspec
-from fsspec import AbstractFileSystem
-from zarr.abc.store import Store
-from zarr.storage import FsspecStore, LocalStore
+from typing import TYPE_CHECKING, Any, Literal
 
 from imambig.errors import FormatError
-from imambig.stores.chunk_guard import ChunkGuard
+
+if TYPE_CHECKING:  # fsspec and zarr load on first use: the command line's --help is quick
+    from fsspec import AbstractFileSystem
+    from zarr.abc.store import Store
+
+    from imambig.stores.chunk_guard import ChunkGuard
 
 Mode = Literal["r", "r+", "a", "w", "w-"]
 # The largest single object imambig reads whole (model files are the largest).
@@ -112,6 +112,8 @@ class Location:
 
     def filesystem(self) -> tuple[AbstractFileSystem, str]:
         """The synchronous fsspec file system and the path inside it."""
+        import fsspec
+
         fs, path = fsspec.core.url_to_fs(self.url, **self._options())
         # fsspec shares instances, and with them their directory listings; other
         # processes (Dask workers, another run) write the same stores, so each use
@@ -171,6 +173,11 @@ class Location:
         Creating or clearing is left to ``zarr.open_group(store, mode=...)``; ``mode``
         here only decides whether the store accepts writes.
         """
+        import fsspec
+        from zarr.storage import FsspecStore, LocalStore
+
+        from imambig.stores.chunk_guard import ChunkGuard
+
         read_only = mode == "r"
         url = self.url
         if url.startswith("file://"):
