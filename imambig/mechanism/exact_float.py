@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 _EPS64 = 2.0**-52
-# Up to this many terms, (K + 2) 2^-52 times twice the float32 sum of |terms| is above
-# the float64 error bound gamma_K sum|terms| = K 2^-53 / (1 - K 2^-53) sum|terms|, with
-# room for the bound's own rounding and for the float32 sum's ((K + 1) 2^-24 < 1/2).
+# Up to this many terms, (K + 2) 2^-52 sum|terms| is above the float64 error bound
+# gamma_K sum|terms| = K 2^-53 / (1 - K 2^-53) sum|terms|, with room for the rounding of
+# r +- bound itself (at most 2^-53 (|r| + bound) each).
 MAX_TERMS = 1 << 20
 _EXP_DIGITS = 40  # float32 exp needs ~60 bits to round correctly in the worst case
 
@@ -56,13 +56,18 @@ def _settle(r: torch.Tensor, err: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 class Operand:
-    """A right-hand matrix (..., K, N) used many times: its float64 value and float32
-    magnitudes, converted once."""
+    """A right-hand matrix (..., K, N) used many times: its float64 value and column
+    norms, computed once."""
 
     def __init__(self, b: torch.Tensor) -> None:
-        b = b.detach().float()
-        self.value = b.double()
-        self.magnitude = b.abs()
+        self.value = b.detach().float().double()
+        self.norms = _norms(self.value, -2)
+
+
+def _norms(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Euclidean norms along ``dim`` of float64 copies of float32 numbers, raised past
+    their rounding (squares exact, sum and root within (K + 2) 2^-53 < 2^-30)."""
+    return x.square().sum(dim).sqrt() * (1 + 2.0**-30)
 
 
 def _exact_sums(terms: np.ndarray) -> tuple[np.ndarray, Callable[[int, float], float]]:
@@ -102,9 +107,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor | Operand) -> torch.Tensor:
         raise ValueError(f"sums of more than {MAX_TERMS} terms are not bounded here")
     a64 = a.double()
     r = a64 @ b.value  # products exact (24 + 24 bits), sums within gamma_K sum|terms|
-    # sum|terms| from float32 magnitudes: within (K + 1) 2^-24 relative (doubled below)
-    # plus what float32 products lose below 2^-149 (at most K 2^-149)
-    total = (a.abs() @ b.magnitude).double() * 2 + k * 2.0**-149
+    # sum|terms| <= |row| |column| (Cauchy-Schwarz): no second product needed
+    total = _norms(a64, -1).unsqueeze(-1) * b.norms.unsqueeze(-2)
     out, open_ = _settle(r, total * ((k + 2) * _EPS64))
     if open_.any():
         # The rest (about one output in a million; more for inputs of few bits, such as
@@ -114,7 +118,15 @@ def matmul(a: torch.Tensor, b: torch.Tensor | Operand) -> torch.Tensor:
         a_np = a64.expand(*batch, *a64.shape[-2:]).numpy()
         b_np = b.value.expand(*batch, *b.value.shape[-2:]).transpose(-1, -2).numpy()
         *lead, i, j = np.nonzero(open_.numpy())
-        out.numpy()[open_.numpy()] = _round32(*_exact_sums(a_np[(*lead, i)] * b_np[(*lead, j)]))
+        terms = a_np[(*lead, i)] * b_np[(*lead, j)]
+        # first the bound sum|terms| itself, tighter than Cauchy-Schwarz's
+        sums = terms.sum(axis=1)
+        reach = np.abs(terms).sum(axis=1) * ((k + 2) * _EPS64)
+        lo, hi = (sums - reach).astype(np.float32), (sums + reach).astype(np.float32)
+        found = np.where(lo == hi, lo, np.float32(0))
+        if (lo != hi).any():
+            found[lo != hi] = _round32(*_exact_sums(terms[lo != hi]))
+        out.numpy()[open_.numpy()] = found
     return out + 0.0  # -0.0 -> +0.0: the sign of an exact zero depends on the order
 
 
