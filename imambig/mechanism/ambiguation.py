@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from imambig.mechanism import exact_float
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel, real_support
 from imambig.mechanism.quantizer import quantize
@@ -43,10 +44,10 @@ def ambiguate(
     c = model.config
     B, k, k_public = h.shape[0], c.k, noise.k_public
     h = h.float().cpu()
-    dense = model.linear(h)
+    dense = exact_float.grouped_linear(h, model.linear.weight)
     real_idx, real_vals, threshold = real_support(dense, k)
     support = torch.zeros_like(dense, dtype=torch.bool).scatter(-1, real_idx, True)
-    excess_scale = (real_vals.abs() - threshold).mean(-1, keepdim=True).clamp_min(1e-12)
+    excess_scale = (exact_float.row_sum(real_vals.abs() - threshold) / k).clamp_min(1e-12)
     fake_idx, fake_vals = noise.fake_values(model, decoy_map.decoy(h),
                                             decoy_map.projections(h), threshold,
                                             excess_scale, support)

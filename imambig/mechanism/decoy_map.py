@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from imambig.access.secrets import Secret, decoy_seed, reveal, seal_key, seeded_rng
+from imambig.mechanism import exact_float
 
 if TYPE_CHECKING:
     from imambig.mechanism.noise_model import NoiseModel
@@ -80,6 +81,10 @@ class DecoyMap:
         dirs /= np.sqrt(np.sum(dirs * dirs, axis=1, keepdims=True))
         self.directions = torch.from_numpy(dirs.astype(np.float32))
         self.shape = (UNIFORMS, n_maps, code_length)
+        # Encoding's right-hand operands, converted once (exact_float)
+        self._exact = {name: exact_float.Operand(m) for name, m in (
+            ("to_g", self.basis.T), ("from_g", self.basis), ("rotate", self.rotation.T),
+            ("project", self.directions.T))}
 
     @classmethod
     def for_owner(cls, noise: NoiseModel, owner_secret: Secret | bytes) -> DecoyMap:
@@ -96,22 +101,34 @@ class DecoyMap:
         return cls(noise.mean, noise.components, noise.residual_std, L, m,
                    seeded_rng(seed), reveal(seal))
 
-    def _coordinates(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mm(self, x: torch.Tensor, name: str, exact: bool) -> torch.Tensor:
+        if exact:
+            return exact_float.matmul(x, self._exact[name])
+        return x @ {"to_g": self.basis.T, "from_g": self.basis, "rotate": self.rotation.T,
+                    "project": self.directions.T}[name]
+
+    def _coordinates(self, h: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Principal coordinates g (B, r) and whitened residual e (B, L*n) of ``h``."""
         c = h.flatten(1).float() - self.mean
-        g = (c @ self.basis.T) / self.sigma
-        return g, (c - (g * self.sigma) @ self.basis) / self.rstd
+        g = self._mm(c, "to_g", exact) / self.sigma
+        return g, (c - self._mm(g * self.sigma, "from_g", exact)) / self.rstd
 
-    def decoy(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, L, n) bottlenecks -> decoy bottlenecks (B, L, n)."""
-        g, e = self._coordinates(h)
-        d = self.mean + ((g @ self.rotation.T) * self.sigma) @ self.basis
+    def decoy(self, h: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """(B, L, n) bottlenecks -> decoy bottlenecks (B, L, n). ``exact`` (encoding)
+        rounds every product correctly, the same bits on every machine
+        (``imambig.mechanism.exact_float``); the noise fit takes the float32 kernels'
+        products, as its stored files always had."""
+        g, e = self._coordinates(h, exact)
+        rotated = self._mm(g, "rotate", exact) * self.sigma
+        d = self.mean + self._mm(rotated, "from_g", exact)
         return (d + self.rstd * e[:, self.perm] * self.signs).view_as(h)
 
-    def projections(self, h: torch.Tensor) -> torch.Tensor:
+    def projections(self, h: torch.Tensor, exact: bool = True) -> torch.Tensor:
         """(B, L, n) -> (B, UNIFORMS, L, m) scores, about N(0, 1) over directions for
         every single item: g is scaled to norm sqrt(r) first, or an unusual face (large
-        |g|) would give all its fakes unusually spread magnitudes."""
-        g, _ = self._coordinates(h)
-        g = g * (g.shape[1] ** 0.5 / g.norm(dim=1, keepdim=True).clamp_min(1e-12))
-        return (g @ self.directions.T).view(len(h), *self.shape)
+        |g|) would give all its fakes unusually spread magnitudes. ``exact`` as for
+        :meth:`decoy`."""
+        g, _ = self._coordinates(h, exact)
+        norm = exact_float.row_norm(g) if exact else g.norm(dim=1, keepdim=True)
+        g = g * (g.shape[1] ** 0.5 / norm.clamp_min(1e-12))
+        return self._mm(g, "project", exact).view(len(h), *self.shape)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imambig.errors import KeyFormatError
+from imambig.mechanism.record import Ambiguated
 from imambig.mechanism.seal import SEAL_BYTES
 
 KEY_VERSION = 2  # sealed records
@@ -458,6 +459,36 @@ def key_seals(keys: Sequence[bytes]) -> np.ndarray | None:
         return None
     return np.stack([np.frombuffer(bytes(key[HEADER_BYTES : HEADER_BYTES + SEAL_BYTES]),
                                    np.uint8) for key in keys])
+
+
+def check_sealed(keys: Sequence[bytes]) -> None:
+    """Refuse keys that carry no seal, where records are sealed (every public store's
+    are). A version 1 key marks entries of an unsealed record: applied to a sealed one
+    it keeps the wrong entries of unpadded values, a decode into noise that raises
+    nothing, so it is refused here, alone or mixed with sealed keys."""
+    bad = [b for b, key in enumerate(keys) if bytes(key[:1]) != bytes([KEY_VERSION])]
+    if bad:
+        raise KeyFormatError(
+            f"{len(bad)} of {len(keys)} keys (first: key {bad[0]}) are not sealed-record "
+            f"keys (version {KEY_VERSION}); unsealed (version {UNSEALED_VERSION}) keys "
+            "cannot open sealed records")
+
+
+def stored_records(mask: np.ndarray, values: np.ndarray, keys: Sequence[bytes]
+                   ) -> Ambiguated:
+    """Sealed records as a public store holds them (``mask`` (B, L, m), ``values``
+    (B, L, k')) with their items' keys: what a key holder opens. Every key must be a
+    sealed-record key of the records' shape (:func:`check_sealed`)."""
+    if len(keys) != len(mask):
+        raise ValueError(f"{len(keys)} keys for {len(mask)} records")
+    for key in keys:
+        parse_key_header(key)  # a malformed key is reported as such, first
+    check_sealed(keys)
+    n_maps, k_public = values.shape[1], values.shape[2]
+    real = decode_keys(keys, n_maps, k_public=k_public)
+    seals = key_seals(keys)
+    return Ambiguated(mask, values, real,
+                      np.zeros((0, SEAL_BYTES), np.uint8) if seals is None else seals)
 
 
 def decode_key(

@@ -34,6 +34,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from imambig.mechanism import exact_float
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import autocast
@@ -117,7 +118,8 @@ class NoiseModel:
 
     def decoy_codes(self, model: SparseAutoencoder, decoys: torch.Tensor) -> torch.Tensor:
         """(B, L, n) decoys -> (B, L, m) synthetic dense codes with the real marginals."""
-        zd = model.linear(decoys.view(len(decoys), self.n_maps, -1).float())
+        zd = exact_float.grouped_linear(decoys.view(len(decoys), self.n_maps, -1),
+                                        model.linear.weight)
         score = (zd - torch.from_numpy(self.decoy_mean)) / torch.from_numpy(self.decoy_std)
         score = score.clamp(float(GRID[0]), float(GRID[-1]))
         return _lookup(torch.from_numpy(self.dense_quantiles), score)
@@ -144,7 +146,7 @@ class NoiseModel:
         spread = torch.from_numpy(self.excess_spread).expand(B, -1, -1).gather(-1, source)
         resid = spread * interpolate(torch.from_numpy(self.excess_residual).expand(B, -1, -1),
                                      u_resid)
-        return threshold + excess_scale * torch.exp(loc + resid)
+        return threshold + excess_scale * exact_float.exp(loc + resid)
 
     # -- persistence ------------------------------------------------------------------
 
@@ -253,9 +255,11 @@ def fit_noise_model(
     # statistics, and how they meet those items' supports.
     fit_map = DecoyMap(mean.float().numpy(), components.numpy(), residual_std.numpy(), L, m,
                        np.random.default_rng(list(FIT_KEY)), FIT_KEY)
-    zd = model.linear(fit_map.decoy(h[held]))
+    # The fit keeps the float32 kernels' products (exact=False): its files were always
+    # made so, and a file once written is what encoding reads.
+    zd = model.linear(fit_map.decoy(h[held], exact=False))
     decoy_mean, decoy_std = zd.mean(0), zd.std(0).clamp_min(1e-8)
-    proj = fit_map.projections(h[held]).flatten().numpy()
+    proj = fit_map.projections(h[held], exact=False).flatten().numpy()
     projection_cdf = np.searchsorted(np.sort(proj), GRID, side="right") / len(proj)
     levels = torch.distributions.Normal(0.0, 1.0).cdf(torch.from_numpy(GRID)).numpy()
     dense_q = np.quantile(z.numpy(), levels, axis=0).transpose(1, 2, 0)  # (L, m, G)

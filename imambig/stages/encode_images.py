@@ -53,6 +53,23 @@ def bottlenecks(model: SparseAutoencoder, images: np.ndarray, precision: str = "
 
 
 @torch.no_grad()
+def ambiguate_bottlenecks(model: SparseAutoencoder, noise: NoiseModel, decoy_map: DecoyMap,
+                          h: torch.Tensor) -> EncodedBatch:
+    """Sealed public records and keys of bottlenecks ``h`` (B, L, n): the mechanism,
+    seal and key coding, in groups of ``MECHANISM_ITEMS``. Given the same bottlenecks
+    this writes the same bytes on every machine (``tests/golden/README.md``)."""
+    parts = []
+    for s in range(0, len(h), MECHANISM_ITEMS):
+        group = h[s : s + MECHANISM_ITEMS]
+        n = len(group)
+        pad = group[:1].expand(MECHANISM_ITEMS - n, *group.shape[1:])
+        parts.append(ambiguate(model, torch.cat([group, pad]), noise, decoy_map).items(
+            slice(0, n)))
+    amb = Ambiguated.concatenate(parts) if parts else ambiguate(model, h, noise, decoy_map)
+    return EncodedBatch(amb.mask, amb.values, encode_keys(amb.real, amb.seals))
+
+
+@torch.no_grad()
 def encode_images(
     model: SparseAutoencoder,
     noise: NoiseModel,
@@ -64,12 +81,4 @@ def encode_images(
     """Encode uint8 images (B, H, W, 3): sealed public records and keys. Nothing but
     the pixels (and the owner's decoy map and seal key) decides an item's record."""
     h = bottlenecks(model, images, precision, micro_batch)
-    parts = []
-    for s in range(0, len(h), MECHANISM_ITEMS):
-        group = h[s : s + MECHANISM_ITEMS]
-        n = len(group)
-        pad = group[:1].expand(MECHANISM_ITEMS - n, *group.shape[1:])
-        parts.append(ambiguate(model, torch.cat([group, pad]), noise, decoy_map).items(
-            slice(0, n)))
-    amb = Ambiguated.concatenate(parts) if parts else ambiguate(model, h, noise, decoy_map)
-    return EncodedBatch(amb.mask, amb.values, encode_keys(amb.real, amb.seals))
+    return ambiguate_bottlenecks(model, noise, decoy_map, h)

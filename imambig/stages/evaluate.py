@@ -29,7 +29,7 @@ from imambig.evaluation import rate_distortion as rd
 from imambig.evaluation.grid import comparison_grid
 from imambig.evaluation.metrics import ms_ssim_scales
 from imambig.mechanism.grant_entries import entries_key_bytes, revealed_entries
-from imambig.mechanism.keys import decode_keys, key_seals
+from imambig.mechanism.keys import stored_records
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.record import Ambiguated
 from imambig.model.autoencoder import SparseAutoencoder
@@ -213,7 +213,7 @@ def evaluate_stores(
         raise ValueError(f"{len(moved)} items are not where {public} has them: {moved[:5]}")
     mask, values = pub.read(pidx)
     keys = [s.key for s in slots]
-    amb = Ambiguated(mask, values, decode_keys(keys), key_seals(keys))
+    amb = stored_records(mask, values, keys)
     x = to_tensor(store.read(target))
     own = store.indices("train")[: config.attacker_items]
     noise = NoiseModel.load(model.join(pub.attrs["noise_fit"]["file"]))

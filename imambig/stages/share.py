@@ -44,7 +44,7 @@ from imambig.access.grant import (
 from imambig.access.identity import Identity
 from imambig.access.key_provider import KeyProvider
 from imambig.access.keystore import Keystore
-from imambig.errors import StoreFormatError, TamperedError
+from imambig.errors import KeyFormatError, StoreFormatError, TamperedError
 from imambig.evaluation.metrics import to_uint8
 from imambig.mechanism.grant_entries import (
     decode_entries_keys,
@@ -53,8 +53,7 @@ from imambig.mechanism.grant_entries import (
     is_entries_key,
     revealed_entries,
 )
-from imambig.mechanism.keys import decode_keys, key_seals, sealed_keys
-from imambig.mechanism.record import Ambiguated
+from imambig.mechanism.keys import check_sealed, stored_records
 from imambig.model.checkpoint import load_model
 from imambig.stages.grant_decoder import (
     NO_DECODER_WARNING,
@@ -111,6 +110,11 @@ def issue_grant(
             f"(substituted or corrupted by the storage provider): {changed[:5]}; no grant "
             "issued")
     keys = [s.key for s in slots]
+    try:
+        check_sealed(keys)  # the records are sealed: a key without its seal opens nothing
+    except KeyFormatError as exc:
+        raise GrantError(f"the keystore does not hold the keys of {public_store}'s sealed "
+                         f"records ({exc}); no grant issued") from None
     decoder_id = ""
     if k_low is not None:
         if model is not None:
@@ -118,8 +122,8 @@ def issue_grant(
         if not decoder_id and log is not None:
             log(f"warning: no grant decoder: {NO_DECODER_WARNING}")
         mask, values = store.read(idx)
-        amb = Ambiguated(mask, values, decode_keys(keys), key_seals(keys))
-        keys = encode_entries_keys(*revealed_entries(amb, k_low))
+        keys = encode_entries_keys(*revealed_entries(stored_records(mask, values, keys),
+                                                     k_low))
     items = tuple(GrantItem(n, o, int(i), s.record, k)
                   for n, o, i, s, k in zip(item_ids, opaque, idx, slots, keys, strict=True))
     expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=valid_days)
@@ -177,7 +181,7 @@ def reveal(
                                  f"which is not in {grant_decoder_location(model)}: fetch the "
                                  "owner's published model folder whole") from None
     else:
-        code = _authorized_code(store, grant, keys, c.n_maps)
+        code = _authorized_code(store, grant, keys)
     images = to_uint8(net.decode(code)).permute(0, 2, 3, 1).numpy()
     return Revealed([i.name for i in grant.items], images)
 
@@ -202,13 +206,14 @@ def _refuse_forgotten(store: PublicStore, grant: Grant) -> None:
                          f"(their records destroyed): {gone[:5]}; nothing revealed")
 
 
-def _authorized_code(store: PublicStore, grant: Grant, keys: list[bytes], n_maps: int
-                     ) -> torch.Tensor:
+def _authorized_code(store: PublicStore, grant: Grant, keys: list[bytes]) -> torch.Tensor:
     """The full keys' code: each public record fetched, checked against the grant's
     digest, unsealed and kept at its real entries."""
-    if not sealed_keys(keys):
-        raise GrantError("the grant holds unsealed (version 1) keys, which cannot open "
-                         "sealed records; ask the owner for a new grant")
+    try:
+        check_sealed(keys)  # before any record is fetched
+    except KeyFormatError as exc:
+        raise GrantError(f"the grant holds keys that cannot open the store's sealed records "
+                         f"({exc}); ask the owner for a new grant") from None
     idx = np.array([i.index for i in grant.items], dtype=np.int64)
     if idx.max() >= store.n_items:
         raise TamperedError(f"{store.location} holds {store.n_items} items, fewer than the "
@@ -221,8 +226,7 @@ def _authorized_code(store: PublicStore, grant: Grant, keys: list[bytes], n_maps
             f"the public records of {len(substituted)} granted items differ from the ones "
             f"granted (substituted or corrupted by the storage provider): {substituted[:5]}; "
             "nothing revealed")
-    real = decode_keys(keys, n_maps=n_maps, k_public=int(store.attrs["k_public"]))
-    return Ambiguated(mask, values, real, key_seals(keys)).authorized_code()
+    return stored_records(mask, values, keys).authorized_code()
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
