@@ -33,7 +33,7 @@ from imambig.model.checkpoint import load_model
 from imambig.stages.dask_regions import DaskRegions
 from imambig.stages.encode_driver import run_encode
 from imambig.stages.encode_images import encode_images
-from imambig.stages.encode_regions import EncodeContext, EncodeJob
+from imambig.stages.encode_regions import EncodeJob
 from imambig.stages.ingest import ingest
 from imambig.stores.image_store import open_image_store
 from imambig.stores.location import Location
@@ -79,7 +79,7 @@ def main() -> None:
 
         torch.set_num_threads(1)
         store = open_image_store(images)
-        noise = NoiseModel.load(EncodeContext.open(job).job.noise_location())
+        noise = NoiseModel.load(model_location.join(report.plan.noise_file), model.config)
         public = PublicStore.open(report.plan.public)
         owner = Secrets()
         ks = Keystore.open(report.plan.keystore, LocalKeyProvider.from_secrets(owner))

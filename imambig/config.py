@@ -47,7 +47,22 @@ class ModelConfig:
     negative_slope: float = 0.01  # leaky ReLU; the reference's (PyTorch's default)
 
     def __post_init__(self) -> None:
-        if len(self.filters) != len(self.scales) or not self.filters:
+        # A model file's config comes from storage anybody could write: every field is
+        # checked for type and range before any arithmetic, so nonsense ends as a
+        # ValueError naming the field and no layer is ever sized by a stranger's number.
+        for name in ("image_height", "image_width", "n_maps", "code_length", "k", "groups"):
+            _bounded_int(name, getattr(self, name), MODEL_LIMITS[name])
+        for name in ("filters", "scales"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or not 0 < len(values) <= MAX_LEVELS:
+                raise ValueError(f"{name} must be 1..{MAX_LEVELS} integers")
+            for v in values:
+                _bounded_int(name, v, MODEL_LIMITS[name])
+        slope = self.negative_slope
+        if (not isinstance(slope, int | float) or isinstance(slope, bool)
+                or not math.isfinite(slope) or not 0 <= slope < 1):
+            raise ValueError(f"negative_slope must be a number in [0, 1), got {slope!r}")
+        if len(self.filters) != len(self.scales):
             raise ValueError("filters and scales must be non-empty and of equal length")
         if any(f % self.groups for f in self.filters):
             raise ValueError(f"every filter count must be a multiple of groups={self.groups}")
@@ -87,11 +102,38 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """The config of a mapping (a model file's, possibly a stranger's): ValueError
+        for anything but the known fields with values in range."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a model config is a mapping, not {type(d).__name__}")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(map(str, unknown))[:5]}")
         d = dict(d)
         for key in ("filters", "scales"):
             if key in d:
+                if not isinstance(d[key], list | tuple):
+                    raise ValueError(f"{key} must be a list of integers")
                 d[key] = tuple(d[key])
         return cls(**d)
+
+
+# Ranges of a model's shape: far beyond any useful model (the paper's is 128x128 images,
+# 6 levels of 40 filters, L=20, m=512), small enough that a layer sized by them is
+# never a memory bomb (shapes are checked against the file's tensors before loading).
+MODEL_LIMITS: dict[str, tuple[int, int]] = {
+    "image_height": (1, 8192), "image_width": (1, 8192), "n_maps": (1, 4096),
+    "code_length": (1, 1 << 16), "k": (1, 1 << 16), "groups": (1, 4096),
+    "filters": (1, 4096), "scales": (1, 64),
+}
+MAX_LEVELS = 32  # down-sampling levels (len(filters))
+
+
+def _bounded_int(name: str, value: Any, limits: tuple[int, int]) -> None:
+    low, high = limits
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"model config {name} must be an integer in {low}..{high}, "
+                         f"got {str(value)[:40]!r}")
 
 
 # Presets. `paper` is the published configuration; `small` keeps all the paper's code

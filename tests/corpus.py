@@ -99,6 +99,71 @@ def keystore_sample(folder: Path) -> Location:
     return where
 
 
+def pointer_sample() -> bytes:
+    """A ``current.json`` of a root whose earlier version was replaced."""
+    return json.dumps({"version": VERSION, "n_items": N,
+                       "superseded": {"v-fedcba9876543210-k4-d4": 1.9e9}}).encode()
+
+
+def lease_sample() -> bytes:
+    return json.dumps({"owner": "host:1:" + "ab" * 16, "host": "host", "pid": 1,
+                       "pid_start": "12", "boot_id": "b", "pid_ns": "pid:[1]",
+                       "acquired": 1.9e9, "expires": 1.9e9 + 120}).encode()
+
+
+def marker_sample() -> bytes:
+    from imambig.stages.encode_regions import RegionManifest
+
+    return json.dumps(RegionManifest(0, CHUNK, CHUNK, "ab" * 32, 1.5, 1.9e9, 1.9e9 + 1)
+                      .to_dict()).encode()
+
+
+def release_record_sample() -> bytes:
+    return json.dumps({"model_id": MODEL_ID, "k_public": KP, "noise_design": 4,
+                       "noise_fit_sha256": "0" * 64, "value_bits": 3, "precision": "fp32",
+                       "owner_fingerprint": "0" * 16, "lineage": [], "start": None}).encode()
+
+
+def manifest_sample() -> bytes:
+    return json.dumps({"format": "imambig.publication/1", "version": VERSION,
+                       "objects": [{"path": "zarr.json", "bytes": 2, "sha256": "0" * 64},
+                                   {"path": "values/c/0/0/0", "bytes": 9, "sha256": "1" * 64}]
+                       }).encode()
+
+
+def evaluation_sample() -> bytes:
+    return json.dumps({"rows": [{"attack": "random", "psnr": 10.0}], "rates": {"bpp": 0.5},
+                       "n_items": 2, "split": "test", "model_id": MODEL_ID,
+                       "settings": {}, "table": [], "curves": {"jpeg": [[0.5, 30.0]]},
+                       "linkage": {}}).encode()
+
+
+def noise_sample() -> bytes:
+    """A noise file of the ``tiny`` preset (an untrained model, random images)."""
+    import torch
+
+    from imambig.config import PRESETS
+    from imambig.mechanism.noise_model import fit_noise_model
+    from imambig.model.autoencoder import SparseAutoencoder
+
+    torch.manual_seed(0)
+    model = SparseAutoencoder(PRESETS["tiny"])
+    return fit_noise_model(model, MODEL_ID, [torch.rand(48, 3, 32, 32)], 32).to_bytes()
+
+
+def model_sample(folder: Path) -> bytes:
+    """A ``model.safetensors`` of the ``tiny`` preset (untrained)."""
+    import torch
+
+    from imambig.config import PRESETS
+    from imambig.model.autoencoder import SparseAutoencoder
+    from imambig.model.checkpoint import MODEL_FILE, save_model
+
+    torch.manual_seed(0)
+    save_model(Location(str(folder)), SparseAutoencoder(PRESETS["tiny"]), {})
+    return (folder / MODEL_FILE).read_bytes()
+
+
 # -- parsers: each reads one input the way imambig does -----------------------------------
 
 
@@ -124,6 +189,55 @@ def parse_identity_file(data: bytes, folder: Path) -> object:
 def parse_public_store(folder: Path) -> object:
     store = PublicStore.open(Location(str(folder)))
     return store.read(np.arange(store.n_items)), store.item_ids()
+
+
+def parse_pointer(data: bytes) -> object:
+    from imambig.stages.versions import parse_pointer as parse
+
+    return Location("/roots/public").join(parse(data, "current.json")["version"])
+
+
+def parse_lease(data: bytes) -> object:
+    from imambig.stores.lease import _parse
+
+    return _parse((data, "token"))
+
+
+def parse_marker(data: bytes) -> object:
+    from imambig.stages.encode_regions import RegionManifest
+
+    return RegionManifest.from_json(data, "marker")
+
+
+def parse_release_record(data: bytes) -> object:
+    from imambig.stages.release_binding import Mechanism
+
+    return Mechanism.from_json(data, Location("/keys/_releases/x.json"))
+
+
+def parse_manifest(data: bytes) -> object:
+    from imambig.stages.publish import read_manifest
+
+    return read_manifest(data, "MANIFEST.json")
+
+
+def parse_evaluation(data: bytes) -> object:
+    from imambig.stages.evaluate import load_evaluation
+
+    return load_evaluation(data.decode("utf-8", errors="replace"))
+
+
+def parse_noise(data: bytes) -> object:
+    from imambig.config import PRESETS
+    from imambig.mechanism.noise_model import NoiseModel
+
+    return NoiseModel.from_bytes(data, PRESETS["tiny"])
+
+
+def parse_model(data: bytes) -> object:
+    from imambig.model.checkpoint import verify_model_bytes
+
+    return verify_model_bytes(data, "model")
 
 
 def parse_keystore(folder: Path) -> object:

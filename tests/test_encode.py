@@ -22,7 +22,7 @@ from imambig.access.keystore import Keystore
 from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig
 from imambig.mechanism.decoy_map import DecoyMap
-from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel
+from imambig.mechanism.noise_model import NoiseModel
 from imambig.model.checkpoint import load_model
 from imambig.stages.dask_regions import DaskRegions, local_cluster
 from imambig.stages.encode_driver import EncodeReport, SerialRegions, run_encode
@@ -98,7 +98,7 @@ def test_encode_two_workers_matches_single_item_encoding(synthetic_store, tiny_m
 
     # every item's public record and key equal those of encoding it alone
     model, _, _ = load_model(tiny_model)
-    noise = NoiseModel.load(tiny_model.join(f"noise_d{NOISE_DESIGN}_k32_{report.precision}.npz"))
+    noise = NoiseModel.load(tiny_model.join(report.plan.noise_file), model.config)
     store = open_image_store(synthetic_store)
     public = PublicStore.open(report.plan.public)
     secrets = Secrets()

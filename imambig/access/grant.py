@@ -42,7 +42,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from imambig.access import owner_key
 from imambig.access.identity import Identity, fingerprint, parse_public_key, public_text
-from imambig.errors import ImambigError
+from imambig.errors import FormatError, ImambigError
+from imambig.untrusted import parse_json, read_file
 
 MAGIC = b"IMAMBIG-GRANT\x02"
 LEGACY_MAGIC = b"IMAMBIG-GRANT\x01"
@@ -146,9 +147,9 @@ class Grant:
     def from_bytes(cls, data: bytes) -> Grant:
         """Parse a grant body strictly; :class:`GrantError` naming the first problem."""
         try:
-            doc: Any = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise GrantError(f"grant body is not valid JSON: {exc}") from None
+            doc: Any = parse_json(data, "grant body", MAX_GRANT_BYTES)
+        except FormatError as exc:  # bad UTF-8 or syntax, nested too deep, oversized
+            raise GrantError(str(exc)) from None
         if not isinstance(doc, dict) or doc.get("format") != BODY_FORMAT:
             raise GrantError(f"grant body is not in the {BODY_FORMAT} format")
         items = doc.get("items")
@@ -237,6 +238,15 @@ def grant_recipient(blob: bytes) -> X25519PublicKey:
     if len(blob) < HEADER_BYTES or not blob.startswith(MAGIC):
         raise GrantError("not an imambig grant (unknown format or version)")
     return X25519PublicKey.from_public_bytes(blob[len(MAGIC) + _PUB : HEADER_BYTES])
+
+
+def read_grant(path: str | os.PathLike[str]) -> bytes:
+    """A grant file's bytes, refused past ``MAX_GRANT_BYTES`` after reading at most one
+    byte more (a file's size says nothing of a pipe or a device)."""
+    try:
+        return read_file(path, MAX_GRANT_BYTES, "grant")
+    except FormatError as exc:
+        raise GrantError(str(exc)) from None
 
 
 def _check_envelope(blob: bytes) -> None:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from imambig.access.secrets import check_private_file
 from imambig.errors import FormatError
+from imambig.untrusted import read_file
 
 PUBLIC_PREFIX = "imambig-pub-v1:"
 PRIVATE_PREFIX = "imambig-secret-v1:"
@@ -153,11 +154,11 @@ def save_identity(
 def load_identity(path: str | os.PathLike[str], *, strict: bool = False) -> Identity:
     """Read an identity file; warns (``strict``: refuses) if others can read it."""
     check_private_file(path, strict=strict)
-    with open(path, "rb") as f:
-        raw = f.read(MAX_IDENTITY_FILE_BYTES + 1)
-    if len(raw) > MAX_IDENTITY_FILE_BYTES:
+    try:
+        raw = read_file(path, MAX_IDENTITY_FILE_BYTES, "identity file")
+    except FormatError:
         raise IdentityError(f"identity file {os.fspath(path)} is over "
-                            f"{MAX_IDENTITY_FILE_BYTES} bytes: not an identity file")
+                            f"{MAX_IDENTITY_FILE_BYTES} bytes: not an identity file") from None
     lines = [
         line.strip()
         for line in raw.decode("ascii", errors="replace").splitlines()

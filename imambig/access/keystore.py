@@ -209,6 +209,10 @@ class Keystore:
         self.sealed[row] = np.frombuffer(sealed, dtype=np.uint8)
 
     def read_row(self, row: int) -> list[Slot]:
+        rows = self.sealed.shape[0]
+        if not 0 <= row < rows:  # a negative row would read another from the end
+            raise StoreFormatError(f"keystore {self.location}: row {row} is outside its "
+                                   f"{rows} rows")
         try:
             blob = np.asarray(self.sealed[row]).tobytes()
         except (ValueError, RuntimeError, TypeError, IndexError) as exc:
@@ -227,7 +231,13 @@ class Keystore:
         """Slots of the items at ``indices`` (public-store order)."""
         rows: dict[int, list[Slot]] = {}
         out = []
+        n_items = int(self.attrs["n_items"])
         for i in np.asarray(indices, dtype=np.int64).tolist():
+            # Positions come from the public store or a request: one past the last slot
+            # (or negative) names no item of this keystore.
+            if not 0 <= i < n_items:
+                raise StoreFormatError(f"keystore {self.location}: item position {i} is "
+                                       f"outside its {n_items} items")
             r = i // self.chunk_items
             if r not in rows:
                 rows[r] = self.read_row(r)

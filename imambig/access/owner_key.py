@@ -22,8 +22,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from imambig.access.secrets import MIN_SECRET_BYTES, Secret, SecretError, reveal
 from imambig.errors import FormatError
+from imambig.untrusted import read_file
 
 PUBLIC_PREFIX = "imambig-owner-v1:"
+OWNER_KEY_FILE_LIMIT = 4096  # one line of 60 characters, perhaps with comments
 _URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
@@ -51,7 +53,11 @@ def parse_owner_key(text: str) -> Ed25519PublicKey:
     """The key in ``imambig-owner-v1:...`` text, or in a file holding that text."""
     text = text.strip()
     if not text.startswith(PUBLIC_PREFIX) and len(text) < 4096 and Path(text).is_file():
-        text = Path(text).read_text(encoding="ascii", errors="replace").strip()
+        try:
+            raw = read_file(text, OWNER_KEY_FILE_LIMIT, "owner public key file")
+        except FormatError as exc:  # over the limit: not a key file
+            raise OwnerKeyError(str(exc)) from None
+        text = raw.decode("ascii", errors="replace").strip()
     if not text.startswith(PUBLIC_PREFIX):
         raise OwnerKeyError(f"not an owner public key: expected text starting with "
                             f"{PUBLIC_PREFIX!r} (or a file holding it)")

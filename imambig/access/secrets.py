@@ -37,16 +37,17 @@ import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # numpy loads with the generators: --help stays quick
     import numpy as np
 
 from imambig.config import KEYSTORE_KEY_ENV, OWNER_SECRET_ENV, SIGNING_KEY_ENV, SecretSources
-from imambig.errors import ImambigError
+from imambig.errors import FormatError, ImambigError
+from imambig.untrusted import read_file
 
 MIN_SECRET_BYTES = 32
+MAX_SECRET_FILE_BYTES = 64 << 10  # secrets are 32+ bytes; a key file is never this large
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/_-]+={0,2}")
 
 
@@ -158,11 +159,14 @@ def from_file(
     spec = f"file:{os.fspath(path)}"
     try:
         check_private_file(path, strict=strict)
-        raw = Path(path).read_bytes()
+        raw = read_file(path, MAX_SECRET_FILE_BYTES, f"secret {spec}")
     except FileNotFoundError:
         raise SecretError(f"secret {spec} not found") from None
     except OSError as exc:
         raise SecretError(f"secret {spec} cannot be read: {exc.strerror}") from None
+    except FormatError:  # over the limit: not a secret, and not read further
+        raise SecretError(f"secret {spec} is over {MAX_SECRET_FILE_BYTES:,} bytes: not a "
+                          "secret file") from None
     return _checked(_decode(raw), spec, min_bytes)
 
 
@@ -307,6 +311,12 @@ def seal_key(owner_secret: Secret | bytes, model_id: str) -> bytes:
     """HMAC-SHA256(owner secret, ``imambig/seal/v1 NUL model``): the key under which each
     record's seal is the HMAC of the record (``imambig.mechanism.seal``)."""
     return _owner_derived(owner_secret, b"imambig/seal/v1", model_id)
+
+
+def noise_fit_key(owner_secret: Secret | bytes, model_id: str) -> bytes:
+    """HMAC-SHA256(owner secret, ``imambig/noise-fit/v1 NUL model``): the key of the MAC
+    that binds a noise fit to the owner who made it (``imambig.stages.noise_fit``)."""
+    return _owner_derived(owner_secret, b"imambig/noise-fit/v1", model_id)
 
 
 def decoy_rng(owner_secret: Secret | bytes, model_id: str) -> np.random.Generator:

@@ -28,12 +28,21 @@ discriminator finds any joint difference. Fitted here, per model:
 from __future__ import annotations
 
 import io
+import math
+import struct
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from typing import IO, Any
 
 import numpy as np
+import numpy.lib.format as npy_format
 import torch
 
+from imambig.config import ModelConfig
+from imambig.errors import FormatError
 from imambig.mechanism import exact_float
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.model.autoencoder import SparseAutoencoder
@@ -157,30 +166,196 @@ class NoiseModel:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> NoiseModel:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            missing = [f.name for f in fields(cls) if f.name not in z.files]
-            if missing:
-                raise ValueError(f"noise model file lacks {', '.join(missing)}: it was "
-                                 "written by another noise design")
-            kw = {f.name: z[f.name] for f in fields(cls)}
-        kw["model_id"] = str(kw["model_id"])
-        kw["k"], kw["k_public"] = int(kw["k"]), int(kw["k_public"])
+    def from_bytes(cls, data: bytes, config: ModelConfig | None = None,
+                   what: str = "noise file") -> NoiseModel:
+        """Parse a noise file (see ``_read_members``); ``FormatError`` naming ``what``
+        unless it is one, for a model of ``config`` when given."""
+        kw: dict[str, Any] = _read_members(data, config, what)
+        kw["model_id"] = str(kw["model_id"][()])
+        kw["k"], kw["k_public"] = int(kw["k"][()]), int(kw["k_public"][()])
+        m = kw["position_freq"].shape[1]
+        if not 0 < kw["k"] <= kw["k_public"] <= m or (
+                config is not None and kw["k"] != config.k):
+            raise FormatError(f"{what}: k={kw['k']}, k'={kw['k_public']} do not fit its "
+                              f"{m} positions{'' if config is None else f' or k={config.k}'}")
         return cls(**kw)
 
     def save(self, location: Location) -> None:
         location.write_bytes(self.to_bytes())
 
     @classmethod
-    def load(cls, location: Location) -> NoiseModel:
-        data = location.read_bytes()
+    def load(cls, location: Location, config: ModelConfig | None = None) -> NoiseModel:
+        """The noise file at ``location``, read up to the size a fit of ``config`` can
+        have (``file_limit``) and parsed by ``from_bytes``."""
+        data = location.read_bytes(limit=file_limit(config))
         if data is None:
             raise FileNotFoundError(f"no noise model at {location} (`imambig encode` fits one "
                                     "on the image store's training split)")
-        try:
-            return cls.from_bytes(data)
-        except ValueError as exc:
-            raise ValueError(f"{location}: {exc}") from None
+        return cls.from_bytes(data, config, str(location))
+
+
+# ---------------------------------------------------------------------------
+# The noise file, parsed without trusting it
+# ---------------------------------------------------------------------------
+#
+# A noise file is numpy's .npz: a zip of one .npy member per field. It lies in a model
+# folder others may write, and numpy's own loader allocates whatever a member's header
+# claims (2^34 floats: a MemoryError) and lets zip errors out. So the zip directory is
+# checked first (small, few entries), then every member's .npy header against the shape
+# the field must have, and only then are exactly that many bytes read.
+
+NOISE_FILE_LIMIT = 512 << 20  # without a model config to size a fit (the paper's: ~10 MB)
+_DIRECTORY_LIMIT = 64 << 10  # the zip's central directory: some 2 kB for 23 members
+_MAX_MEMBERS = 64
+_NPY_HEADER_LIMIT = 4096  # numpy writes 128 bytes
+_KINDS = {"float": ("<f4", "<f8"), "int": ("<i8", "<i4"), "str": ()}
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+               RuntimeError, KeyError, TypeError, SyntaxError, OverflowError, struct.error,
+               zlib.error, tokenize.TokenError)
+
+
+def _layout(L: int, m: int, D: int) -> dict[str, tuple[str, tuple[int | None, ...]]]:
+    """(kind, shape) of every field for L maps of m positions and a bottleneck of D
+    values; ``None``: the number of principal components, 1..min(MAX_COMPONENTS, D)."""
+    per_position = ("float", (L, m))
+    layout: dict[str, tuple[str, tuple[int | None, ...]]] = {
+        "model_id": ("str", ()), "k": ("int", ()), "k_public": ("int", ()),
+        "mean": ("float", (D,)), "components": ("float", (None, D)),
+        "residual_std": ("float", (D,)), "probs": ("float", (N_QUANTILES,)),
+        "real_quantiles": ("float", (L, N_QUANTILES)),
+        "dense_quantiles": ("float", (L, m, len(GRID))),
+        "projection_cdf": ("float", (len(GRID),)),
+        "excess_residual": ("float", (L, len(RESIDUAL_LEVELS))),
+    }
+    for f in fields(NoiseModel):
+        layout.setdefault(f.name, per_position)
+    return layout
+
+
+def file_limit(config: ModelConfig | None) -> int:
+    """The most bytes a noise file of a model of ``config`` can hold: its fields
+    uncompressed as float64 with every principal component, plus the zip's overhead."""
+    if config is None:
+        return NOISE_FILE_LIMIT
+    L, m = config.n_maps, config.code_length
+    r = min(MAX_COMPONENTS, L * config.bottleneck_size)
+    total = sum(8 * math.prod(r if d is None else d for d in shape) + 256
+                for _, shape in _layout(L, m, L * config.bottleneck_size).values())
+    return min(NOISE_FILE_LIMIT, total + len(fields(NoiseModel)) * (_NPY_HEADER_LIMIT + 256))
+
+
+def _directory(data: bytes, what: str) -> None:
+    """Refuse a zip whose central directory is large or zip64 before ``zipfile`` parses
+    it (it builds an object per entry, whatever their number). The end record is found
+    the way ``zipfile`` finds it."""
+    end = b"PK\x05\x06"
+    if len(data) >= 22 and data[-22:-18] == end and data[-2:] == b"\0\0":
+        at = len(data) - 22
+    else:
+        at = data.rfind(end, max(0, len(data) - (1 << 16) - 22))
+    if at < 0 or at + 22 > len(data):
+        raise FormatError(f"{what} is not a noise model file (no zip directory; truncated?)")
+    _, disk, disk_cd, here, total, size, _, _ = struct.unpack_from("<4s4H2LH", data, at)
+    if at >= 20 and data[at - 20 : at - 16] == b"PK\x06\x07":
+        raise FormatError(f"{what}: a zip64 directory; noise files never need one")
+    if disk or disk_cd or here != total or total > _MAX_MEMBERS or size > _DIRECTORY_LIMIT:
+        raise FormatError(f"{what}: zip directory of {total} entries in {size:,} bytes "
+                          "is not a noise file's")
+
+
+def _npy_header(member: IO[bytes]) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """dtype, shape, Fortran order and header length of the .npy stream ``member``
+    (nothing else read)."""
+    version = npy_format.read_magic(member)
+    if version == (1, 0):
+        shape, fortran, dtype = npy_format.read_array_header_1_0(member, _NPY_HEADER_LIMIT)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy_format.read_array_header_2_0(member, _NPY_HEADER_LIMIT)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    return dtype, tuple(shape), bool(fortran), member.tell()
+
+
+def _read_members(data: bytes, config: ModelConfig | None, what: str) -> dict[str, np.ndarray]:
+    """Every field's array, each checked against its expected kind and shape (for
+    ``config``'s model, or consistent with one another) before its bytes are read."""
+    _directory(data, what)
+    names = [f.name for f in fields(NoiseModel)]
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            members = {i.filename: i for i in z.infolist()}
+            missing = [n for n in names if f"{n}.npy" not in members]
+            if missing:
+                raise FormatError(f"{what}: noise model file lacks {', '.join(missing)}: it "
+                                  "was written by another noise design")
+            if len(members) != len(names):
+                raise FormatError(f"{what}: holds members other than a noise model's")
+            heads = {}
+            for n in names:
+                info = members[f"{n}.npy"]
+                if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED,
+                                                                     zipfile.ZIP_DEFLATED):
+                    raise FormatError(f"{what}: member {n} is encrypted or compressed "
+                                      "unusually")
+                with z.open(info) as member:
+                    heads[n] = _npy_header(member)
+            layout = _expected(heads, config, what)
+            out = {}
+            for n in names:
+                dtype, shape, fortran, offset = heads[n]
+                kind, expected = layout[n]
+                _check_member(n, dtype, shape, kind, expected, what)
+                size = math.prod(shape) * dtype.itemsize
+                if offset + size != members[f"{n}.npy"].file_size:
+                    raise FormatError(f"{what}: member {n} holds other than {shape} {dtype}")
+                buffer = bytearray(size)
+                with z.open(members[f"{n}.npy"]) as member:
+                    member.read(offset)
+                    # The last byte read checks the member's CRC: a changed byte ends here.
+                    if member.readinto(buffer) != size or member.read(1):
+                        raise FormatError(f"{what}: member {n} is truncated or too long")
+                flat = np.frombuffer(buffer, dtype)
+                out[n] = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+            return out
+    except FormatError:
+        raise
+    except _ZIP_ERRORS as exc:  # a zip or .npy that does not parse
+        raise FormatError(f"{what} is not a readable noise model file "
+                          f"({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _expected(heads: dict[str, tuple[np.dtype, tuple[int, ...], bool, int]],
+              config: ModelConfig | None, what: str
+              ) -> dict[str, tuple[str, tuple[int | None, ...]]]:
+    """The layout the members must have: ``config``'s, else the one their own
+    ``position_freq`` and ``mean`` claim, bounded in total by ``NOISE_FILE_LIMIT``."""
+    if config is not None:
+        return _layout(config.n_maps, config.code_length,
+                       config.n_maps * config.bottleneck_size)
+    per_position, mean = heads["position_freq"][1], heads["mean"][1]
+    if len(per_position) != 2 or len(mean) != 1:
+        raise FormatError(f"{what}: position_freq or mean has the wrong rank")
+    layout = _layout(*per_position, *mean)
+    r = min(MAX_COMPONENTS, mean[0])
+    total = sum(8 * math.prod(r if d is None else d for d in shape)
+                for _, shape in layout.values())
+    if total > NOISE_FILE_LIMIT:
+        raise FormatError(f"{what} claims {total:,} bytes of arrays, over the "
+                          f"{NOISE_FILE_LIMIT:,} limit")
+    return layout
+
+
+def _check_member(name: str, dtype: np.dtype, shape: tuple[int, ...], kind: str,
+                  expected: tuple[int | None, ...], what: str) -> None:
+    r_max = min(MAX_COMPONENTS, expected[-1] or 0) if name == "components" else 0
+    fits = len(shape) == len(expected) and all(
+        (1 <= got <= r_max) if want is None else got == want
+        for got, want in zip(shape, expected, strict=True))
+    typed = (dtype.kind == "U" and 0 < dtype.itemsize <= 4 * 64 if kind == "str"
+             else dtype.str in _KINDS[kind])
+    if not fits or not typed:
+        raise FormatError(f"{what}: member {name} is {shape} {dtype.str}, expected "
+                          f"{tuple('r' if d is None else d for d in expected)} {kind}")
 
 
 def interpolate(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from imambig.config import ModelConfig
 from imambig.errors import ModelFormatError, TamperedError
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.stores.location import Location
+from imambig.untrusted import parse_json
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
@@ -46,6 +47,8 @@ MODEL_FORMAT = "imambig.model/2"
 STATE_FORMAT = "imambig.train-state/2"
 MAX_HEADER_BYTES = 16 << 20  # safetensors' own limit is 100 MB; ours are a few kB
 MAX_FILE_BYTES = 4 << 30
+MAX_DIMS = 8  # a tensor's rank; ours have at most 4
+MAX_DIM = 1 << 40  # one dimension; checked before any product of them is taken
 
 # safetensors dtype -> (torch dtype, bytes per element)
 _DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -100,9 +103,10 @@ def _header(data: bytes, what: str) -> tuple[dict[str, _Entry], dict[str, str]]:
     if n > MAX_HEADER_BYTES or 8 + n > len(data):
         raise ModelFormatError(f"{what}: header of {n} bytes does not fit the file")
     try:
-        doc = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ModelFormatError(f"{what} is not a safetensors file (bad header)") from None
+        doc = parse_json(bytes(data[8 : 8 + n]), "its header", MAX_HEADER_BYTES,
+                         ModelFormatError)
+    except ModelFormatError as exc:  # bad UTF-8 or JSON, or nested past the recursion limit
+        raise ModelFormatError(f"{what} is not a safetensors file (bad header: {exc})") from None
     if not isinstance(doc, dict):
         raise ModelFormatError(f"{what}: header is not a JSON object")
     meta = doc.pop("__metadata__", {})
@@ -114,14 +118,19 @@ def _header(data: bytes, what: str) -> tuple[dict[str, _Entry], dict[str, str]]:
     for name, e in doc.items():
         try:
             dtype, size = _DTYPES[e["dtype"]]
+            if not isinstance(e["shape"], list) or len(e["shape"]) > MAX_DIMS:
+                raise TypeError
             shape = tuple(e["shape"])
             begin, end = e["data_offsets"]
-            if not all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end)):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_DIM
+                       for v in shape) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_FILE_BYTES
+                    for v in (begin, end)):
                 raise TypeError
         except (KeyError, TypeError, ValueError):
-            raise ModelFormatError(f"{what}: tensor {name!r} is described wrongly") from None
+            raise ModelFormatError(f"{what}: tensor {name[:80]!r} is described wrongly") from None
         if end - begin != math.prod(shape) * size:
-            raise ModelFormatError(f"{what}: tensor {name!r} has {end - begin} bytes for "
+            raise ModelFormatError(f"{what}: tensor {name[:80]!r} has {end - begin} bytes for "
                                    f"shape {shape}")
         entries[name] = _Entry(dtype, shape, start + begin, start + end)
     at = start
@@ -135,10 +144,10 @@ def _header(data: bytes, what: str) -> tuple[dict[str, _Entry], dict[str, str]]:
 
 
 def _json_field(meta: dict[str, str], key: str, what: str) -> Any:
-    try:
-        return json.loads(meta[key])
-    except (KeyError, ValueError):
-        raise ModelFormatError(f"{what}: metadata field {key!r} is missing or not JSON") from None
+    if key not in meta:
+        raise ModelFormatError(f"{what}: metadata field {key!r} is missing")
+    return parse_json(meta[key], f"{what}: metadata field {key!r}", MAX_HEADER_BYTES,
+                      ModelFormatError)
 
 
 def _read(location: Location, what: str) -> bytes | None:
@@ -149,7 +158,9 @@ def _read(location: Location, what: str) -> bytes | None:
         return None
     if size is not None and size > MAX_FILE_BYTES:
         raise ModelFormatError(f"{what} is {size:,} bytes, over the {MAX_FILE_BYTES:,} limit")
-    return location.read_bytes()
+    # Read up to the size listed (a file that grew since is refused): a local read
+    # reserves its whole limit up front, which need not be 4 GB for a 1 MB model.
+    return location.read_bytes(limit=MAX_FILE_BYTES if size is None else size)
 
 
 def _refuse_pickle(folder: Location, legacy: str, what: str) -> None:
@@ -221,7 +232,10 @@ def load_state(folder: Location) -> dict[str, Any] | None:
     if meta.get("format") != STATE_FORMAT:
         raise ModelFormatError(f"{what} is not an imambig training state ({STATE_FORMAT})")
     tree = _json_field(meta, "tree", what)
-    state = _unflatten(tree, safetensors.torch.load(data), what)
+    try:
+        state = _unflatten(tree, safetensors.torch.load(data), what)
+    except RecursionError:  # JSON that parsed, nested nearly to the interpreter's limit
+        raise ModelFormatError(f"{what}: the state tree is nested too deeply") from None
     if not isinstance(state, dict):
         raise ModelFormatError(f"{what}: the state is not a mapping")
     return state
@@ -294,8 +308,10 @@ def verify_model_bytes(data: bytes, what: str, expected_id: str | None = None
         shapes = {k: tuple(v.shape) for k, v in SparseAutoencoder(config).state_dict().items()}
     if shapes != {k: e.shape for k, e in entries.items()}:
         raise ModelFormatError(f"{what}: tensors do not match the model config")
-    return config, {"metadata": _json_field(meta, "metadata", what),
-                    "extras": _json_field(meta, "extras", what)}, got
+    fields = {key: _json_field(meta, key, what) for key in ("metadata", "extras")}
+    if not all(isinstance(v, dict) for v in fields.values()):
+        raise ModelFormatError(f"{what}: metadata and extras must be JSON objects")
+    return config, fields, got
 
 
 def load_model(

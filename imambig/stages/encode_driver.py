@@ -8,7 +8,9 @@ region's manifest as it completes. Everything else happens here, once:
 1. refuse a keystore root that shares the public root, before anything is written;
 2. open what the run needs (``EncodeContext``: model.pt read once, k' settled, the
    secrets resolved once, here only: workers get keys derived from them,
-   ``RegionKeys``);
+   ``RegionKeys``) and make every other check that can refuse the run
+   (``check_encode``: a live lease, the published mechanism, the stores there; the
+   noise fit is found, verified or fitted in memory), still writing nothing;
 3. take the version's lease, so one run writes a version at a time;
 4. ``prepare`` the stores and map the regions; every region's commit and done-marker is
    fenced by the lease (a worker reads it back first), so a run whose lease was taken
@@ -35,6 +37,7 @@ from imambig.stages.encode_regions import (
     EncodeJob,
     Plan,
     RegionManifest,
+    check_encode,
     encode_region,
     finish,
     prepare,
@@ -112,9 +115,13 @@ def run_encode(
     t0 = time.perf_counter()
     assert_separate_roots(job.public_root, job.keys_root)  # before anything is written
     context = EncodeContext.open(job)
+    # Every refusal (settings, a live lease, the published mechanism, a store built
+    # otherwise) comes before the first write: a refused run leaves nothing behind.
+    fit = check_encode(context, overwrite=overwrite)
     with Lease(lease_location(context.job.keys_root, context.version), lease_ttl_s) as lease:
         # Workers check the lease before each commit (the fence), not only this process.
-        plan = dataclasses.replace(prepare(context, overwrite=overwrite), fence=lease.fence())
+        plan = dataclasses.replace(prepare(context, overwrite=overwrite, fit=fit),
+                                   fence=lease.fence())
         report = EncodeReport(plan)
         # What workers get of the secrets: derived keys for this model and keystore.
         keys = RegionKeys.derive(context.secrets, context.key_provider,

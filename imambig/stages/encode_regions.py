@@ -43,30 +43,35 @@ from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore, Slot
 from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig, SecretSources
-from imambig.errors import StoreFormatError
+from imambig.errors import FormatError, StoreFormatError
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.keys import key_bytes
-from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel, fit_noise_model
+from imambig.mechanism.noise_model import NOISE_DESIGN, NoiseModel
 from imambig.mechanism.quantizer import VALUE_BITS
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import ModelInfo, load_model
 from imambig.model.precision import resolve
+from imambig.stages import noise_fit
 from imambig.stages.encode_images import encode_images
+from imambig.stages.noise_fit import NoiseFit
 from imambig.stages.region_keys import RegionKeys
 from imambig.stages.release_binding import (
     Mechanism,
     check_release,
     family,
     published_versions,
+    released,
 )
-from imambig.stages.versions import set_current, version_name
+from imambig.stages.versions import lease_location, set_current, version_name
 from imambig.stores.image_store import FORGOTTEN, ImageStore, open_image_store
-from imambig.stores.lease import Fence
+from imambig.stores.lease import Fence, Lease
 from imambig.stores.loader import to_tensor
-from imambig.stores.location import Location
+from imambig.stores.location import Location, Mode
 from imambig.stores.public_store import PublicStore, public_store_id, record_digests
+from imambig.untrusted import parse_json
 
 STATE_DIR = "_state"  # inside the keystore: private, never published
+MARKER_LIMIT = 64 << 10  # a marker is some 200 bytes
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,6 @@ class EncodeJob:
             raise ValueError("k' is settled when the model is known (EncodeContext.open)")
         return self.config.k_public
 
-    def noise_location(self) -> Location:
-        # The fit depends on the encoder's precision too (its bottlenecks).
-        return self.model.join(
-            f"noise_d{NOISE_DESIGN}_k{self.k_public}_{self.config.precision}.npz")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,10 @@ class Plan:
     # (start, held) of regions to do whose items start:held are done already (the old
     # last region of a collection that grew): only held:stop is encoded
     topped_up: tuple[tuple[int, int], ...] = ()
+    # The owner's noise fit (a file of the model folder) and its digest: a worker
+    # refuses a fit with other bytes (swapped after the driver checked it).
+    noise_file: str = ""
+    noise_sha256: str = ""
 
     @property
     def total(self) -> int:
@@ -127,6 +132,25 @@ class RegionManifest:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> RegionManifest:
+        """A done-marker's manifest; ``StoreFormatError`` unless it is one (the keys
+        root may be a provider's: a marker is checked like any stored object)."""
+        doc = parse_json(raw, f"region marker {where}", MARKER_LIMIT, StoreFormatError)
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}  # annotations: "int", ...
+        required = set(kinds) - {"started", "finished", "skipped"}  # those have defaults
+        if not isinstance(doc, dict) or not required <= set(doc) <= set(kinds):
+            raise StoreFormatError(f"region marker {where} is not a region manifest")
+        for name, value in doc.items():
+            ok = {"int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                  "str": isinstance(value, str) and len(value) <= 128,
+                  "float": isinstance(value, int | float) and not isinstance(value, bool)
+                  and math.isfinite(value),
+                  "bool": isinstance(value, bool)}[kinds[name]]
+            if not ok:
+                raise StoreFormatError(f"region marker {where}: {name} is malformed")
+        return cls(**doc)
 
 
 # ---------------------------------------------------------------------------
@@ -161,19 +185,29 @@ class EncodeContext:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_context(job: EncodeJob, keys: RegionKeys
+def _worker_context(job: EncodeJob, keys: RegionKeys, noise_file: str, noise_sha256: str
                     ) -> tuple[SparseAutoencoder, NoiseModel, DecoyMap]:
-    """A worker's model, noise fit and decoy map for ``job`` (the driver's job, k' and
-    precision settled), once per process. No secret is resolved here: the worker has
-    only the keys the driver derived (``keys``)."""
+    """A worker's model, the noise fit the driver checked, and the decoy map for
+    ``job`` (the driver's job, k' and precision settled), once per process. No secret is
+    resolved here: the worker has only the keys the driver derived (``keys``)."""
     torch.set_num_threads(job.config.torch_threads)
     model, _, _ = load_model(job.model)
-    noise = NoiseModel.load(job.noise_location())
+    noise = noise_fit.load_published(job.model, {"file": noise_file, "sha256": noise_sha256},
+                                     model.config)
     return model, noise, keys.decoy_map(noise)
 
 
 def _marker(keystore: Location, start: int, stop: int) -> Location:
     return keystore.join(STATE_DIR, "regions", f"{start:012d}-{stop:012d}.json")
+
+
+def read_marker(marker: Location) -> RegionManifest | None:
+    """The manifest of a done region, or None where its marker is absent."""
+    try:
+        raw = marker.read_bytes(limit=MARKER_LIMIT)
+    except FormatError as exc:  # oversized: not a marker this code wrote
+        raise StoreFormatError(str(exc)) from None
+    return None if raw is None else RegionManifest.from_json(raw, str(marker))
 
 
 def _regions(n_items: int, region_items: int) -> list[tuple[int, int]]:
@@ -200,22 +234,33 @@ def _done(keystore: Location, regions: list[tuple[int, int]]) -> set[tuple[int, 
 # ---------------------------------------------------------------------------
 
 
-def ensure_noise_model(context: EncodeContext, store: ImageStore) -> Location:
-    """The noise fit stored with the model, fitted on the image store's training split
-    the first time. Returns its location."""
-    job = context.job
-    location = job.noise_location()
-    if location.exists():
-        return location
+def owner_noise_fit(context: EncodeContext, store: ImageStore) -> NoiseFit:
+    """The owner's noise fit for this job (``imambig.stages.noise_fit``): the one in the
+    model folder, verified, or else one fitted now on the image store's training split,
+    in memory (``NoiseFit.save`` stores it)."""
+    job, info = context.job, context.info
+    owner = context.secrets.owner_secret
+    earlier = released(job.keys_root, info.model_id)
+    found = noise_fit.find(job.model, info.model_id, context.model.config, job.k_public,
+                           job.config.precision, owner,
+                           earlier.noise_fit_sha256 if earlier else None)
+    if found is not None:
+        return found
     idx = store.indices("train")
     if len(idx) == 0:
         idx = store.indices("all")
     idx = idx[: job.config.noise_fit_items]
     batches = (to_tensor(store.read(idx[s : s + 64])) for s in range(0, len(idx), 64))
-    noise = fit_noise_model(context.model, context.info.model_id, batches, job.k_public,
-                            precision=job.config.precision)
-    noise.save(location)
-    return location
+    return noise_fit.fit(job.model, context.model, info.model_id, batches, job.k_public,
+                         job.config.precision, owner)
+
+
+def ensure_noise_model(context: EncodeContext, store: ImageStore) -> Location:
+    """The owner's noise fit stored with the model, fitted the first time (for tools
+    that fit ahead of encoding). Returns its location."""
+    fit = owner_noise_fit(context, store)
+    fit.save(context.secrets.owner_secret)
+    return fit.location
 
 
 def mechanism(context: EncodeContext, noise_sha256: str) -> Mechanism:
@@ -232,14 +277,19 @@ def _published_noise_fits(root: Location, model_id: str) -> dict[str, dict]:
     fits = {}
     for name in published_versions(root, model_id):
         try:
-            fits[name] = PublicStore.open(root.join(name)).attrs.get("noise_fit", {})
+            fit = PublicStore.open(root.join(name)).attrs.get("noise_fit", {})
         except (FileNotFoundError, ValueError, KeyError):
             continue  # not a store (a half-created folder): nothing was published there
+        fits[name] = fit if isinstance(fit, dict) else {}
     return fits
 
 
-def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
-    """Lay out or reopen the stores; call while holding the version's lease."""
+def check_encode(context: EncodeContext, overwrite: bool = False) -> NoiseFit:
+    """Everything that can refuse an encode, before it writes anything (no lease, no
+    noise fit, no release record, no store): the image size, the secrets, a run holding
+    the version's lease, the mechanism the model was published with, a store of the
+    version built with other settings or whose items moved. Returns the owner's noise
+    fit, fitted in memory where there is none yet."""
     job, c = context.job, context.model.config
     if warning := c.privacy_warning():
         warnings.warn(f"model {context.info.model_id}: {warning}", stacklevel=2)
@@ -248,11 +298,46 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
         raise ValueError(f"image store holds {store.height}x{store.width} images, the model "
                          f"expects {c.image_height}x{c.image_width}")
     _ = context.secrets.owner_secret  # a missing secret fails here, before any work
+    _ = context.key_provider
+    Lease(lease_location(job.keys_root, context.version)).check_free()  # before a fit
+    fit = owner_noise_fit(context, store)
+    _check_stores(context, store, fit, overwrite)
+    return fit
+
+
+def _check_stores(context: EncodeContext, store: ImageStore, fit: NoiseFit,
+                  overwrite: bool) -> None:
+    """The refusals that depend on what the roots hold (read only)."""
+    job = context.job
+    check_release(mechanism(context, fit.sha256), job.public_root, job.keys_root,
+                  _published_noise_fits(job.public_root, context.info.model_id),
+                  *family(context.info.metadata), record=False)
+    public = _existing_public(job.public_root.join(context.version), context, store,
+                              fit.attrs(), overwrite, mode="r")
+    if public is not None:
+        keystore = _existing_keystore(job.keys_root.join(context.version), public,
+                                      context.key_provider, overwrite, mode="r")
+        if keystore is not None:
+            check_ids_in_place(public, keystore, store)
+
+
+def prepare(context: EncodeContext, overwrite: bool = False,
+            fit: NoiseFit | None = None) -> Plan:
+    """Lay out or reopen the stores; call while holding the version's lease. ``fit``:
+    what ``check_encode`` returned before the lease was taken (checked again here: the
+    roots may have changed meanwhile); nothing is written before these checks pass."""
+    job = context.job
+    if fit is None:
+        fit = check_encode(context, overwrite)
+    store = open_image_store(job.images)
+    owner = context.secrets.owner_secret
+    if not fit.saved:  # another run of this owner may have stored its fit meanwhile
+        fit = noise_fit.find(job.model, fit.model_id, context.model.config, fit.k_public,
+                             fit.precision, owner) or fit
+    _check_stores(context, store, fit, overwrite)
     provider = context.key_provider
-    noise = ensure_noise_model(context, store)
-    noise_fit = {"file": noise.name, "sha256": hashlib.sha256(noise.read_bytes()).hexdigest(),
-                 "precision": job.config.precision}
-    check_release(mechanism(context, noise_fit["sha256"]), job.public_root, job.keys_root,
+    fit.save(owner)  # the run's first write
+    check_release(mechanism(context, fit.sha256), job.public_root, job.keys_root,
                   _published_noise_fits(job.public_root, context.info.model_id),
                   *family(context.info.metadata))
 
@@ -260,7 +345,7 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     public_location = job.public_root.join(version)
     keystore_location = job.keys_root.join(version)
     n = store.n_items
-    public, fresh = _open_or_create_public(public_location, context, store, noise_fit,
+    public, fresh = _open_or_create_public(public_location, context, store, fit.attrs(),
                                            overwrite)
     keystore = _open_or_create_keystore(keystore_location, public, provider, overwrite or fresh)
     check_ids_in_place(public, keystore, store)
@@ -273,7 +358,8 @@ def prepare(context: EncodeContext, overwrite: bool = False) -> Plan:
     topped_up = tuple((a, b) for a, b in markers for start, stop in todo
                       if a == start and b < stop)
     return Plan(version, public_location, keystore_location, n, job.config.region_items,
-                todo, len(regions) - len(todo), job.config.precision, topped_up=topped_up)
+                todo, len(regions) - len(todo), job.config.precision, topped_up=topped_up,
+                noise_file=fit.name, noise_sha256=fit.sha256)
 
 
 def store_binding(context: EncodeContext, store: ImageStore,
@@ -290,26 +376,35 @@ def store_binding(context: EncodeContext, store: ImageStore,
     }
 
 
+def _existing_public(location: Location, context: EncodeContext, store: ImageStore,
+                     noise_fit: dict[str, str], overwrite: bool, mode: Mode = "r+"
+                     ) -> PublicStore | None:
+    """The version's public store where it was built with these settings; None where
+    there is none, or ``overwrite`` replaces another; refused otherwise."""
+    job = context.job
+    store_id = public_store_id(store_binding(context, store, noise_fit))
+    try:
+        public = PublicStore.open(location, mode=mode)
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    if (public.attrs.get("store_id") == store_id and public.attrs.get("noise_fit") == noise_fit
+            and public.chunk_items == job.config.region_items):
+        return public
+    if not overwrite:
+        raise ValueError(f"{location} holds a public store built with other settings; pass "
+                         "--overwrite to rebuild it")
+    return None
+
+
 def _open_or_create_public(location: Location, context: EncodeContext, store: ImageStore,
                            noise_fit: dict[str, str], overwrite: bool
                            ) -> tuple[PublicStore, bool]:
     """The version's public store, and whether it was (re)created just now."""
     job, c = context.job, context.model.config
-    store_id = public_store_id(store_binding(context, store, noise_fit))
-    try:
-        public: PublicStore | None = PublicStore.open(location, mode="r+")
-    except (FileNotFoundError, ValueError, KeyError):
-        public = None
-    same = public is not None and (
-        public.attrs.get("store_id") == store_id
-        and public.attrs.get("noise_fit") == noise_fit
-        and public.chunk_items == job.config.region_items
-    )
-    if public is not None and not same and not overwrite:
-        raise ValueError(f"{location} holds a public store built with other settings; pass "
-                         "--overwrite to rebuild it")
-    if public is not None and same:
+    public = _existing_public(location, context, store, noise_fit, overwrite)
+    if public is not None:
         return public, False
+    store_id = public_store_id(store_binding(context, store, noise_fit))
     return PublicStore.create(
         location, store_id=store_id, version=context.version, n_items=store.n_items,
         chunk_items=job.config.region_items, n_maps=c.n_maps, code_length=c.code_length,
@@ -318,16 +413,25 @@ def _open_or_create_public(location: Location, context: EncodeContext, store: Im
     ), True
 
 
-def _open_or_create_keystore(location: Location, public: PublicStore,
-                             provider: LocalKeyProvider, overwrite: bool) -> Keystore:
+def _existing_keystore(location: Location, public: PublicStore, provider: LocalKeyProvider,
+                       overwrite: bool, mode: Mode = "r+") -> Keystore | None:
+    """The version's keystore where it belongs to ``public`` and is kept."""
     try:
-        ks = Keystore.open(location, provider, mode="r+")
+        ks = Keystore.open(location, provider, mode=mode)
         if ks.attrs["public_store_id"] == public.attrs["store_id"] and not (
             overwrite and not public.attrs.get("complete")
         ):
             return ks
     except (FileNotFoundError, KeyError, StoreFormatError):
         pass
+    return None
+
+
+def _open_or_create_keystore(location: Location, public: PublicStore,
+                             provider: LocalKeyProvider, overwrite: bool) -> Keystore:
+    ks = _existing_keystore(location, public, provider, overwrite)
+    if ks is not None:
+        return ks
     location.join(STATE_DIR).delete()  # markers of another store version mean nothing now
     a = public.attrs
     return Keystore.create(
@@ -392,10 +496,10 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
                   keys: RegionKeys) -> RegionManifest:
     """Items ``start:stop``, with the keys the driver derived for this version."""
     marker = _marker(plan.keystore, start, stop)
-    if (done := marker.read_bytes()) is not None:
-        return RegionManifest(**{**json.loads(done), "skipped": True})
+    if (done := read_marker(marker)) is not None:
+        return dataclasses.replace(done, skipped=True)
     t0, started = time.perf_counter(), time.time()
-    model, noise, decoy_map = _worker_context(job, keys)
+    model, noise, decoy_map = _worker_context(job, keys, plan.noise_file, plan.noise_sha256)
     store = open_image_store(job.images)
     held = dict(plan.topped_up).get(start, start)  # items start:held are done already
     images = store.read(slice(held, stop))

@@ -25,23 +25,27 @@ from imambig.attacks.linkage import link
 from imambig.attacks.registry import ATTACKS
 from imambig.attacks.suite import attacker_ambiguation, attacker_secret, run_attacks
 from imambig.config import EvaluateConfig
+from imambig.errors import FormatError
 from imambig.evaluation import rate_distortion as rd
 from imambig.evaluation.grid import comparison_grid
 from imambig.evaluation.metrics import ms_ssim_scales
 from imambig.mechanism.grant_entries import entries_key_bytes, revealed_entries
 from imambig.mechanism.keys import stored_records
-from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.record import Ambiguated
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
 from imambig.stages.encode_images import bottlenecks
 from imambig.stages.grant_decoder import find_grant_decoder, grant_codes
 from imambig.stages.near_duplicates import NearDuplicates
+from imambig.stages.noise_fit import load_published
 from imambig.stages.privacy_experiment import identity_gallery, identity_rows
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
+from imambig.untrusted import parse_json
+
+EVALUATION_LIMIT = 64 << 20  # rows, tables and curves: a few hundred kB
 
 
 @dataclass
@@ -216,8 +220,9 @@ def evaluate_stores(
     amb = stored_records(mask, values, keys)
     x = to_tensor(store.read(target))
     own = store.indices("train")[: config.attacker_items]
-    noise = NoiseModel.load(model.join(pub.attrs["noise_fit"]["file"]))
-    precision = pub.attrs["noise_fit"].get("precision", "fp32")
+    # The store names its fit: a file of the model folder with the digest it records.
+    noise = load_published(model, pub.attrs.get("noise_fit"), net.config)
+    precision = str(pub.attrs["noise_fit"].get("precision", "fp32"))
     h_own = bottlenecks(net, store.read(own), precision)
     releases = [attacker_ambiguation(net, noise, h_own, attacker_secret(0, r))
                 for r in range(max(1, config.releases))]
@@ -322,7 +327,13 @@ def as_table(ev: Evaluation) -> list[dict[str, Any]]:
 
 
 def load_evaluation(text: str) -> Evaluation:
-    return Evaluation(**json.loads(text))
+    doc = parse_json(text, "evaluation", EVALUATION_LIMIT)
+    if not isinstance(doc, dict):
+        raise FormatError("an evaluation is a JSON object")
+    try:
+        return Evaluation(**doc)
+    except TypeError:  # fields it does not have, or lacks
+        raise FormatError("not an evaluation: its fields differ") from None
 
 
 __all__ = ["Evaluation", "as_table", "evaluate_stores", "load_evaluation"]

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 
+from imambig.errors import StoreFormatError
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
+from imambig.untrusted import parse_json
 from storage_schemas.validate import validate
 
 MANIFEST = "MANIFEST.json"
+MANIFEST_LIMIT = 64 << 20  # some 150 bytes per object: ~400,000 objects
+_OBJECT_PATH = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -73,17 +79,39 @@ def publish(source: Location, target_root: Location) -> PublishReport:
     return PublishReport(source, target, len(entries), copied, total, manifest_location)
 
 
+def read_manifest(raw: bytes, where: str) -> list[dict]:
+    """The object list of a manifest, each entry checked (a relative path inside the
+    publication, a size, a SHA-256); ``StoreFormatError`` otherwise: a publication sits
+    where others can write."""
+    doc = parse_json(raw, f"manifest {where}", MANIFEST_LIMIT, StoreFormatError)
+    objects = doc.get("objects") if isinstance(doc, dict) else None
+    if not isinstance(objects, list):
+        raise StoreFormatError(f"manifest {where} lists no objects")
+    for n, e in enumerate(objects):
+        rel = e.get("path") if isinstance(e, dict) else None
+        size, digest = (e.get("bytes"), e.get("sha256")) if isinstance(e, dict) else (0, 0)
+        if (not isinstance(rel, str) or not _OBJECT_PATH.fullmatch(rel)
+                or ".." in rel.split("/") or not isinstance(size, int)
+                or isinstance(size, bool) or size < 0
+                or not isinstance(digest, str) or not _SHA256.fullmatch(digest)):
+            raise StoreFormatError(f"manifest {where}: object {n} is malformed")
+    return objects
+
+
 def verify_publication(target: Location) -> list[str]:
     """Re-check every object of a publication against its manifest; list the problems."""
-    raw = target.join(MANIFEST).read_bytes()
+    raw = target.join(MANIFEST).read_bytes(limit=MANIFEST_LIMIT)
     if raw is None:
         return [f"{target} has no {MANIFEST} (unpublished or interrupted)"]
     fs, path = target.filesystem()
     problems = []
-    for e in json.loads(raw)["objects"]:
+    for e in read_manifest(raw, str(target.join(MANIFEST))):
         p = f"{path}/{e['path']}"
         if not fs.exists(p):
             problems.append(f"missing {e['path']}")
-        elif hashlib.sha256(fs.cat_file(p)).hexdigest() != e["sha256"]:
+            continue
+        # One byte past the listed size is enough to tell a longer object.
+        data = fs.cat_file(p, start=0, end=e["bytes"] + 1)
+        if len(data) != e["bytes"] or hashlib.sha256(data).hexdigest() != e["sha256"]:
             problems.append(f"checksum mismatch {e['path']}")
     return problems

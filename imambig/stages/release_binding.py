@@ -27,12 +27,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
+from imambig.errors import FormatError, ImambigError
 from imambig.stores.location import Location
+from imambig.untrusted import parse_json
 
 RELEASES = "_releases"
+RECORD_LIMIT = 1 << 20  # a record is under 1 kB (a long lineage: a few kB)
 
 
-class ReleaseRefused(ValueError):
+class ReleaseRefused(ImambigError):
     """Publishing would release a model's codes with other fakes than before."""
 
 
@@ -55,9 +58,9 @@ class Mechanism:
     @classmethod
     def from_json(cls, raw: bytes, where: Location) -> Mechanism:
         try:
-            d = json.loads(raw)
+            d = parse_json(raw, f"release record {where}", RECORD_LIMIT)
             return cls(**{f.name: d[f.name] for f in fields(cls)})
-        except (ValueError, KeyError, TypeError) as exc:
+        except (FormatError, KeyError, TypeError) as exc:
             raise ReleaseRefused(f"{where} is not a release record ({exc}); it guards the "
                                  "model's publications: restore it from a backup") from None
 
@@ -106,7 +109,7 @@ def check_lineage(model_id: str, lineage: tuple[str, ...], public_root: Location
     these roots."""
     for ancestor in lineage:
         where = record_location(keys_root, ancestor)
-        if where.read_bytes() is not None:
+        if where.exists():
             raise _family_refusal(model_id, ancestor, "fine-tuned from", f"recorded in {where}")
         if versions := published_versions(public_root, ancestor):
             raise _family_refusal(model_id, ancestor, "fine-tuned from",
@@ -116,9 +119,11 @@ def check_lineage(model_id: str, lineage: tuple[str, ...], public_root: Location
         if not name.endswith(".json") or name == f"{model_id}.json":
             continue
         try:
-            record = json.loads(records.join(name).read_bytes() or b"{}")
+            raw = records.join(name).read_bytes(limit=RECORD_LIMIT)
+            record = parse_json(raw or b"{}", f"release record {records.join(name)}",
+                                RECORD_LIMIT)
             family, other_start = record.get("lineage", []), record.get("start")
-        except (ValueError, AttributeError):
+        except (FormatError, AttributeError):
             family, other_start = [], None
         if isinstance(family, list) and model_id in family:
             raise _family_refusal(model_id, name.removesuffix(".json"), "an ancestor of",
@@ -134,26 +139,32 @@ def published_versions(root: Location, model_id: str) -> list[str]:
     return sorted(n for n in root.names() if n.startswith(f"v-{model_id}-"))
 
 
+def released(keys_root: Location, model_id: str) -> Mechanism | None:
+    """The mechanism ``model_id`` was first published with under ``keys_root``."""
+    where = record_location(keys_root, model_id)
+    raw = where.read_bytes(limit=RECORD_LIMIT)
+    return None if raw is None else Mechanism.from_json(raw, where)
+
+
 def check_release(mechanism: Mechanism, public_root: Location, keys_root: Location,
                   noise_fit_of: dict[str, dict], lineage: tuple[str, ...] = (),
-                  start: str | None = None) -> None:
+                  start: str | None = None, record: bool = True) -> None:
     """Refuse unless ``mechanism`` is the one the model was published with under these
     roots and no relative of the model (``lineage``: its ancestors) was published there;
-    record it on the model's first publication. ``noise_fit_of`` maps the version names
-    found under the public root to their stores' ``noise_fit`` attributes."""
+    with ``record``, record it on the model's first publication. ``noise_fit_of`` maps
+    the version names found under the public root to their stores' ``noise_fit``
+    attributes."""
     check_lineage(mechanism.model_id, lineage, public_root, keys_root, start)
     where = record_location(keys_root, mechanism.model_id)
-    raw = where.read_bytes()
-    if raw is not None:
-        earlier = Mechanism.from_json(raw, where)
-        if diffs := mechanism.differences(earlier):
-            raise _refusal(mechanism, diffs, f"recorded in {where}")
+    earlier = released(keys_root, mechanism.model_id)
+    if earlier is not None and (diffs := mechanism.differences(earlier)):
+        raise _refusal(mechanism, diffs, f"recorded in {where}")
     # Versions published before a record existed, or whose record was removed.
     for name, noise_fit in noise_fit_of.items():
         if noise_fit.get("sha256") != mechanism.noise_fit_sha256:
             raise _refusal(mechanism, [f"noise fit {noise_fit.get('sha256')!r} -> "
                                        f"{mechanism.noise_fit_sha256!r}"],
                            f"version {name} under {public_root}")
-    if raw is None:
-        record = {**asdict(mechanism), "lineage": list(lineage), "start": start}
-        where.write_bytes(json.dumps(record, indent=1).encode())
+    if earlier is None and record:
+        body = {**asdict(mechanism), "lineage": list(lineage), "start": start}
+        where.write_bytes(json.dumps(body, indent=1).encode())

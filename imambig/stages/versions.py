@@ -13,20 +13,28 @@ which holders of its grants could move on.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from imambig.errors import StoreFormatError
 from imambig.mechanism.noise_model import NOISE_DESIGN
 from imambig.stores.lease import Lease, LeaseHeld
 from imambig.stores.location import Location
+from imambig.untrusted import parse_json
 
-VERSION_NAME = re.compile(r"^v-(?P<model>[0-9a-f]{16})-k(?P<k>\d+)-d(?P<design>\d+)$")
+# \Z, not $: a name is joined to a root, so not even a trailing newline gets through.
+VERSION_NAME = re.compile(
+    r"^v-(?P<model>[0-9a-f]{16})-k(?P<k>[0-9]{1,9})-d(?P<design>[0-9]{1,9})\Z")
 
 CURRENT = "current.json"
 LEASES = "_leases"
+# A pointer names one version and when others stopped being current: a few kB even
+# after years of nightly versions; anything larger was not written here.
+POINTER_LIMIT = 1 << 20
 
 
 def version_name(model_id: str, k_public: int) -> str:
@@ -52,25 +60,43 @@ def set_current(root: Location, version: str, n_items: int) -> None:
     root.join(CURRENT).write_bytes(json.dumps(pointer).encode())
 
 
+def parse_pointer(raw: bytes, where: str) -> dict:
+    """A ``current.json``'s content, checked: ``version`` a version name (so joining it
+    to the root never leaves the root), ``n_items`` a count, ``superseded`` version
+    names to times. ``StoreFormatError`` otherwise: the roots may be a provider's."""
+    what = f"{where} (version pointer)"
+    pointer = parse_json(raw, what, POINTER_LIMIT, StoreFormatError)
+    if not isinstance(pointer, dict):
+        raise StoreFormatError(f"{what} is not a JSON object")
+    version = pointer.get("version")
+    if not isinstance(version, str) or not VERSION_NAME.match(version):
+        raise StoreFormatError(f"{what} names no store version ({str(version)[:80]!r} is "
+                               "not of the form v-<model id>-k<k'>-d<design>)")
+    n_items = pointer.get("n_items", 0)
+    if not isinstance(n_items, int) or isinstance(n_items, bool) or n_items < 0:
+        raise StoreFormatError(f"{what}: n_items is not a count")
+    superseded = pointer.get("superseded", {})
+    if not isinstance(superseded, dict) or not all(
+            isinstance(name, str) and VERSION_NAME.match(name)
+            and isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+            for name, t in superseded.items()):
+        raise StoreFormatError(f"{what}: superseded must map version names to times")
+    return pointer
+
+
 def _pointer(root: Location) -> dict:
-    raw = root.join(CURRENT).read_bytes()
+    raw = root.join(CURRENT).read_bytes(limit=POINTER_LIMIT)
     if raw is None:
         return {}
-    try:
-        pointer = json.loads(raw)
-    except ValueError:
-        raise ValueError(f"{root.join(CURRENT)} is not a version pointer") from None
-    if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
-        raise ValueError(f"{root.join(CURRENT)} is not a version pointer")
-    return pointer
+    return parse_pointer(raw, str(root.join(CURRENT)))
 
 
 def current_version(root: Location) -> Location:
     """The store version ``root``'s ``current.json`` names."""
-    raw = root.join(CURRENT).read_bytes()
-    if raw is None:
+    pointer = _pointer(root)
+    if not pointer:
         raise FileNotFoundError(f"{root} has no complete store yet (no {CURRENT})")
-    return root.join(json.loads(raw)["version"])
+    return root.join(pointer["version"])
 
 
 def resolve_store(location: Location) -> Location:
@@ -125,13 +151,19 @@ def _modified(location: Location) -> float:
 
 
 def _attrs(store: Location) -> dict:
-    raw = store.join("zarr.json").read_bytes()
-    if raw is None:
-        return {}
+    """A store's attributes for the listing; empty where unreadable (a listing shows
+    what is there, it does not refuse)."""
     try:
-        return dict(json.loads(raw).get("attributes", {}))
-    except (ValueError, AttributeError):
+        raw = store.join("zarr.json").read_bytes(limit=POINTER_LIMIT)
+        doc = parse_json(raw, str(store.join("zarr.json"))) if raw is not None else {}
+    except ValueError:  # FormatError: oversized or not JSON
         return {}
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _stores(root: Location) -> set[str]:
@@ -156,7 +188,7 @@ def list_versions(public_root: Location, keys_root: Location) -> list[VersionInf
         holder = Lease(lease_location(keys_root, name)).holder()
         out.append(VersionInfo(
             name, m["model"], int(m["k"]), str(fit.get("precision", "?")),
-            int(a.get("n_items", 0)), a.get("complete") is True, name == current,
+            _count(a.get("n_items")), a.get("complete") is True, name == current,
             name in in_public, name in in_keys, float(changed),
             holder is not None and holder.get("expires", 0) > time.time()))
     return out

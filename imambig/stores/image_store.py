@@ -23,7 +23,6 @@ and finished again; an append that dies is cut back to ``append_from`` by the ne
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -31,8 +30,10 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from imambig.errors import FormatError
 from imambig.stores.location import Location
 from imambig.stores.splits import SPLIT_NAMES, UNKNOWN_IDENTITY, split_code
+from imambig.untrusted import JSON_LIMIT, parse_json
 from storage_schemas import image_store_v1, image_store_v2
 
 SCHEMA = image_store_v2.SCHEMA  # what is written
@@ -70,10 +71,13 @@ def store_state(location: Location) -> StoreState:
     if not fs.exists(meta_path):
         return "absent" if not fs.ls(path, detail=False) else "foreign"
     try:
-        attrs = json.loads(fs.cat_file(meta_path)).get("attributes", {})
-    except (ValueError, OSError):
+        # At most JSON_LIMIT + 1 bytes: whatever is at the location may be anybody's.
+        raw = fs.cat_file(meta_path, start=0, end=JSON_LIMIT + 1)
+        doc = parse_json(raw, f"{location}/zarr.json")
+    except (FormatError, OSError):
         return "foreign"
-    if attrs.get("schema") not in READABLE:
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    if not isinstance(attrs, dict) or attrs.get("schema") not in READABLE:
         return "foreign"
     return "complete" if attrs.get("complete") is True else "incomplete"
 

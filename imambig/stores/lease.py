@@ -34,10 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imambig.errors import StorageUnavailableError
+from imambig.errors import FormatError, StorageUnavailableError
 from imambig.stores.location import Location
+from imambig.untrusted import parse_json
 
 LEASE_TTL_S = 120.0  # a holder that stops renewing for this long is taken over
+# A lease record is a few hundred bytes; a larger object was not written by a run and is
+# read only this far (its token then covers what was read).
+LEASE_LIMIT = 64 << 10
 
 
 class LeaseHeld(RuntimeError):
@@ -109,7 +113,7 @@ class S3ObjectCAS:
         self.fs.invalidate_cache(path)
         try:
             token = self.fs.info(path)["ETag"]
-            return self.fs.cat_file(path), token
+            return self.fs.cat_file(path, start=0, end=LEASE_LIMIT + 1), token
         except FileNotFoundError:
             return None
 
@@ -183,7 +187,7 @@ class _Local:
     def read(self) -> tuple[bytes, str] | None:
         try:
             with open(self.path, "rb") as f:
-                data = f.read()
+                data = f.read(LEASE_LIMIT + 1)
         except FileNotFoundError:
             return None
         return data, self._token(data)
@@ -253,7 +257,7 @@ def _holder_dead(held: dict[str, Any]) -> bool:
     pid = held.get("pid")
     if (not boot or not pid_ns or held.get("host") != socket.gethostname()
             or held.get("boot_id") != boot or held.get("pid_ns") != pid_ns
-            or not isinstance(pid, int) or pid <= 0):
+            or not isinstance(pid, int) or not 0 < pid < 1 << 31):
         return False
     try:
         os.kill(pid, 0)
@@ -265,17 +269,24 @@ def _holder_dead(held: dict[str, Any]) -> bool:
     return bool(started) and started != held.get("pid_start")
 
 
+def _time(value: object) -> bool:
+    """A time a run could have written (epoch seconds), not NaN, infinity or year 10^9."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and 0 <= value < 1 << 40)
+
+
 def _parse(got: tuple[bytes, str] | None) -> dict[str, Any] | None:
     """A lease record; an unreadable one counts as expired (whole-object writes never
     leave one behind, so no live run holds it)."""
     if got is None:
         return None
     try:
-        held = json.loads(got[0])
-        if isinstance(held, dict) and isinstance(held.get("expires"), int | float):
-            return held
-    except ValueError:
-        pass
+        held = parse_json(got[0], "lease", LEASE_LIMIT)
+    except FormatError:
+        held = None
+    if (isinstance(held, dict) and _time(held.get("expires"))
+            and _time(held.get("acquired", 0))):
+        return held
     return {"owner": "unreadable", "acquired": 0, "expires": 0}
 
 
@@ -326,20 +337,28 @@ class Lease:
     def fence(self) -> Fence:
         return Fence(self.location, self.owner)
 
+    def _refuse_live(self, held: dict[str, Any] | None) -> None:
+        """``LeaseHeld`` when ``held`` is a live run's lease."""
+        if held and held["expires"] > time.time() and not _holder_dead(held):
+            since = time.strftime("%H:%M:%S", time.localtime(held.get("acquired", 0)))
+            raise LeaseHeld(
+                f"another encode run ({str(held.get('owner'))[:200]}, since {since}) is "
+                f"writing this store (lease {self.location}); wait for it to finish, or if it "
+                f"died on another host, retry after its lease expires in "
+                f"{held['expires'] - time.time():.0f} s"
+            )
+
+    def check_free(self) -> None:
+        """Refuse (``LeaseHeld``) now, writing nothing, where a live run holds the lease:
+        a run checks this before work that precedes taking it (a noise fit)."""
+        self._refuse_live(self.holder())
+
     def acquire(self) -> Lease:
         self._cas.check_conditional_writes()
         self._token = self._cas.create(self._record())
         if self._token is None:
             got = self._cas.read()
-            held = _parse(got)
-            if held and held["expires"] > time.time() and not _holder_dead(held):
-                since = time.strftime("%H:%M:%S", time.localtime(held.get("acquired", 0)))
-                raise LeaseHeld(
-                    f"another encode run ({held.get('owner')}, since {since}) is writing this "
-                    f"store (lease {self.location}); wait for it to finish, or if it died on "
-                    f"another host, retry after its lease expires in "
-                    f"{held['expires'] - time.time():.0f} s"
-                )
+            self._refuse_live(_parse(got))
             # Dead or expired holder: take over, unless another run did so first.
             self._token = (self._cas.replace(self._record(), got[1]) if got
                            else self._cas.create(self._record()))
