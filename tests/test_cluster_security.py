@@ -165,10 +165,7 @@ def _check_item(job: EncodeJob, report, sources: SecretSources, items: list[int]
 
 
 def _noise_file(job: EncodeJob, report) -> Location:
-    fits = [n for n in job.model.names() if n.startswith("noise_") and
-            n.endswith(f"_{report.precision}.npz")]
-    assert len(fits) == 1, fits
-    return job.model.join(fits[0])
+    return job.model.join(report.plan.noise_file)  # the fit the run checked
 
 
 # ---------------------------------------------------------------------------
