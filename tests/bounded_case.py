@@ -5,8 +5,9 @@ untrusted input is "a project exception, at most twice the peak memory of an hon
 read of the same kind, under 5 s". Measured in the same process, a test would see the
 memory of everything imported and read before it; so :func:`measure` runs the case in
 a new ``python`` (importing this checkout's ``imambig``), takes the peak resident set
-(``ru_maxrss``) after the imports and again after the case, and reports the growth, the
-wall time and what was raised. An address-space limit above the start-up footprint turns
+(``ru_maxrss``, and the resident set sampled from the parent while the case runs)
+after the imports and again after the case, and reports the growth, the wall time and
+what was raised. An address-space limit above the start-up footprint turns
 a runaway allocation into a ``MemoryError`` in the child instead of a swapping machine.
 
 Use::
@@ -27,6 +28,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +53,12 @@ def _vm_size():
 _soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
 if {address_space}:  # the soft limit only: it is put back before reporting
     resource.setrlimit(resource.RLIMIT_AS, (_vm_size() + {address_space}, _hard))
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
 result = None
 raised, message, project = "", "", False
+print("@@start", _rss(), flush=True)
 before, t0 = _peak(), time.perf_counter()
 try:
 {case}
@@ -62,7 +69,7 @@ except BaseException as exc:
 seconds, after = time.perf_counter() - t0, _peak()
 resource.setrlimit(resource.RLIMIT_AS, (_soft, _hard))
 print("\\n@@cost " + json.dumps({{"raised": raised, "message": message, "project": project,
-    "growth": after - before, "seconds": seconds, "result": repr(result)[:300]}}))
+    "growth": after - before, "seconds": seconds, "result": repr(result)[:300]}}), flush=True)
 '''
 
 
@@ -94,16 +101,56 @@ def measure(case: str, *, imports: str = "", values: dict[str, Any] | None = Non
                            address_space=int(address_space))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    try:
-        proc = subprocess.run([sys.executable, "-c", script], input=json.dumps(values or {}),
-                              capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=REPO)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"case did not finish in {timeout} s (a hang): {case}") from None
-    marker = proc.stdout.rfind("@@cost ")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)
+    assert proc.stdin and proc.stdout and proc.stderr
+    lines: list[str] = []
+    errors: list[str] = []
+    stderr = proc.stderr
+    for reader in (threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True),
+                   threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)):
+        reader.start()
+    proc.stdin.write(json.dumps(values or {}))
+    proc.stdin.close()
+    start_rss, sampled = _sample(proc, lines, timeout, case)
+    proc.wait()
+    text = "".join(lines)
+    marker = text.rfind("@@cost ")
     if marker < 0:
-        raise AssertionError(f"case died (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return Cost(**json.loads(proc.stdout[marker + len("@@cost ") :]))
+        time.sleep(0.1)  # let stderr arrive
+        raise AssertionError(f"case died (exit {proc.returncode}): {''.join(errors)[-2000:]}")
+    cost = json.loads(text[marker + len("@@cost ") :])
+    if start_rss is not None:
+        cost["growth"] = max(cost["growth"], sampled - start_rss)
+    return Cost(**cost)
+
+
+def _sample(proc: subprocess.Popen, lines: list[str], timeout: float, case: str
+            ) -> tuple[int | None, int]:
+    """The child's resident set when its case starts (as it reports it) and the largest
+    one seen until the case ends, polled every half millisecond: ``ru_maxrss`` alone
+    misses memory that was freed again (the kernel updates its high-water mark lazily)."""
+    deadline, page = time.monotonic() + timeout, os.sysconf("SC_PAGE_SIZE")
+    start_rss, sampled = None, 0
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"case did not finish in {timeout} s (a hang): {case}")
+        seen = list(lines)
+        if any(line.startswith("@@cost") for line in seen):
+            break
+        if start_rss is None:
+            start_rss = next((int(line.split()[1]) for line in seen
+                              if line.startswith("@@start")), None)
+        else:
+            try:
+                with open(f"/proc/{proc.pid}/statm") as f:
+                    sampled = max(sampled, int(f.read().split()[1]) * page)
+            except (OSError, IndexError, ValueError):  # the child just ended
+                pass
+        time.sleep(0.0005)
+    return start_rss, sampled
 
 
 def assert_refused_cheaply(hostile: Cost, honest: Cost, error: str | None,
