@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import decimal
 import math
+import weakref
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -162,7 +163,23 @@ def exp(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_WEIGHTS: dict[int, tuple[weakref.ref, int, Operand]] = {}  # id -> (tensor, version, operand)
+
+
+def _weights(weight: torch.Tensor) -> Operand:
+    """The transposed grouped weights (L, n, m) as an Operand, converted once per weight
+    tensor and version (the mechanism applies them twice per batch)."""
+    hit = _WEIGHTS.get(id(weight))
+    if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+        return hit[2]
+    operand = Operand(weight.transpose(1, 2))
+    if len(_WEIGHTS) >= 4:
+        _WEIGHTS.pop(next(iter(_WEIGHTS)))
+    _WEIGHTS[id(weight)] = (weakref.ref(weight), weight._version, operand)
+    return operand
+
+
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``GroupedLinear``'s forward, correctly rounded: ``x`` (B, L, n), ``weight``
     (L, m, n) -> (B, L, m)."""
-    return matmul(x.float().transpose(0, 1), weight.float().transpose(1, 2)).transpose(0, 1)
+    return matmul(x.float().transpose(0, 1), _weights(weight)).transpose(0, 1)
