@@ -13,14 +13,18 @@ else written depends on the clock or the machine's paths. What is written does d
 on the CPU's float kernels: an AVX2 and an AVX-512 machine round the encoder's sums
 differently, and the seals make any such difference change every record. So the digests
 are kept per machine kind (CPU vendor, torch's CPU capability, torch version); on a
-kind with no entry the test skips and says how to add one.
+kind with no entry that test skips and says how to add one. What follows the encoder
+(mechanism, seal, key coding, keystore rows) is checked from stored bottlenecks on
+every machine, never skipped (``tests/golden/mechanism.py``); ``README.md`` here has
+the measured share of records that differ between machine kinds.
 
 After an intended change of the encoding, regenerate the digests with
 
     python -m tests.golden.make
 
-which replaces every entry by this machine kind's (the others are stale by then); on
-another kind, ``python -m tests.golden.make --add`` adds that kind's entry.
+which replaces every entry by this machine kind's (the others are stale by then) and
+redoes the mechanism digests; on another kind, ``python -m tests.golden.make --add``
+adds that kind's entry.
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ def _run(argv: list[str], cwd: Path) -> None:
                            f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
-def encode_fixture(workdir: Path) -> dict[str, str]:
-    """Build the fixture under ``workdir`` and return {stored file: sha256}."""
+def encode_fixture(workdir: Path, precision: str | None = None) -> dict[str, str]:
+    """Build the fixture under ``workdir`` and return {stored file: sha256}; encoded at
+    ``precision`` where given (else ``auto``, as the digests were made)."""
     make_synthetic_images(workdir / "src", N_IMAGES, size=32, seed=0)
     # The source path is recorded in the stores (and enters the store ids): keep it
     # relative, so the digests do not depend on where the fixture is built.
@@ -67,7 +72,8 @@ def encode_fixture(workdir: Path) -> dict[str, str]:
           "--preset", "tiny", "--epochs", "0", "--seed", "0", "--precision", "fp32"], workdir)
     _run(["encode", "--images", str(workdir / "images"), "--model", str(workdir / "model"),
           "--public", str(workdir / "public"), "--keys", str(workdir / "keys"),
-          "--chunk-items", "16", "--workers", "1"], workdir)
+          "--chunk-items", "16", "--workers", "1",
+          *(["--precision", precision] if precision else [])], workdir)
     return {**tree_digest(workdir / "public", "public"), **tree_digest(workdir / "keys", "keys")}
 
 

@@ -7,8 +7,9 @@
     python -m tests.golden.make --inputs   # also rebuild the mechanism's stored inputs
                                            # (bottlenecks, weights, noise fit) from this
                                            # machine's golden encoding
-    python -m tests.golden.make --compare KIND   # write nothing: which files this
-                                           # machine's encoding changes against KIND's
+    python -m tests.golden.make --compare KIND [--precision fp32]
+                                           # write nothing: which files this machine's
+                                           # encoding changes against KIND's
 
 The mechanism digests (``mechanism.json``) are the same on every machine; they are
 recomputed from the stored inputs, which change only with ``--inputs`` (a new preset,
@@ -77,13 +78,14 @@ def check_reproduces(workdir: Path, setting: dict, digests: dict[str, list[str]]
                              "nothing written")
 
 
-def compare(kind: str) -> None:
-    """Print which stored files this machine's encoding changes against ``kind``'s."""
+def compare(kind: str, precision: str | None) -> None:
+    """Print which stored files this machine's encoding (at ``precision``, default
+    ``auto``) changes against ``kind``'s."""
     want = load_all().get(kind)
     if want is None:
         raise SystemExit(f"no entry for {kind}; the entries: {', '.join(load_all())}")
     with tempfile.TemporaryDirectory() as tmp:
-        got = encode_fixture(Path(tmp))
+        got = encode_fixture(Path(tmp), precision)
     changed = sorted(name for name in want if got.get(name) != want[name])
     print(f"{machine_kind()} against {kind}: {len(changed)} of {len(want)} files differ")
     for name in changed:
@@ -98,9 +100,11 @@ def main() -> None:
                    help="rebuild the mechanism's stored inputs from this machine's encoding")
     p.add_argument("--compare", metavar="KIND",
                    help="write nothing; list the files that differ from KIND's entry")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="with --compare: encode at this precision instead of auto")
     a = p.parse_args()
     if a.compare:
-        compare(a.compare)
+        compare(a.compare, a.precision)
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
