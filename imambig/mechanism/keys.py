@@ -16,7 +16,8 @@ The header makes a key self-describing, so a key for another configuration (or a
 corrupted one) is refused instead of silently decoding into a wrong mask. Keys of sealed
 records (version 2, what encoding makes) carry the record's seal
 (``imambig.mechanism.seal``) and mark entries of the sealed record; version 1 keys, of
-unsealed records, carry none.
+unsealed records, carry none and are refused wherever records are sealed
+(:func:`check_sealed`, :func:`stored_records`).
 
 Subset ranking. Within a *leaf* of 16 consecutive positions a subset is ranked with the
 combinatorial number system (``rank = sum_j C(c_j, j+1)`` over its sorted members).
