@@ -1,7 +1,7 @@
 """Encodes to S3 through injected faults: nothing lost, stores byte-identical, the cost.
 
     python benchmarks/faults_s3.py [--runs 20] [--items 2000] [--rate 0.05] \
-        [--model /work/runs/small24] [--image-store /work/runs/celeba64 | --source DIR]
+        [--model runs/small24] [--image-store runs/celeba64 | --source DIR]
 
 Starts SeaweedFS on 127.0.0.1 and puts the first ``--items`` images on it (ingested
 from ``--source``, CelebA at the model's size, or copied from an existing local
@@ -17,7 +17,7 @@ compared with a reveal from the reference stores. ``--baseline-runs`` fault-free
 through the same proxy (rate 0), spread among the faulty ones, give the wall time
 without faults. Prints one row per round and a summary.
 
-Without ``--model`` (and no /work/runs/small24), a ``tiny`` model is trained for a
+Without ``--model`` (and no ``runs/small24`` in the checkout), a ``tiny`` model is trained for a
 minute on the ingested images.
 """
 
@@ -64,8 +64,8 @@ from storage_schemas.validate import validate
 from tests.fault_proxy import FAULTS, FaultProxy
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = Path("/work/runs/small24")
-SOURCES = (ROOT.parent / "shared" / "data" / "celeba-6k", Path("/work/shared/data/celeba-6k"))
+DEFAULT_MODEL = ROOT / "runs" / "small24"  # the README's `small` model, where trained
+SOURCES = (ROOT.parent / "shared" / "data" / "celeba-6k",)
 
 
 @dataclasses.dataclass
