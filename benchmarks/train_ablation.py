@@ -29,12 +29,13 @@ VARIANTS: dict[str, dict] = {
     "baseline": {},
     "bf16": {"precision": "bf16"},
     "fp32": {"precision": "fp32"},
-    "mse loss": {"loss": "mse"},
+    "bce loss": {"loss": "bce"},
     "slope 0.01": {"slope": 0.01},
     "no flips": {"flip": False},
     "no warm-up": {"warmup": 0.0},
-    "weight average 0.999": {"ema": 0.999},
+    "no weight average": {"ema": 0.0},
     "batch 32": {"batch_size": 32},
+    "batch 80": {"batch_size": 80},
     "lr 4e-3": {"lr": 4e-3},
 }
 

@@ -109,7 +109,7 @@ def demo_config(epochs: int = FINE_TUNE_EPOCHS, scratch: bool = False) -> Pipeli
     return PipelineConfig(
         ingest=IngestConfig(split="random:0.8"),
         train=TrainConfig(model=PRESETS[DEMO_PRESET], epochs=epochs, batch_size=32, loss="mse",
-                          ema=0.99, **start),
+                          ema=0.99, minutes=None, **start),
         encode=EncodeConfig(region_items=64),
         evaluate=EvaluateConfig(max_items=64, attacks=DEMO_ATTACKS, grantee_attacks=False),
         grant_items=4,

@@ -28,7 +28,7 @@ SEED = 1
 
 def pretrain_config(epochs: int) -> TrainConfig:
     return TrainConfig(model=PRESETS[DEMO_PRESET], epochs=epochs, batch_size=32, loss="mse",
-                       ema=0.99, seed=SEED)
+                       ema=0.99, minutes=None, seed=SEED)
 
 
 def main() -> None:

@@ -46,7 +46,8 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Location:
 def tiny_model(synthetic_store: Location, tmp_path_factory: pytest.TempPathFactory) -> Location:
     out = Location(str(tmp_path_factory.mktemp("tiny-model") / "model"))
     train(synthetic_store, out,
-          TrainConfig(model=PRESETS["tiny"], epochs=2, batch_size=32, num_threads=1),
+          TrainConfig(model=PRESETS["tiny"], epochs=2, minutes=None, batch_size=32,
+                      loss="bce", ema=0.0, num_threads=1),
           progress=False)
     return out
 

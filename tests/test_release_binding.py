@@ -116,7 +116,8 @@ def child_model(synthetic_store: Location, tiny_model: Location,
     """``tiny_model`` fine-tuned for one epoch (``imambig train --init``)."""
     out = Location(str(tmp_path_factory.mktemp("child") / "model"))
     train(synthetic_store, out,
-          TrainConfig(model=PRESETS["tiny"], epochs=1, batch_size=32, num_threads=1,
+          TrainConfig(model=PRESETS["tiny"], epochs=1, minutes=None, loss="bce", ema=0.0,
+                      batch_size=32, num_threads=1,
                       init=tiny_model.url), progress=False)
     return out
 
@@ -157,12 +158,14 @@ def test_a_model_trained_from_the_same_start_is_refused(setup, synthetic_store,
     _encode(setup)
     sibling = Location(str(tmp_path / "sibling-run" / "model"))
     train(synthetic_store, sibling,
-          TrainConfig(model=PRESETS["tiny"], epochs=1, batch_size=32, num_threads=1),
+          TrainConfig(model=PRESETS["tiny"], epochs=1, minutes=None, loss="bce", ema=0.0,
+                      batch_size=32, num_threads=1),
           progress=False)
     with pytest.raises(ReleaseRefused, match=r"same start .*new --seed"):
         _encode_model(setup, sibling)
     other_seed = Location(str(tmp_path / "other-seed" / "model"))
     train(synthetic_store, other_seed,
-          TrainConfig(model=PRESETS["tiny"], epochs=1, batch_size=32, num_threads=1, seed=7),
+          TrainConfig(model=PRESETS["tiny"], epochs=1, minutes=None, loss="bce", ema=0.0,
+                      batch_size=32, num_threads=1, seed=7),
           progress=False)
     _encode_model(setup, other_seed)  # a new start: allowed

@@ -53,7 +53,7 @@ def celeba_tiny_store(celeba_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(model=PRESETS["tiny"], batch_size=16, lr=3e-3, val_items=64, num_threads=1)
+    base = dict(model=PRESETS["tiny"], minutes=None, loss="bce", ema=0.0, batch_size=16, lr=3e-3, val_items=64, num_threads=1)
     return TrainConfig(**{**base, **kw})
 
 
@@ -92,6 +92,7 @@ def test_killed_run_resumes_to_identical_weights(synthetic_store: Location, tmp_
         sys.executable, "-m", "imambig.cli", "train", "--images", str(synthetic_store),
         "--out", str(out), "--preset", "tiny", "--batch-size", "16", "--lr", "3e-3",
         "--val-items", "64", "--threads", "1", "--epochs", "6", "--checkpoint-every", "2",
+        "--minutes", "0", "--loss", "bce", "--ema", "0",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = out / ckpt.PROGRESS_FILE

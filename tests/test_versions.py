@@ -24,8 +24,9 @@ from imambig.stores.location import Location
 def two_versions(s3_server, synthetic_store, tiny_model, tmp_path: Path, owner_env):
     """A collection encoded with the tiny model, then with a second model (a rotation)."""
     other = Location(str(tmp_path / "model-b"))
-    train(synthetic_store, other, TrainConfig(model=PRESETS["tiny"], epochs=1, batch_size=32,
-                                              num_threads=1, seed=7), progress=False)
+    train(synthetic_store, other,
+          TrainConfig(model=PRESETS["tiny"], epochs=1, minutes=None, loss="bce", ema=0.0,
+                      batch_size=32, num_threads=1, seed=7), progress=False)
     s3_server.start()
     tag = uuid.uuid4().hex[:12]
     opts = s3_server.storage_options()

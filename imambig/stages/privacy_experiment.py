@@ -435,7 +435,8 @@ def _release(variant: str, model: SparseAutoencoder, model_id: str, noise: Noise
             f"encoded at {other} instead of {precision}")
     if variant == "finetune":
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = TrainConfig(model=model.config, epochs=1, lr=FINETUNE_LR, warmup=0.0,
+            cfg = TrainConfig(model=model.config, epochs=1, minutes=None, loss="bce", ema=0.0,
+                              lr=FINETUNE_LR, warmup=0.0,
                               init=model_location.url, precision=precision,
                               checkpoint_every=0, seed=config.seed + 1)
             train(images, Location(tmp), cfg, progress=False)

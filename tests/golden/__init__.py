@@ -69,7 +69,8 @@ def encode_fixture(workdir: Path, precision: str | None = None) -> dict[str, str
     _run(["ingest", "src", "--out", str(workdir / "images"), "--size", "32",
           "--split", "random:0.8", "--seed", "0", "--workers", "1"], workdir)
     _run(["train", "--images", str(workdir / "images"), "--out", str(workdir / "model"),
-          "--preset", "tiny", "--epochs", "0", "--seed", "0", "--precision", "fp32"], workdir)
+          "--preset", "tiny", "--epochs", "0", "--minutes", "0", "--loss", "bce", "--ema", "0",
+          "--seed", "0", "--precision", "fp32"], workdir)
     _run(["encode", "--images", str(workdir / "images"), "--model", str(workdir / "model"),
           "--public", str(workdir / "public"), "--keys", str(workdir / "keys"),
           "--chunk-items", "16", "--workers", "1",
