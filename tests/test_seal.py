@@ -16,7 +16,7 @@ from imambig.access.secrets import Secret
 from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.record import Ambiguated
-from imambig.mechanism.seal import alphabet, from_symbols, seal, to_symbols, unseal
+from imambig.mechanism.seal import alphabet, from_symbols, to_symbols
 from imambig.stages.encode_images import bottlenecks
 from imambig.stages.near_duplicates import transform
 
@@ -37,7 +37,7 @@ def _records(setup, images: np.ndarray, sealed: bool = True) -> Ambiguated:
 def test_seal_round_trips_and_keeps_the_authorized_code(setup) -> None:
     images = setup[3]
     opened, sealed = _records(setup, images, False), _records(setup, images)
-    back = unseal(sealed)
+    back = sealed.opened()
     assert np.array_equal(back.mask, opened.mask) and np.array_equal(back.real, opened.real)
     assert back.values.tobytes() == opened.values.tobytes()
     assert torch.equal(sealed.authorized_code(), opened.authorized_code())
@@ -46,7 +46,7 @@ def test_seal_round_trips_and_keeps_the_authorized_code(setup) -> None:
     # a record moves: positions and values are not the ambiguated ones
     assert (sealed.mask != opened.mask).any(axis=(1, 2)).all()
     with pytest.raises(ValueError, match="sealed already"):
-        seal(sealed, b"k" * 32)
+        sealed.sealed(b"k" * 32)
 
 
 def test_symbols_cover_every_finite_public_value() -> None:

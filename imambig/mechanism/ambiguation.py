@@ -25,7 +25,6 @@ from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel, real_support
 from imambig.mechanism.quantizer import quantize
 from imambig.mechanism.record import Ambiguated
-from imambig.mechanism.seal import seal
 from imambig.model.autoencoder import SparseAutoencoder
 
 
@@ -59,4 +58,4 @@ def ambiguate(
     values = quantize(code[mask].view(B, c.n_maps, k_public))
     real = support[mask].view(B, c.n_maps, k_public)
     amb = Ambiguated(mask.numpy(), values.numpy(), real.numpy())
-    return seal(amb, decoy_map.seal_key) if sealed else amb
+    return amb.sealed(decoy_map.seal_key) if sealed else amb

@@ -3,7 +3,8 @@
 A record is what ambiguation produces and what everything downstream reads: the stores
 write it, keys encode its ``real`` part, attacks guess that part from the rest, and the
 evaluation decodes it. Kept apart from the mechanism that makes it, so that readers of
-records need not import the mechanism.
+records need not import the mechanism; sealing and opening (``imambig.mechanism.seal``,
+array code below this one) are methods.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from imambig.mechanism.seal import seal_records, unseal_records
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,16 @@ class Ambiguated:
         records themselves when they are not sealed)."""
         if self.seals is None:
             return self
-        from imambig.mechanism.seal import unseal  # seal builds records
+        mask, values, real = unseal_records(*_tensors(self), self.seals)
+        return Ambiguated(mask.numpy(), values.numpy(), real.numpy())
 
-        return unseal(self)
+    def sealed(self, seal_key: bytes) -> Ambiguated:
+        """These (unsealed) records sealed with the owner's ``seal_key``: permuted masks,
+        padded values, ``real`` in the sealed entries' order, and the seals."""
+        if self.seals is not None:
+            raise ValueError("records are sealed already")
+        mask, values, real, seals = seal_records(*_tensors(self), seal_key)
+        return Ambiguated(mask.numpy(), values.numpy(), real.numpy(), seals)
 
     def items(self, index: np.ndarray | slice) -> Ambiguated:
         """The records of some items."""
@@ -74,3 +84,8 @@ def scatter_code(mask: np.ndarray, values: np.ndarray) -> torch.Tensor:
     code = torch.zeros(mask.shape, dtype=torch.float32)
     code[torch.from_numpy(mask)] = torch.from_numpy(values.astype(np.float32)).flatten()
     return code
+
+
+def _tensors(amb: Ambiguated) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.from_numpy(np.ascontiguousarray(a))  # type: ignore[return-value]
+                 for a in (amb.mask, amb.values, amb.real))

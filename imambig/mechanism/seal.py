@@ -22,6 +22,10 @@ attack suite work on what is stored.
 
 Who holds a seal holds the ambiguated record (the paper's public code), not the image:
 which of its entries are real is still the key's support.
+
+Everything here works on whole batches of records as tensors, on whatever device they
+live (the encoder's): the per-record work is the HMAC and the AES keystream, made on
+the CPU in bulk; permutations, pads and symbols are batched integer tensor code.
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ import hashlib
 import hmac
 
 import numpy as np
+import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from imambig.mechanism.quantizer import FULL_MANTISSA, VALUE_BITS
-from imambig.mechanism.record import Ambiguated
 
 SEAL_BYTES = 16  # an AES-128 key per record
 _EXPONENTS = 31  # float16 exponents 0..30 (31 is inf/NaN, which the quantizer never makes)
+_LOW63 = 0x7FFF_FFFF_FFFF_FFFF
+_SIGN64 = -(1 << 63)
 
 
 def alphabet(bits: int = VALUE_BITS) -> int:
@@ -44,104 +50,130 @@ def alphabet(bits: int = VALUE_BITS) -> int:
     return 2 * _EXPONENTS << bits
 
 
-def to_symbols(values: np.ndarray, bits: int = VALUE_BITS) -> np.ndarray:
+def symbols_of(values: torch.Tensor, bits: int = VALUE_BITS) -> torch.Tensor:
     """float16 values with ``bits`` mantissa bits -> int64 symbols in [0, alphabet)."""
-    raw = np.ascontiguousarray(values, dtype=np.float16).view(np.uint16).astype(np.int64)
+    raw = values.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
     drop = FULL_MANTISSA - bits
     body = (raw & 0x7FFF) >> drop
-    if (raw & ((1 << drop) - 1)).any() or (body >= _EXPONENTS << bits).any():
+    if bool(((raw & ((1 << drop) - 1)) != 0).any()) or bool((body >= _EXPONENTS << bits).any()):
         raise ValueError(f"values must be finite float16 with {bits} mantissa bits")
     return (raw >> 15) * (_EXPONENTS << bits) + body
 
 
-def from_symbols(symbols: np.ndarray, bits: int = VALUE_BITS) -> np.ndarray:
-    sign, body = np.divmod(np.asarray(symbols, dtype=np.int64), _EXPONENTS << bits)
+def values_of(symbols: torch.Tensor, bits: int = VALUE_BITS) -> torch.Tensor:
+    """int64 symbols in [0, alphabet) -> float16 values (inverse of :func:`symbols_of`)."""
+    per_sign = _EXPONENTS << bits
+    sign, body = symbols // per_sign, symbols % per_sign
     raw = (sign << 15) | (body << (FULL_MANTISSA - bits))
-    return raw.astype(np.uint16).view(np.float16)
+    return (raw - ((raw >> 15) << 16)).to(torch.int16).view(torch.float16)
+
+
+def to_symbols(values: np.ndarray, bits: int = VALUE_BITS) -> np.ndarray:
+    """:func:`symbols_of` for numpy arrays."""
+    return symbols_of(torch.from_numpy(np.ascontiguousarray(values, np.float16)), bits).numpy()
+
+
+def from_symbols(symbols: np.ndarray, bits: int = VALUE_BITS) -> np.ndarray:
+    """:func:`values_of` for numpy arrays."""
+    return values_of(torch.from_numpy(np.asarray(symbols, np.int64)), bits).numpy()
 
 
 def record_seals(seal_key: bytes, mask: np.ndarray, values: np.ndarray) -> np.ndarray:
     """(B, SEAL_BYTES) uint8: HMAC-SHA256(seal key, record) of each ambiguated record,
     over its packed mask and little-endian values (the same bytes on every machine)."""
+    packed = np.packbits(np.asarray(mask).reshape(len(mask), -1), axis=1)
+    raw = np.ascontiguousarray(values, "<f2").reshape(len(values), -1)
     out = np.empty((len(mask), SEAL_BYTES), np.uint8)
     for i in range(len(mask)):
-        msg = np.packbits(mask[i]).tobytes() + np.asarray(values[i], "<f2").tobytes()
+        msg = packed[i].tobytes() + raw[i].tobytes()
         out[i] = np.frombuffer(hmac.new(seal_key, msg, hashlib.sha256).digest()[:SEAL_BYTES],
                                np.uint8)
     return out
 
 
-def _stream(seal: bytes, n_maps: int, code_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """A record's secret permutation and pads, map by map from one AES-CTR stream (so
-    the first maps' are the same whatever ``n_maps``).
+def keystreams(seals: np.ndarray, n_maps: int, code_length: int) -> np.ndarray:
+    """(B, L, 2, m) int64: each record's AES-CTR stream under its seal, map by map (so
+    the first maps' are the same whatever ``n_maps``), as little-endian 64-bit words
+    (two's complement: order and residues are taken as unsigned by the callers)."""
+    zeros = bytes(16 * n_maps * code_length)
+    out = np.empty((len(seals), n_maps, 2, code_length), "<i8")
+    flat = out.reshape(len(seals), -1)
+    for i, seal in enumerate(seals):
+        enc = Cipher(algorithms.AES(np.asarray(seal, np.uint8).tobytes()),
+                     modes.CTR(bytes(16))).encryptor()
+        flat[i] = np.frombuffer(enc.update(zeros), "<i8")
+    return out
 
-    Returns ``order`` (L, m): ``order[l, q]`` is the original position published at
-    position ``q``, and ``pads`` (L, m) in [0, 2^64) for the value at public position q.
-    """
-    enc = Cipher(algorithms.AES(bytes(seal)), modes.CTR(bytes(16))).encryptor()
-    words = np.frombuffer(enc.update(bytes(16 * n_maps * code_length)), "<u8")
-    words = words.reshape(n_maps, 2, code_length)
-    order = np.argsort(words[:, 0], axis=1, kind="stable")  # a uniform permutation
-    return order, words[:, 1]
+
+def _orders(words: torch.Tensor) -> torch.Tensor:
+    """(..., m) 64-bit words -> the permutation sorting them as unsigned numbers:
+    ``order[..., q]`` is the original position published at public position q."""
+    return torch.sort(words ^ _SIGN64, dim=-1, stable=True).indices  # sign flip: unsigned order
+
+
+def _residues(words: torch.Tensor, size: int) -> torch.Tensor:
+    """Unsigned 64-bit ``words`` modulo ``size`` (the bias of reducing 64-bit words is
+    below 2^-55)."""
+    half = (words >> 1) & _LOW63  # words // 2 as unsigned
+    return ((half % size) * 2 + (words & 1)) % size
+
+
+def _stream(seal: bytes, n_maps: int, code_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """One record's secret permutation ``order`` (L, m) and pads (L, m), the latter as
+    unsigned 64-bit words (for :func:`_pads_at`)."""
+    words = torch.from_numpy(keystreams(np.frombuffer(seal, np.uint8)[None], n_maps,
+                                        code_length)[0])
+    return _orders(words[:, 0]).numpy(), words[:, 1].numpy().view(np.uint64)
 
 
 def _pads_at(pads: np.ndarray, public: np.ndarray, size: int) -> np.ndarray:
-    """The pads (L, k') of the values published at positions ``public``, in [0, size)
-    (the bias of reducing 64-bit words is below 2^-55)."""
+    """The pads (L, k') of the values published at positions ``public``, in [0, size)."""
     return (np.take_along_axis(pads, public, 1) % np.uint64(size)).astype(np.int64)
 
 
-def _entry_positions(mask: np.ndarray) -> np.ndarray:
-    """(L, m) mask with k' per row -> (L, k') positions in increasing order."""
-    return np.nonzero(mask)[1].reshape(mask.shape[0], -1)
+def entry_positions(mask: torch.Tensor) -> torch.Tensor:
+    """(..., L, m) mask with k' per row -> (..., L, k') positions in increasing order."""
+    k_public = int(mask[(0,) * (mask.ndim - 1)].sum()) if mask.numel() else 0
+    return mask.nonzero()[:, -1].view(*mask.shape[:-1], k_public)
 
 
-def seal(amb: Ambiguated, seal_key: bytes, bits: int = VALUE_BITS) -> Ambiguated:
-    """The sealed records of ``amb`` (unsealed, ``amb.seals`` None): permuted masks,
-    padded values, ``real`` in the sealed entries' order, and the seals."""
-    if amb.seals is not None:
-        raise ValueError("records are sealed already")
-    B, L, m = amb.mask.shape
+def _streams_on(seals: np.ndarray, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    _, L, m = shape
+    return torch.from_numpy(keystreams(seals, L, m)).to(device)
+
+
+def seal_records(mask: torch.Tensor, values: torch.Tensor, real: torch.Tensor,
+                 seal_key: bytes, bits: int = VALUE_BITS
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """Seal ambiguated records, a batch at once: ``mask`` (B, L, m) bool, ``values``
+    (B, L, k') float16 in position order, ``real`` (B, L, k') bool, on any device ->
+    the sealed mask, values and real (same device, ``real`` in the sealed entries'
+    order) and the seals (B, SEAL_BYTES) uint8."""
     size = alphabet(bits)
-    seals = record_seals(seal_key, amb.mask, amb.values)
-    mask = np.zeros_like(amb.mask)
-    values = np.empty_like(amb.values)
-    real = np.empty_like(amb.real)
-    rows = np.arange(L)[:, None]
-    for i in range(B):
-        order, pads = _stream(seals[i].tobytes(), L, m)
-        where = np.empty_like(order)
-        where[rows, order] = np.arange(m)  # where[l, p]: public position of position p
-        moved = np.take_along_axis(where, _entry_positions(amb.mask[i]), 1)
-        sort = np.argsort(moved, axis=1, kind="stable")
-        public = np.take_along_axis(moved, sort, 1)
-        symbols = to_symbols(np.take_along_axis(amb.values[i], sort, 1), bits)
-        pad = _pads_at(pads, public, size)
-        values[i] = from_symbols((symbols + pad) % size, bits)
-        real[i] = np.take_along_axis(amb.real[i], sort, 1)
-        mask[i, rows, public] = True
-    return Ambiguated(mask, values, real, seals)
+    seals = record_seals(seal_key, mask.cpu().numpy(), values.cpu().numpy())
+    words = _streams_on(seals, mask.shape, mask.device)
+    order = _orders(words[:, :, 0])
+    where = torch.empty_like(order).scatter_(  # where[b, l, p]: public position of p
+        -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    moved = where.gather(-1, entry_positions(mask))
+    public, sort = torch.sort(moved, dim=-1)  # distinct: any sort is the stable one
+    pad = _residues(words[:, :, 1].gather(-1, public), size)
+    sealed_values = values_of((symbols_of(values.gather(-1, sort), bits) + pad) % size, bits)
+    sealed_mask = torch.zeros_like(mask).scatter_(-1, public, True)
+    return sealed_mask, sealed_values, real.gather(-1, sort), seals
 
 
-def unseal(amb: Ambiguated, bits: int = VALUE_BITS) -> Ambiguated:
-    """The ambiguated records under sealed ones (``amb.seals`` set): original positions
-    in increasing order, values unpadded, ``real`` carried along."""
-    if amb.seals is None:
-        raise ValueError("records are not sealed")
-    B, L, m = amb.mask.shape
+def unseal_records(mask: torch.Tensor, values: torch.Tensor, real: torch.Tensor,
+                   seals: np.ndarray, bits: int = VALUE_BITS
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ambiguated records under sealed ones (arguments as :func:`seal_records`
+    returns them): original positions in increasing order, values unpadded, ``real``
+    carried along."""
     size = alphabet(bits)
-    mask = np.zeros_like(amb.mask)
-    values = np.empty_like(amb.values)
-    real = np.empty_like(amb.real)
-    rows = np.arange(L)[:, None]
-    for i in range(B):
-        order, pads = _stream(np.asarray(amb.seals[i], np.uint8).tobytes(), L, m)
-        public = _entry_positions(amb.mask[i])
-        pad = _pads_at(pads, public, size)
-        v = from_symbols((to_symbols(amb.values[i], bits) - pad) % size, bits)
-        original = np.take_along_axis(order, public, 1)
-        sort = np.argsort(original, axis=1, kind="stable")
-        values[i] = np.take_along_axis(v, sort, 1)
-        real[i] = np.take_along_axis(amb.real[i], sort, 1)
-        mask[i, rows, np.take_along_axis(original, sort, 1)] = True
-    return Ambiguated(mask, values, real)
+    words = _streams_on(np.asarray(seals, np.uint8), mask.shape, mask.device)
+    public = entry_positions(mask)
+    pad = _residues(words[:, :, 1].gather(-1, public), size)
+    plain = values_of((symbols_of(values, bits) - pad) % size, bits)
+    original, sort = torch.sort(_orders(words[:, :, 0]).gather(-1, public), dim=-1)
+    opened_mask = torch.zeros_like(mask).scatter_(-1, original, True)
+    return opened_mask, plain.gather(-1, sort), real.gather(-1, sort)
