@@ -18,6 +18,7 @@ sealed (``imambig.mechanism.seal``), which hides the real values and positions t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from imambig.mechanism import exact_float
@@ -25,6 +26,7 @@ from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel, real_support
 from imambig.mechanism.quantizer import quantize
 from imambig.mechanism.record import Ambiguated
+from imambig.mechanism.seal import seal_records
 from imambig.model.autoencoder import SparseAutoencoder
 
 
@@ -40,16 +42,31 @@ def ambiguate(
     owner's (``DecoyMap.for_owner(noise, owner_secret)``). The records come sealed with
     the owner's seal key, as published; ``sealed=False`` gives the ambiguated records
     underneath (what a seal holder sees)."""
+    mask, values, real, seals = ambiguate_tensors(model, h, noise, decoy_map, sealed)
+    return Ambiguated(mask.cpu().numpy(), values.cpu().numpy(), real.cpu().numpy(), seals)
+
+
+@torch.no_grad()
+def ambiguate_tensors(
+    model: SparseAutoencoder,
+    h: torch.Tensor,
+    noise: NoiseModel,
+    decoy_map: DecoyMap,
+    sealed: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """:func:`ambiguate` on ``h``'s device, the whole batch as tensor code: (mask,
+    values, real) there and the seals (None unsealed). The bytes do not depend on the
+    device, the batch or the thread count (``exact_float``, ``top_positions``)."""
     c = model.config
     B, k, k_public = h.shape[0], c.k, noise.k_public
-    h = h.float().cpu()
+    h = h.float()
+    decoy_map = decoy_map.to(h.device)
     dense = exact_float.grouped_linear(h, model.linear.weight)
     real_idx, real_vals, threshold = real_support(dense, k)
     support = torch.zeros_like(dense, dtype=torch.bool).scatter(-1, real_idx, True)
     excess_scale = (exact_float.row_sum(real_vals.abs() - threshold) / k).clamp_min(1e-12)
-    fake_idx, fake_vals = noise.fake_values(model, decoy_map.decoy(h),
-                                            decoy_map.projections(h), threshold,
-                                            excess_scale, support)
+    fake_idx, fake_vals = noise.fake_values(model, decoy_map, h, threshold, excess_scale,
+                                            support)
 
     code = torch.zeros_like(dense)
     code.scatter_(-1, real_idx, real_vals)
@@ -57,5 +74,6 @@ def ambiguate(
     mask = support.clone().scatter_(-1, fake_idx, True)
     values = quantize(code[mask].view(B, c.n_maps, k_public))
     real = support[mask].view(B, c.n_maps, k_public)
-    amb = Ambiguated(mask.numpy(), values.numpy(), real.numpy())
-    return amb.sealed(decoy_map.seal_key) if sealed else amb
+    if not sealed:
+        return mask, values, real, None
+    return seal_records(mask, values, real, decoy_map.seal_key)

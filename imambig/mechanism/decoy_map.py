@@ -22,7 +22,8 @@ one map per owner and model, and the map is built once per process.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import copy
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,11 +31,20 @@ import torch
 from imambig.access.secrets import Secret, decoy_seed, reveal, seal_key, seeded_rng
 from imambig.mechanism import exact_float
 
-if TYPE_CHECKING:
-    from imambig.mechanism.noise_model import NoiseModel
-
+Coordinates = tuple[torch.Tensor, torch.Tensor]  # (g, e): see DecoyMap.coordinates
 BAND = 8  # neighbouring principal components (and residual coordinates) mixed together
 UNIFORMS = 4  # per (map, position): three for a fake's magnitude, one for its sign flip
+
+
+class Fit(Protocol):
+    """What a map is built from: a noise fit's principal coordinates
+    (``imambig.mechanism.noise_model.NoiseModel`` has them)."""
+
+    model_id: str
+    mean: np.ndarray
+    components: np.ndarray
+    residual_std: np.ndarray
+    position_freq: np.ndarray
 
 
 def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -87,12 +97,12 @@ class DecoyMap:
             ("project", self.directions.T))}
 
     @classmethod
-    def for_owner(cls, noise: NoiseModel, owner_secret: Secret | bytes) -> DecoyMap:
+    def for_owner(cls, noise: Fit, owner_secret: Secret | bytes) -> DecoyMap:
         return cls.from_seeds(noise, decoy_seed(owner_secret, noise.model_id),
                               seal_key(owner_secret, noise.model_id))
 
     @classmethod
-    def from_seeds(cls, noise: NoiseModel, seed: Secret | bytes,
+    def from_seeds(cls, noise: Fit, seed: Secret | bytes,
                    seal: Secret | bytes) -> DecoyMap:
         """The map of the owner whose secret gives ``seed`` (:func:`decoy_seed`) and
         ``seal`` (:func:`seal_key`) for the noise fit's model: what a worker is sent
@@ -101,34 +111,69 @@ class DecoyMap:
         return cls(noise.mean, noise.components, noise.residual_std, L, m,
                    seeded_rng(seed), reveal(seal))
 
+    def to(self, device: torch.device | str) -> DecoyMap:
+        """This map with its tensors on ``device`` (made once per device, then kept)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self.mean.device == device:
+            return self
+        moved = self.__dict__.setdefault("_moved", {})
+        if device not in moved:
+            other = copy.copy(self)
+            for name, value in vars(self).items():
+                if isinstance(value, torch.Tensor):
+                    setattr(other, name, value.to(device))
+            other._exact = {k: v.to(device) for k, v in self._exact.items()}
+            other._moved = moved
+            moved[device] = other
+        return moved[device]
+
     def _mm(self, x: torch.Tensor, name: str, exact: bool) -> torch.Tensor:
         if exact:
             return exact_float.matmul(x, self._exact[name])
         return x @ {"to_g": self.basis.T, "from_g": self.basis, "rotate": self.rotation.T,
                     "project": self.directions.T}[name]
 
-    def _coordinates(self, h: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Principal coordinates g (B, r) and whitened residual e (B, L*n) of ``h``."""
+    def coordinates(self, h: torch.Tensor, exact: bool = True) -> Coordinates:
+        """Principal coordinates g (B, r) and whitened residual e (B, L*n) of ``h``: what
+        :meth:`decoy` and :meth:`projections_at` read, computed once for both."""
         c = h.flatten(1).float() - self.mean
         g = self._mm(c, "to_g", exact) / self.sigma
         return g, (c - self._mm(g * self.sigma, "from_g", exact)) / self.rstd
 
-    def decoy(self, h: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    def decoy(self, h: torch.Tensor, exact: bool = True,
+              coordinates: Coordinates | None = None) -> torch.Tensor:
         """(B, L, n) bottlenecks -> decoy bottlenecks (B, L, n). ``exact`` (encoding)
         rounds every product correctly, the same bits on every machine
         (``imambig.mechanism.exact_float``); the noise fit takes the float32 kernels'
-        products, as its stored files always had."""
-        g, e = self._coordinates(h, exact)
+        products, as its stored files always had. ``coordinates``: ``h``'s, if known."""
+        g, e = coordinates if coordinates is not None else self.coordinates(h, exact)
         rotated = self._mm(g, "rotate", exact) * self.sigma
         d = self.mean + self._mm(rotated, "from_g", exact)
         return (d + self.rstd * e[:, self.perm] * self.signs).view_as(h)
 
+    def _unit(self, g: torch.Tensor, exact: bool) -> torch.Tensor:
+        """g scaled to norm sqrt(r): an unusual face (large |g|) would otherwise give all
+        its fakes unusually spread magnitudes."""
+        norm = exact_float.row_norm(g) if exact else g.norm(dim=1, keepdim=True)
+        return g * (g.shape[1] ** 0.5 / norm.clamp_min(1e-12))
+
     def projections(self, h: torch.Tensor, exact: bool = True) -> torch.Tensor:
         """(B, L, n) -> (B, UNIFORMS, L, m) scores, about N(0, 1) over directions for
-        every single item: g is scaled to norm sqrt(r) first, or an unusual face (large
-        |g|) would give all its fakes unusually spread magnitudes. ``exact`` as for
-        :meth:`decoy`."""
-        g, _ = self._coordinates(h, exact)
-        norm = exact_float.row_norm(g) if exact else g.norm(dim=1, keepdim=True)
-        g = g * (g.shape[1] ** 0.5 / norm.clamp_min(1e-12))
+        every single item. ``exact`` as for :meth:`decoy`."""
+        g = self._unit(self.coordinates(h, exact)[0], exact)
         return self._mm(g, "project", exact).view(len(h), *self.shape)
+
+    def projections_at(self, h: torch.Tensor, positions: torch.Tensor,
+                       coordinates: Coordinates | None = None) -> torch.Tensor:
+        """:meth:`projections` (exact) read at ``positions`` (B, L, f) of every map:
+        (B, UNIFORMS, L, f), the same numbers, with only these entries rounded."""
+        g, _ = coordinates if coordinates is not None else self.coordinates(h)
+        B, L, f = positions.shape
+        m = self.shape[2]
+        at = (torch.arange(UNIFORMS * L, device=positions.device).view(1, UNIFORMS, L, 1) * m
+              + positions.unsqueeze(1))
+        values = exact_float.matmul_at(self._unit(g, True), self._exact["project"],
+                                       at.reshape(B, -1))
+        return values.view(B, UNIFORMS, L, f)

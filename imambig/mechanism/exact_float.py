@@ -61,11 +61,22 @@ def _settle(r: torch.Tensor, err: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 class Operand:
     """A right-hand matrix (..., K, N) used many times: its float64 value and column
-    norms, computed once."""
+    norms, computed once per device."""
 
     def __init__(self, b: torch.Tensor) -> None:
         self.value = b.detach().float().double()
         self.norms = _norms(self.value, -2)
+        self._moved: dict[torch.device, Operand] = {self.value.device: self}
+
+    def to(self, device: torch.device) -> Operand:
+        """This operand on ``device`` (copied once, then kept)."""
+        hit = self._moved.get(device)
+        if hit is None:
+            hit = object.__new__(Operand)
+            hit.value, hit.norms = self.value.to(device), self.norms.to(device)
+            hit._moved = self._moved
+            self._moved[device] = hit
+        return hit
 
 
 def _norms(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -101,40 +112,67 @@ def _exact_sums(terms: np.ndarray) -> tuple[np.ndarray, Callable[[int, float], f
     return sums, side
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor | Operand) -> torch.Tensor:
-    """``a @ b`` for float32 ``a`` (..., M, K) and ``b`` (..., K, N), each output the
-    float32 nearest to the exact sum of products."""
-    b = b if isinstance(b, Operand) else Operand(b)
-    a = a.detach().float()
-    k = a.shape[-1]
+def _resolve(r: torch.Tensor, total: torch.Tensor, k: int,
+             terms: Callable[[torch.Tensor], np.ndarray]) -> torch.Tensor:
+    """float32 roundings of exact sums of ``k`` products, given their float64 sums ``r``
+    and bounds ``total`` on sum|products| (any shape, any device). ``terms(open)``
+    gives the exact float64 products (n, k) of the entries ``open`` (bool, like ``r``)
+    where the float64 sum does not decide: they are summed exactly on the CPU."""
     if k > MAX_TERMS:
         raise ValueError(f"sums of more than {MAX_TERMS} terms are not bounded here")
-    a64 = a.double()
-    r = a64 @ b.value  # products exact (24 + 24 bits), sums within gamma_K sum|terms|
-    # sum|terms| <= |row| |column| (Cauchy-Schwarz): no second product needed
-    total = _norms(a64, -1).unsqueeze(-1) * b.norms.unsqueeze(-2)
     out, open_ = _settle(r, total * ((k + 2) * _EPS64))
     if open_.any():
-        # The rest: exact sums of the exact float64 products (see _exact_sums).
-        batch = torch.broadcast_shapes(a64.shape[:-2], b.value.shape[:-2])
-        a_np = a64.expand(*batch, *a64.shape[-2:]).numpy()
-        b_np = b.value.expand(*batch, *b.value.shape[-2:]).transpose(-1, -2).numpy()
-        *lead, i, j = np.nonzero(open_.numpy())
-        terms = a_np[(*lead, i)] * b_np[(*lead, j)]
+        products = terms(open_)
         # first the bound sum|terms| itself, tighter than Cauchy-Schwarz's
-        sums = terms.sum(axis=1)
-        reach = np.abs(terms).sum(axis=1) * ((k + 2) * _EPS64)
+        sums = products.sum(axis=1)
+        reach = np.abs(products).sum(axis=1) * ((k + 2) * _EPS64)
         lo, hi = (sums - reach).astype(np.float32), (sums + reach).astype(np.float32)
         found = np.where(lo == hi, lo, np.float32(0))
         if (lo != hi).any():
-            found[lo != hi] = _round32(*_exact_sums(terms[lo != hi]))
-        out.numpy()[open_.numpy()] = found
+            found[lo != hi] = _round32(*_exact_sums(products[lo != hi]))
+        out[open_] = torch.from_numpy(found).to(out.device)
     return out + 0.0  # -0.0 -> +0.0: the sign of an exact zero depends on the order
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor | Operand) -> torch.Tensor:
+    """``a @ b`` for float32 ``a`` (..., M, K) and ``b`` (..., K, N), each output the
+    float32 nearest to the exact sum of products; on ``a``'s device."""
+    b = (b if isinstance(b, Operand) else Operand(b)).to(a.device)
+    a64 = a.detach().float().double()
+    r = a64 @ b.value  # products exact (24 + 24 bits), sums within gamma_K sum|terms|
+    # sum|terms| <= |row| |column| (Cauchy-Schwarz): no second product needed
+    total = _norms(a64, -1).unsqueeze(-1) * b.norms.unsqueeze(-2)
+
+    def terms(open_: torch.Tensor) -> np.ndarray:
+        batch = torch.broadcast_shapes(a64.shape[:-2], b.value.shape[:-2])
+        *lead, i, j = open_.nonzero(as_tuple=True)
+        rows = a64.expand(*batch, *a64.shape[-2:])[(*lead, i)]
+        cols = b.value.expand(*batch, *b.value.shape[-2:]).transpose(-1, -2)[(*lead, j)]
+        return (rows.cpu() * cols.cpu()).numpy()
+
+    return _resolve(r, total, a.shape[-1], terms)
+
+
+def matmul_at(a: torch.Tensor, b: Operand, columns: torch.Tensor) -> torch.Tensor:
+    """``(a @ b).gather(1, columns)`` for 2-D ``a`` (M, K) and ``b`` (K, N), correctly
+    rounded like :func:`matmul`, settling only the entries asked for (``columns``
+    (M, C) int64): the products are one float64 matrix product all the same, but the
+    bounds and roundings are done for C of the N columns."""
+    b = b.to(a.device)
+    a64 = a.detach().float().double()
+    r = (a64 @ b.value).gather(1, columns)
+    total = _norms(a64, -1).unsqueeze(-1) * b.norms[columns]
+
+    def terms(open_: torch.Tensor) -> np.ndarray:
+        i, c = open_.nonzero(as_tuple=True)
+        return (a64[i].cpu() * b.value[:, columns[i, c]].T.cpu()).numpy()
+
+    return _resolve(r, total, a.shape[-1], terms)
 
 
 def row_sum(x: torch.Tensor) -> torch.Tensor:
     """Sums over the last axis, keeping it (size 1), correctly rounded."""
-    ones = torch.ones(x.shape[-1], 1, dtype=torch.float32)
+    ones = torch.ones(x.shape[-1], 1, dtype=torch.float32, device=x.device)
     return matmul(x.float().unsqueeze(-2), ones).squeeze(-2)
 
 
@@ -158,9 +196,9 @@ def exp(x: torch.Tensor) -> torch.Tensor:
             # exp of a non-zero rational is irrational: never on a midpoint, and 40
             # digits place it on the right side of one
             exact = [Fraction(decimal.Decimal(v).exp()) for v in x.double()[open_].tolist()]
-        out.numpy()[open_.numpy()] = _round32(
+        out[open_] = torch.from_numpy(_round32(
             np.array([float(e) for e in exact]),
-            lambda n, mid: float(exact[n] - Fraction(mid)))
+            lambda n, mid: float(exact[n] - Fraction(mid)))).to(out.device)
     return out
 
 
@@ -173,7 +211,7 @@ def _weights(weight: torch.Tensor) -> Operand:
     hit = _WEIGHTS.get(id(weight))
     if hit is not None and hit[0]() is weight and hit[1] == weight._version:
         return hit[2]
-    operand = Operand(weight.transpose(1, 2))
+    operand = Operand(weight.detach().cpu().transpose(1, 2))
     if len(_WEIGHTS) >= 4:
         _WEIGHTS.pop(next(iter(_WEIGHTS)))
     _WEIGHTS[id(weight)] = (weakref.ref(weight), weight._version, operand)
@@ -183,4 +221,4 @@ def _weights(weight: torch.Tensor) -> Operand:
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``GroupedLinear``'s forward, correctly rounded: ``x`` (B, L, n), ``weight``
     (L, m, n) -> (B, L, m)."""
-    return matmul(x.float().transpose(0, 1), _weights(weight)).transpose(0, 1)
+    return matmul(x.float().transpose(0, 1), _weights(weight).to(x.device)).transpose(0, 1)

@@ -31,6 +31,7 @@ import io
 import math
 import struct
 import tokenize
+import weakref
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -45,6 +46,7 @@ from imambig.config import ModelConfig
 from imambig.errors import FormatError
 from imambig.mechanism import exact_float
 from imambig.mechanism.decoy_map import DecoyMap
+from imambig.mechanism.sorting import kth_largest
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import autocast
 from imambig.stores.location import Location
@@ -61,6 +63,10 @@ SHRINK = 10.0  # pseudo-items pulling a rarely real position's location to its m
 CALIBRATION = 0.25  # share of the fit's items held out of the basis, for decoy statistics
 # The fit draws decoys with a public key: their distribution, not their values, matters.
 FIT_KEY = b"imambig/noise-fit/v1: the decoy distribution, fitted in the open"
+
+
+# A fit's arrays as tensors, per (fit, device): converted once, dropped with the fit.
+_TABLES: dict[tuple[int, torch.device], dict[str, torch.Tensor]] = {}
 
 
 @dataclass(frozen=True)
@@ -94,30 +100,42 @@ class NoiseModel:
     flip_pos: np.ndarray  # (L, m)
     flip_neg: np.ndarray  # (L, m)
 
-    def fake_values(self, model: SparseAutoencoder, decoy: torch.Tensor,
-                    projections: torch.Tensor, threshold: torch.Tensor,
-                    excess_scale: torch.Tensor,
+    def fake_values(self, model: SparseAutoencoder, decoy_map: DecoyMap, h: torch.Tensor,
+                    threshold: torch.Tensor, excess_scale: torch.Tensor,
                     support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions (B, L, f) and signed values of the fakes, from an item's decoy and
-        projections (``DecoyMap``), its real ``support`` (B, L, m) and its own
-        ``threshold`` and ``excess_scale`` (B, L, 1)."""
+        """Positions (B, L, f) and signed values of the fakes of bottlenecks ``h``
+        (B, L, n), from the owner's ``decoy_map`` (the item's decoy chooses positions and
+        signs, its projections the uniforms), the real ``support`` (B, L, m) and the
+        item's own ``threshold`` and ``excess_scale`` (B, L, 1); on ``h``'s device."""
+        t = self.tables(h.device)
         n_fake = self.k_public - self.k
-        code = self.decoy_codes(model, decoy)
-        weights = torch.from_numpy(self.position_weights).float()
-        positions = (code.abs() * weights).masked_fill(support, -1.0).topk(n_fake, -1).indices
-        u = self.uniforms(projections)
-        at = [u[:, j].gather(-1, positions) for j in range(u.shape[1])]
+        coordinates = decoy_map.coordinates(h)
+        code = self.decoy_codes(model, decoy_map.decoy(h, coordinates=coordinates))
+        positions = top_positions((code.abs() * t["position_weights"]).masked_fill(support, -1.0),
+                                  n_fake)
+        u = self.uniforms(decoy_map.projections_at(h, positions, coordinates))
         magnitudes = self.fake_magnitudes(threshold, excess_scale, positions,
-                                          torch.cat(at[:3], -1))
-        signs = self.fake_signs(code.gather(-1, positions).sign(), positions, at[3])
+                                          torch.cat(u[:, :3].unbind(1), -1))
+        signs = self.fake_signs(code.gather(-1, positions).sign(), positions, u[:, 3])
         return positions, signs * magnitudes
+
+    def tables(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The fit's arrays as float32/float64 tensors on ``device``, made once each."""
+        key = (id(self), device)
+        if key not in _TABLES:
+            _TABLES[key] = {f.name: torch.from_numpy(getattr(self, f.name)).to(device)
+                            for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)
+                            and getattr(self, f.name).dtype.kind == "f"}
+            weakref.finalize(self, _TABLES.pop, key, None)
+        return _TABLES[key]
 
     def fake_signs(self, decoy_signs: torch.Tensor, positions: torch.Tensor,
                    u: torch.Tensor) -> torch.Tensor:
         """Signs (B, L, f) for fakes at ``positions`` from the decoy's, uniforms ``u``."""
+        t = self.tables(positions.device)
         B = positions.shape[0]
-        p = torch.from_numpy(self.flip_pos).expand(B, -1, -1).gather(-1, positions)
-        q = torch.from_numpy(self.flip_neg).expand(B, -1, -1).gather(-1, positions)
+        p = t["flip_pos"].expand(B, -1, -1).gather(-1, positions)
+        q = t["flip_neg"].expand(B, -1, -1).gather(-1, positions)
         flip = torch.where(decoy_signs > 0, u < p, u < q)
         return torch.where(flip, -decoy_signs, decoy_signs)
 
@@ -127,34 +145,35 @@ class NoiseModel:
 
     def decoy_codes(self, model: SparseAutoencoder, decoys: torch.Tensor) -> torch.Tensor:
         """(B, L, n) decoys -> (B, L, m) synthetic dense codes with the real marginals."""
+        t = self.tables(decoys.device)
         zd = exact_float.grouped_linear(decoys.view(len(decoys), self.n_maps, -1),
                                         model.linear.weight)
-        score = (zd - torch.from_numpy(self.decoy_mean)) / torch.from_numpy(self.decoy_std)
+        score = (zd - t["decoy_mean"]) / t["decoy_std"]
         score = score.clamp(float(GRID[0]), float(GRID[-1]))
-        return _lookup(torch.from_numpy(self.dense_quantiles), score)
+        return _lookup(t["dense_quantiles"], score)
 
     def uniforms(self, projections: torch.Tensor) -> torch.Tensor:
         """Projections (``DecoyMap.projections``) -> numbers in [0, 1], uniform over
         items and as continuous in the code as the projections are."""
         score = projections.clamp(float(GRID[0]), float(GRID[-1]))
         u = (score - float(GRID[0])) / float(GRID[-1] - GRID[0])
-        table = torch.from_numpy(self.projection_cdf)
+        table = self.tables(projections.device)["projection_cdf"]
         return interpolate(table.expand(*u.shape, -1), u.unsqueeze(-1)).squeeze(-1)
 
     def fake_magnitudes(self, threshold: torch.Tensor, excess_scale: torch.Tensor,
                         positions: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Magnitudes for fakes at ``positions`` (B, L, f), from uniforms ``u`` (B, L, 3f);
         ``threshold`` and ``excess_scale`` (B, L, 1) are the item's own."""
+        t = self.tables(positions.device)
         B, _, f = positions.shape
         u_resid, u_borrow, u_from = u[..., :f], u[..., f : 2 * f], u[..., 2 * f : 3 * f]
-        borrow = torch.from_numpy(self.borrow).expand(B, -1, -1).gather(-1, positions)
-        cdf = torch.from_numpy(self.borrow_cdf).contiguous()
+        borrow = t["borrow"].expand(B, -1, -1).gather(-1, positions)
+        cdf = t["borrow_cdf"].contiguous()
         lender = torch.searchsorted(cdf.expand(B, -1, -1).contiguous(), u_from.contiguous())
         source = torch.where(u_borrow < borrow, lender.clamp_max(cdf.shape[-1] - 1), positions)
-        loc = torch.from_numpy(self.excess_location).expand(B, -1, -1).gather(-1, source)
-        spread = torch.from_numpy(self.excess_spread).expand(B, -1, -1).gather(-1, source)
-        resid = spread * interpolate(torch.from_numpy(self.excess_residual).expand(B, -1, -1),
-                                     u_resid)
+        loc = t["excess_location"].expand(B, -1, -1).gather(-1, source)
+        spread = t["excess_spread"].expand(B, -1, -1).gather(-1, source)
+        resid = spread * interpolate(t["excess_residual"].expand(B, -1, -1), u_resid)
         return threshold + excess_scale * exact_float.exp(loc + resid)
 
     # -- persistence ------------------------------------------------------------------
@@ -376,12 +395,30 @@ def _lookup(table: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     return interpolate(table.expand(B, -1, -1, -1), u.unsqueeze(-1)).squeeze(-1)
 
 
+def top_positions(x: torch.Tensor, k: int, kth: torch.Tensor | None = None) -> torch.Tensor:
+    """Positions (..., k) of the ``k`` largest entries along the last axis, increasing;
+    of equal entries at the boundary the lower positions. Only the k-th largest value
+    (``kth``, (..., 1), if known) is looked up: values, unlike indices, do not depend on
+    how a device breaks ties, so every device selects the same positions."""
+    if kth is None:
+        (kth,) = kth_largest(x, (k,))
+    above = x > kth
+    tied = x == kth
+    # of the tied entries, as many of the lowest as the k entries still lack
+    chosen = above | (tied & (tied.cumsum(-1) <= k - above.sum(-1, keepdim=True)))
+    where = chosen.nonzero()
+    if len(where) != chosen.shape[:-1].numel() * k:
+        raise ValueError("codes with non-finite entries have no top-k (NaN bottlenecks?)")
+    return where[:, -1].view(*x.shape[:-1], k)
+
+
 def real_support(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k of a dense code: (indices (B, L, k), values there, threshold (B, L, 1) = the
     largest magnitude left out). Real entries are threshold + a positive excess."""
-    top = z.abs().topk(k + 1, dim=-1)
-    idx = top.indices[..., :k]
-    return idx, z.gather(-1, idx), top.values[..., k:]
+    a = z.abs()
+    kth, threshold = kth_largest(a, (k, k + 1))
+    idx = top_positions(a, k, kth)
+    return idx, z.gather(-1, idx), threshold
 
 
 @torch.no_grad()
@@ -408,7 +445,11 @@ def fit_noise_model(
     h = torch.cat(hs)
     n_items, L, m, k = len(h), c.n_maps, c.code_length, c.k
     z = model.linear(h)
-    idx, vals, thr = real_support(z, k)
+    # Entries in topk's order (largest first): the sums below run in this order, as
+    # they did when the stored fits were made.
+    top = z.abs().topk(k + 1, dim=-1)
+    idx, thr = top.indices[..., :k], top.values[..., k:]
+    vals = z.gather(-1, idx)
     support = torch.zeros_like(z, dtype=torch.bool).scatter(-1, idx, True)
 
     # Principal coordinates, on all but the last CALIBRATION share of the items. The

@@ -21,24 +21,30 @@ FULL_MANTISSA = 10  # float16's
 VALUE_BITS = 3  # kept; part of the noise design (imambig.mechanism.noise_model)
 
 
-def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
-    """float16 values with only ``bits`` mantissa bits left (round to nearest)."""
-    v = np.ascontiguousarray(values, dtype=np.float16)
+def round_half_mantissa(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """float16 tensor with only ``bits`` mantissa bits left (round to nearest), on its
+    device."""
+    v = values.to(DTYPE).contiguous()
     if bits >= FULL_MANTISSA:
         return v
     drop = FULL_MANTISSA - bits
-    raw = v.view(np.uint16).astype(np.uint32)
-    keep = np.uint32(0xFFFF ^ ((1 << drop) - 1))
-    raw = (raw + np.uint32(1 << (drop - 1))) & keep  # a carry into the exponent rounds up
-    return raw.astype(np.uint16).view(np.float16)
+    raw = v.view(torch.int16).to(torch.int32) & 0xFFFF
+    keep = 0xFFFF ^ ((1 << drop) - 1)
+    raw = (raw + (1 << (drop - 1))) & keep  # a carry into the exponent rounds up
+    return (raw - ((raw >> 15) << 16)).to(torch.int16).view(DTYPE)
+
+
+def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
+    """:func:`round_half_mantissa` for numpy arrays."""
+    v = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float16))
+    return round_half_mantissa(v, bits).numpy()
 
 
 def quantize(values: torch.Tensor, bits: int = VALUE_BITS) -> torch.Tensor:
     """Round to the public precision, saturating at the largest value that still
     rounds to a finite one."""
     limit = (2.0 - 2.0 ** -bits) * 2.0**15
-    half = values.clamp(-limit, limit).to(DTYPE)
-    return torch.from_numpy(round_mantissa(half.numpy(), bits))
+    return round_half_mantissa(values.clamp(-limit, limit), bits)
 
 
 def dequantize(values: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from imambig.mechanism.quantizer import FULL_MANTISSA, VALUE_BITS
+from imambig.mechanism.sorting import sort_distinct, stable_argsort
 
 SEAL_BYTES = 16  # an AES-128 key per record
 _EXPONENTS = 31  # float16 exponents 0..30 (31 is inf/NaN, which the quantizer never makes)
@@ -108,7 +109,7 @@ def keystreams(seals: np.ndarray, n_maps: int, code_length: int) -> np.ndarray:
 def _orders(words: torch.Tensor) -> torch.Tensor:
     """(..., m) 64-bit words -> the permutation sorting them as unsigned numbers:
     ``order[..., q]`` is the original position published at public position q."""
-    return torch.sort(words ^ _SIGN64, dim=-1, stable=True).indices  # sign flip: unsigned order
+    return stable_argsort(words ^ _SIGN64)  # the sign flip orders them as unsigned
 
 
 def _residues(words: torch.Tensor, size: int) -> torch.Tensor:
@@ -156,7 +157,7 @@ def seal_records(mask: torch.Tensor, values: torch.Tensor, real: torch.Tensor,
     where = torch.empty_like(order).scatter_(  # where[b, l, p]: public position of p
         -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
     moved = where.gather(-1, entry_positions(mask))
-    public, sort = torch.sort(moved, dim=-1)  # distinct: any sort is the stable one
+    public, sort = sort_distinct(moved)
     pad = _residues(words[:, :, 1].gather(-1, public), size)
     sealed_values = values_of((symbols_of(values.gather(-1, sort), bits) + pad) % size, bits)
     sealed_mask = torch.zeros_like(mask).scatter_(-1, public, True)
@@ -174,6 +175,6 @@ def unseal_records(mask: torch.Tensor, values: torch.Tensor, real: torch.Tensor,
     public = entry_positions(mask)
     pad = _residues(words[:, :, 1].gather(-1, public), size)
     plain = values_of((symbols_of(values, bits) - pad) % size, bits)
-    original, sort = torch.sort(_orders(words[:, :, 0]).gather(-1, public), dim=-1)
+    original, sort = sort_distinct(_orders(words[:, :, 0]).gather(-1, public))
     opened_mask = torch.zeros_like(mask).scatter_(-1, original, True)
     return opened_mask, plain.gather(-1, sort), real.gather(-1, sort)
