@@ -148,7 +148,7 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
 
 def encode_config(a: argparse.Namespace) -> EncodeConfig:
     return EncodeConfig(k_public=a.k_public, region_items=a.region_items,
-                        precision=a.precision)
+                        precision=a.precision, device=a.device)
 
 
 def evaluate_config(a: argparse.Namespace) -> EvaluateConfig:
@@ -333,6 +333,9 @@ def _add_encode(sub: Subparsers) -> None:
     p.add_argument("--region-items", "--chunk-items", dest="region_items", type=int,
                    default=d.region_items,
                    help="items per region: one public-store chunk, one keystore row, one task")
+    p.add_argument("--device", default=d.device,
+                   help="where workers run the encoder and the mechanism: cpu, or cuda / "
+                        "cuda:N (each batch stays on the GPU; use --workers 1 per GPU)")
     p.add_argument("--workers", type=int, default=None,
                    help="LocalCluster worker processes (default: one per core)")
     c = ClusterSecurity()

@@ -345,6 +345,10 @@ class EncodeConfig:
     # fp32), so a store version is bound to the resolved precision.
     precision: str = "auto"  # auto | bf16 | fp32
     noise_fit_items: int = 2048  # training images the noise model is fitted on
+    # Where a worker runs the encoder and the mechanism: "cpu", or "cuda" / "cuda:N" (the
+    # whole batch stays on the GPU; records are the same bytes given the same
+    # bottlenecks, but a GPU's encoder rounds like another kind of CPU would).
+    device: str = "cpu"
 
     def for_model(self, k: int, precision: str) -> EncodeConfig:
         """This config with k' settled for a model of top-k ``k`` and the precision

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from imambig.stages.dask_cluster import WORKER_THREADS
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 COMPOSE_DIR = INFRA / "compose"
@@ -220,10 +222,10 @@ def test_compose_env_file_is_git_ignored() -> None:
     assert kept.returncode == 1, ".env.example must stay tracked"
 
 
-def test_compose_dask_is_single_threaded(compose: dict[str, Any]) -> None:
+def test_compose_dask_computes_on_one_thread(compose: dict[str, Any]) -> None:
     worker = compose["services"]["dask-worker"]
     cmd = [str(c) for c in worker["command"]]
-    assert cmd[cmd.index("--nthreads") + 1] == "1"
+    assert cmd[cmd.index("--nthreads") + 1] == str(WORKER_THREADS)
     assert cmd[cmd.index("--nworkers") + 1] == "1"
     for name in ("dask-worker", "prefect-worker-cpu"):
         env = env_dict(compose["services"][name]["environment"])
@@ -354,9 +356,9 @@ def test_dask_cluster_workers_are_single_threaded(
     (container,) = worker["spec"]["containers"]
     args = [str(a) for a in container["args"]]
     assert args[:2] == ["dask", "worker"]
-    assert args[args.index("--nthreads") + 1] == "1"
+    assert args[args.index("--nthreads") + 1] == str(WORKER_THREADS)
     assert env_dict(container["env"])["OMP_NUM_THREADS"] == "1"
-    # One thread needs one CPU; more would be wasted, less would throttle.
+    # One computing thread needs one CPU; more would be wasted, less would throttle.
     assert str(container["resources"]["limits"]["cpu"]) == "1"
     assert cluster["spec"]["scheduler"]["service"]["selector"] == {
         "dask.org/cluster-name": cluster["metadata"]["name"], "dask.org/component": "scheduler"}
@@ -585,7 +587,7 @@ def test_local_stack_scripts_use_localhost_only() -> None:
     assert start.count('--host "$HOST"') >= 3
     assert '--dashboard-address "$HOST:' in start
     assert "prefect server database upgrade -y" in start.replace('"$PREFECT"', "prefect")
-    assert "--nthreads 1" in start
+    assert f"--nthreads {WORKER_THREADS}" in start
 
 
 def test_create_buckets_is_idempotent(s3_env: dict[str, str], s3_server: Any) -> None:

@@ -47,6 +47,11 @@ CLOSED_HTTP_CONFIG = {"distributed.scheduler.http.routes": ["distributed.http.he
                       "distributed.worker.http.routes": ["distributed.http.health"]}
 
 
+# Two task threads per worker: one region computes (one at a time per worker,
+# ``encode_regions._COMPUTE``) while the other reads the next or writes the last.
+WORKER_THREADS = 2
+
+
 class InsecureClusterWarning(UserWarning):
     """A Dask scheduler is reached without TLS: anyone on its network can run code on it."""
 
@@ -69,7 +74,7 @@ class ClosedLocalCluster(LocalCluster):
             # Nannies keep this config for the workers they (re)start.
             with dask.config.set({**WORKER_DASK_CONFIG, **CLOSED_HTTP_CONFIG}):
                 super().__init__(n_workers=n_workers or max(1, os.cpu_count() or 1),
-                                 threads_per_worker=1, processes=True, host="127.0.0.1",
+                                 threads_per_worker=WORKER_THREADS, processes=True, host="127.0.0.1",
                                  dashboard_address="127.0.0.1:0",
                                  scheduler_kwargs={"dashboard": False},
                                  worker_dashboard_address="127.0.0.1:0",
@@ -92,7 +97,8 @@ class ClosedLocalCluster(LocalCluster):
 
 def local_cluster(n_workers: int | None = None, secret_env: Iterable[str] = ()
                   ) -> ClosedLocalCluster:
-    """One single-threaded worker process per core (or ``n_workers``), on 127.0.0.1,
+    """One worker process per core (or ``n_workers``), each computing on one thread
+    (``WORKER_THREADS`` task threads: compute and I/O), on 127.0.0.1,
     closed to other processes; ``secret_env`` names more variables to withhold from the
     workers besides the default ones and those already resolved in this process."""
     return ClosedLocalCluster(n_workers, secret_env)

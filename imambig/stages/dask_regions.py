@@ -2,9 +2,10 @@
 
 Tasks take the job (locations, settings), the index range and the keys derived for the
 run (``RegionKeys``), and return a small manifest. The cluster is closed to everyone
-but this client (``imambig.stages.dask_cluster``). Workers run torch on one thread each
-and the default local cluster starts one worker process per core, so torch threads x
-Dask threads never exceed the cores.
+but this client (``imambig.stages.dask_cluster``). Workers run torch on one thread each,
+two tasks at a time of which one computes while the other reads or writes
+(``encode_regions._COMPUTE``); the default local cluster starts one worker process per
+core, so computing threads never exceed the cores.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ import functools
 import hashlib
 import json
 import math
+import os
+import socket
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -52,7 +55,7 @@ from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import ModelInfo, load_model
 from imambig.model.precision import resolve
 from imambig.stages import noise_fit
-from imambig.stages.encode_images import encode_images
+from imambig.stages.encode_images import EncodedBatch, StageTimes, encode_images
 from imambig.stages.noise_fit import NoiseFit
 from imambig.stages.region_keys import RegionKeys
 from imambig.stages.release_binding import (
@@ -129,9 +132,22 @@ class RegionManifest:
     started: float = 0.0  # wall clock (epoch s), for throughput without start-up costs
     finished: float = 0.0
     skipped: bool = False
+    worker: str = ""  # which worker process encoded it (host:pid), for per-worker rates
+    # Seconds per stage (``StageTimes``): what the benchmarks and the operator see.
+    read: float = 0.0
+    forward: float = 0.0
+    mechanism: float = 0.0
+    seal: float = 0.0
+    keys: float = 0.0
+    write: float = 0.0
+    wait: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def times(self) -> StageTimes:
+        return StageTimes(**{f.name: getattr(self, f.name) for f in dataclasses.fields(StageTimes)})
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> RegionManifest:
@@ -139,7 +155,8 @@ class RegionManifest:
         root may be a provider's: a marker is checked like any stored object)."""
         doc = parse_json(raw, f"region marker {where}", MARKER_LIMIT, StoreFormatError)
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}  # annotations: "int", ...
-        required = set(kinds) - {"started", "finished", "skipped"}  # those have defaults
+        required = {f.name for f in dataclasses.fields(cls)  # the rest have defaults
+                    if f.default is dataclasses.MISSING}
         if not isinstance(doc, dict) or not required <= set(doc) <= set(kinds):
             raise StoreFormatError(f"region marker {where} is not a region manifest")
         for name, value in doc.items():
@@ -170,7 +187,8 @@ class EncodeContext:
     @classmethod
     def open(cls, job: EncodeJob) -> EncodeContext:
         model, info, _ = load_model(job.model)
-        config = job.config.for_model(model.config.k, resolve(job.config.precision))
+        config = job.config.for_model(model.config.k,
+                                      resolve(job.config.precision, job.config.device))
         job = dataclasses.replace(job, config=config)
         return cls(job, model, info, Secrets(job.secrets))
 
@@ -192,6 +210,7 @@ def _worker_context(job: EncodeJob, keys: RegionKeys, noise_file: str, noise_sha
     resolved here: the worker has only the keys the driver derived (``keys``)."""
     torch.set_num_threads(job.config.torch_threads)
     model, _, _ = load_model(job.model)
+    model = model.to(job.config.device)
     noise = noise_fit.load_published(job.model, {"file": noise_file, "sha256": noise_sha256},
                                      model.config)
     return model, noise, keys.decoy_map(noise)
@@ -492,6 +511,13 @@ def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStor
 # ---------------------------------------------------------------------------
 
 
+# One region computes at a time in a worker process; its other thread reads the next
+# region's images and writes the last one's records meanwhile (Dask runs
+# ``WORKER_THREADS`` tasks per worker). Torch's one thread per worker then never shares
+# a core with another region's compute, and I/O overlaps compute.
+_COMPUTE = threading.Lock()
+
+
 def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
                   keys: RegionKeys) -> RegionManifest:
     """Items ``start:stop``, with the keys the driver derived for this version."""
@@ -499,13 +525,37 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
     if (done := read_marker(marker)) is not None:
         return dataclasses.replace(done, skipped=True)
     t0, started = time.perf_counter(), time.time()
+    times = StageTimes()
     model, noise, decoy_map = _worker_context(job, keys, plan.noise_file, plan.noise_sha256)
-    store = open_image_store(job.images)
     held = dict(plan.topped_up).get(start, start)  # items start:held are done already
-    images = store.read(slice(held, stop))
-    ids = store.item_ids()[start:stop].tolist()
-    enc = encode_images(model, noise, decoy_map, images, job.config.precision,
-                        job.config.micro_batch)
+    with times.stage("read"):
+        store = open_image_store(job.images)
+        images = store.read(slice(held, stop))
+        ids = store.item_ids()[start:stop].tolist()
+    waited = time.perf_counter()
+    with _COMPUTE:
+        times.wait += time.perf_counter() - waited
+        enc = encode_images(model, noise, decoy_map, images, job.config.precision,
+                            job.config.micro_batch, times)
+    with times.stage("write"):
+        mask, values = _write_region(plan, keys, start, stop, held, ids, enc)
+    digest = hashlib.sha256(np.packbits(mask).tobytes() + values.astype(np.float16).tobytes())
+    manifest = RegionManifest(start, stop, stop - held, digest.hexdigest(),
+                              time.perf_counter() - t0, started, time.time(),
+                              worker=f"{socket.gethostname()}:{os.getpid()}",
+                              **times.to_dict())
+    _fenced(plan, f"marking items {start}-{stop} done")
+    # Written last: its presence means both the public chunk and the key row are in.
+    marker.write_bytes(json.dumps(manifest.to_dict()).encode())
+    if held > start:
+        _marker(plan.keystore, start, held).delete()
+    return manifest
+
+
+def _write_region(plan: Plan, keys: RegionKeys, start: int, stop: int, held: int,
+                  ids: list[str], enc: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Write a region's public chunk and keystore row; returns its whole public record
+    (items ``start:held`` done before are copied, never re-encoded)."""
     _fenced(plan, f"writing items {held}-{stop}")
     keystore = Keystore.open(plan.keystore, keys.key_provider(), mode="r+")
     opaque = keystore.opaque_ids(ids)
@@ -520,7 +570,6 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
             mask[j], values[j] = False, 0
             slots[j] = Slot.tombstone(slots[j].item_id, keystore.key_bytes)
     if held > start:
-        # The finished items' records and keys, copied (never re-encoded).
         old_mask, old_values = public.read(slice(start, held))
         old_slots = keystore.read_row(row)[: held - start]
         if [s.item_id for s in old_slots] != opaque[: held - start]:
@@ -530,15 +579,7 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
         slots = old_slots + slots
     public.write_region(start, mask, values, opaque)
     keystore.write_row(row, slots)
-    digest = hashlib.sha256(np.packbits(mask).tobytes() + values.astype(np.float16).tobytes())
-    manifest = RegionManifest(start, stop, stop - held, digest.hexdigest(),
-                              time.perf_counter() - t0, started, time.time())
-    _fenced(plan, f"marking items {start}-{stop} done")
-    # Written last: its presence means both the public chunk and the key row are in.
-    marker.write_bytes(json.dumps(manifest.to_dict()).encode())
-    if held > start:
-        _marker(plan.keystore, start, held).delete()
-    return manifest
+    return mask, values
 
 
 def _fenced(plan: Plan, before: str) -> None:

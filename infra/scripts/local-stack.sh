@@ -162,7 +162,7 @@ wait_for "Dask scheduler" 60 dask-scheduler http_ok "http://$HOST:$DASK_DASHBOAR
 for i in $(seq "$DASK_WORKERS"); do
     start "dask-worker-$i" env "${no_secrets[@]}" "${single_thread[@]}" \
         "$DASK" worker "$DASK_SCHEDULER_ADDRESS" "${dask_tls[@]}" --host "$HOST" \
-        --nthreads 1 --nworkers 1 \
+        --nthreads 2 --nworkers 1 \
         --name "local-$i" --dashboard-address "$HOST:0" --local-directory "$STACK_DIR/dask"
 done
 
