@@ -64,7 +64,7 @@ from storage_schemas.validate import validate
 from tests.fault_proxy import FAULTS, FaultProxy
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "runs" / "small24"  # the README's `small` model, where trained
+DEFAULT_MODEL = ROOT / "runs" / "small24"  # the `small` model of docs/faults.md, where trained
 SOURCES = (ROOT.parent / "shared" / "data" / "celeba-6k",)
 
 

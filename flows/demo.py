@@ -96,7 +96,7 @@ FINE_TUNE_EPOCHS = 2
 SCRATCH_EPOCHS = 60
 # The suite without the two least-squares attacks: they solve a problem per item and took
 # about 3 of the demo's 5 minutes here; with n >= k they do no better than re-encoding
-# (README, Measured privacy). The printed table names what was left out.
+# (docs/privacy.md, Measured privacy). The printed table names what was left out.
 DEMO_ATTACKS = tuple(a for a in DEFAULT_ATTACKS if not a.startswith("least_squares"))
 
 

@@ -45,7 +45,7 @@ COMMANDS_GROUP = "imambig.commands"
 EPILOG = """\
 typical session:
   imambig ingest ../data/celeba --split identity:0.8 --out runs/images
-  imambig train --images runs/images --preset small --epochs 20 --out runs/model
+  imambig train --images runs/images --out runs/model     (small, MSE, 24-minute budget)
   imambig encode --images runs/images --model runs/model --public runs/public --keys runs/keys
   imambig keys new-owner --out owner-signing.key    (the owner, once; prints OWNERKEY)
   imambig keys new-identity --out alice.id          (the user; prints a public key)

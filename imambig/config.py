@@ -95,7 +95,8 @@ class ModelConfig:
             return None
         return (f"bottleneck n={n} < k={k}: a map's k real values over-determine the "
                 "bottleneck vector, so a least-squares fit can tell them from the fakes "
-                "(README, 'Measured privacy'); use a shape with n >= k for published codes")
+                "(docs/privacy.md, 'Measured privacy'); use a shape with n >= k for "
+                "published codes")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,7 +168,7 @@ PRESETS: dict[str, ModelConfig] = {
         negative_slope=0.2,
     ),
 }
-DEFAULT_PRESET = "small"  # the README's model
+DEFAULT_PRESET = "small"  # the model of docs/results.md
 
 
 def preset(name: str) -> ModelConfig:
@@ -260,8 +261,8 @@ class IngestConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
-    # The defaults are the best-known recipe, the README's ``small`` model: MSE, a weight
-    # average of decay 0.999, batches of 48, a cosine schedule over a 24-minute budget
+    # The defaults are the best-known recipe, docs/results.md's ``small`` model: MSE, a
+    # weight average of decay 0.999, batches of 48, a cosine schedule over a 24-minute budget
     # (``benchmarks/train_ablation.py`` measures each choice against its alternative).
     epochs: int = 400  # an upper bound under a time budget
     # Time budget: when set (> 0), training stops after this many minutes of optimizer

@@ -116,7 +116,7 @@ def test_paper_preset_size_matches_the_paper() -> None:
 
 
 def test_shapes_with_a_bottleneck_under_k_are_flagged() -> None:
-    # n < k lets a least-squares fit tell real entries from fakes (README).
+    # n < k lets a least-squares fit tell real entries from fakes (docs/privacy.md).
     assert preset("small-n64").privacy_warning() is not None
     assert "n=64 < k=128" in preset("small-n64").privacy_warning()
     for name in ("paper", "small", "tiny"):

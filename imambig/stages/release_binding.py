@@ -12,7 +12,7 @@ match it, and the versions already under both roots are checked too.
 
 A model fine-tuned from another keeps codes close to its ancestors' while its decoy map
 (seeded by its own id) is new: publishing an image under both is a second release that
-gives most of the key away (measured: README, *Measured privacy*). So a model's lineage
+gives most of the key away (measured: docs/privacy.md, *Measured privacy*). So a model's lineage
 (``lineage`` in its metadata, written by ``imambig train --init``) is recorded too, and a
 model is refused where an ancestor or a descendant was published under the same roots.
 Two models trained from scratch from the same start (architecture and seed) keep

@@ -107,7 +107,7 @@ class WeightAverage:
                     device: torch.device) -> None:
         """Measure BatchNorm's statistics for the averaged weights on ``batches``. The
         running statistics copied by ``update`` belong to the live weights, not to
-        the average's (README, *Results*)."""
+        the average's (docs/results.md, *Results on celeba-6k*)."""
         norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         momenta = [n.momentum for n in norms]
         for n in norms:
