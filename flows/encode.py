@@ -2,7 +2,8 @@
 
 The library's encode driver does the work (lease, prepare, regions, lease checks,
 finish); this flow supplies how regions are mapped: one Prefect task per region on the
-flow's task runner (prefect-dask), with a progress artifact.
+flow's task runner (prefect-dask), with a progress artifact and a per-worker
+throughput table (``encode-throughput``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from imambig.config import ClusterSecurity, EncodeConfig, SecretSources
 from imambig.model.checkpoint import MODEL_FILE
 from imambig.stages.dask_cluster import local_cluster, remote_security
 from imambig.stages.encode_driver import run_encode
+from imambig.stages.encode_progress import Throughput
 from imambig.stages.encode_regions import EncodeJob, Plan, RegionManifest, encode_region
 from imambig.stages.region_keys import RegionKeys
 from imambig.stores.location import Location
@@ -47,7 +49,7 @@ def encode_region_task(job: EncodeJob, plan: Plan, start: int, stop: int,
 
 class PrefectRegions:
     """A ``RegionMapper``: one task per region on the running flow's task runner, and a
-    progress artifact the operator watches."""
+    progress artifact and a throughput table (images/s per worker) the operator watches."""
 
     workers = 0  # the task runner's business
 
@@ -60,10 +62,16 @@ class PrefectRegions:
         futures = encode_region_task.map(unmapped(job), unmapped(plan),
                                          [s for s, _ in plan.regions],
                                          [e for _, e in plan.regions], unmapped(keys))
+        throughput = Throughput()
         for future in as_completed(futures):
             manifest = future.result()
             done += 1
+            throughput.add(manifest)
             update_progress_artifact(progress, progress=100.0 * done / max(plan.total, 1))
+            if throughput.manifests:
+                # one artifact key: the UI shows its latest version
+                create_markdown_artifact(key="encode-throughput", markdown=throughput.markdown(),
+                                         description="images/s per worker")
             yield manifest
 
 

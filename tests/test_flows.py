@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 import os
 import secrets
 import shutil
@@ -96,6 +97,12 @@ def test_pipeline_runs_and_tasks_completed_with_artifacts(pipeline_run, prefect_
                 "publication", "evaluation-metrics", "evaluation-report", "pipeline-summary"):
         assert key in artifacts, sorted(artifacts)
     assert float(artifacts["encode-progress"]["data"]) == pytest.approx(100.0)
+    # images/s per worker (host:pid), a version per finished region
+    throughput = [a["data"] for a in api(prefect_server, "/artifacts/filter", {
+        "artifacts": {"key": {"any_": ["encode-throughput"]}}, "limit": 50})]
+    assert throughput and all("images/s over the last minute" in t for t in throughput)
+    assert any(re.search(r"^\| \S+:\d+ \| [\d,]+ \| [\d.]+ \| [\d.]+ \|$", t, re.M)
+               for t in throughput), throughput[-1]
     table = artifacts["evaluation-metrics"]["data"]
     rows = json.loads(table) if isinstance(table, str) else table
     by_name = {r["name"]: r for r in rows}

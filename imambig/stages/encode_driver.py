@@ -32,6 +32,7 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 from imambig.access.keystore import assert_separate_roots
+from imambig.stages.encode_progress import Throughput
 from imambig.stages.encode_regions import (
     EncodeContext,
     EncodeJob,
@@ -74,6 +75,7 @@ class EncodeReport:
     manifests: list[RegionManifest] = field(default_factory=list)
     seconds: float = 0.0
     workers: int = 0
+    throughput: Throughput = field(default_factory=Throughput)
 
     @property
     def encoded(self) -> int:
@@ -92,6 +94,8 @@ class EncodeReport:
             f"{p.n_items:,} items in {len(self.manifests) + p.done} regions; encoded "
             f"{self.encoded:,} now ({p.done} regions were already done) in {self.seconds:.1f} s "
             f"({rate:.1f} images/s on {self.workers} workers)",
+            *(f"  worker {r.worker}: {r.items:,} images, {r.overall:.1f} images/s"
+              for r in self.throughput.workers()),
         ])
 
 
@@ -131,7 +135,9 @@ def run_encode(
         with contextlib.closing(regions.map(context.job, plan, keys)) as manifests:
             for manifest in manifests:
                 report.manifests.append(manifest)
+                report.throughput.add(manifest)
                 bar.update(manifest.items)
+                bar.set_postfix_str(report.throughput.postfix(), refresh=False)
                 if on_region:
                     on_region(manifest, plan.done + len(report.manifests), plan.total)
                 _check(lease)
