@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import re
 import os
+import re
 import secrets
 import shutil
 import signal
