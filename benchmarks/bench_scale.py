@@ -7,8 +7,9 @@
    into chunk-aligned regions (ingestion of files is ``bench_pipeline.py``'s business).
 2. Saves a model with random weights (speed does not depend on what it learned).
 3. Encodes the whole store into a local public store and keystore the way ``imambig
-   encode`` does (``run_encode`` over ``DaskRegions``) with ``--workers`` single-threaded
-   Dask worker processes, after the noise fit (done once per model, like training).
+   encode`` does (``run_encode`` over ``DaskRegions``) with ``--workers`` Dask worker
+   processes (each computing on one thread while its second task thread reads or writes),
+   after the noise fit (done once per model, like training).
    Meanwhile a sampler asks every worker for its resident memory every few seconds.
 
 Prints throughput per tenth of the run (from the regions' own start and end times), the
@@ -145,7 +146,7 @@ def main() -> None:
     n = sum(m.items for m in ms)
     tenths = np.linspace(start, end, 11)
     print(f"\npreset={a.preset} items={n:,} regions={len(ms)} x {a.region_items} "
-          f"workers={a.workers} x 1 thread precision={precision} cores={os.cpu_count()} "
+          f"workers={a.workers} (1 computing thread each) precision={precision} cores={os.cpu_count()} "
           f"torch={torch.__version__}")
     print(f"image store written in {t_write:.0f} s; encode {report.seconds:.0f} s wall "
           f"(noise fit, cluster start and stores included), {end - start:.0f} s from the "
@@ -163,6 +164,9 @@ def main() -> None:
               f"{rates[-1]:.1f} |")
     print(f"\nfirst tenth {rates[0]:.1f} images/s, last tenth {rates[-1]:.1f} images/s "
           f"({rates[-1] / rates[0]:.2f}x)")
+    times = report.throughput.stages().to_dict()
+    print("\nWorker milliseconds per image, by stage: " + ", ".join(
+        f"{name} {1e3 * t / n:.2f}" for name, t in times.items()))
     print("\n| worker | RSS first sample MiB | RSS at half time MiB | RSS last sample MiB "
           "| peak RSS MiB (getrusage) |")
     print("|---|---|---|---|---|")

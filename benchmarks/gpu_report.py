@@ -1,5 +1,6 @@
 """Numbers of a trained model on the machine it runs on: authorized quality on the test
-split, encode and training images/s, and the model's weights in fp16.
+split, encode and training images/s, the whole encode (forward pass, mechanism, seal,
+key coding) on the device with its per-stage breakdown, and the model's weights in fp16.
 
     python benchmarks/gpu_report.py --model gpu-out/model --images gpu-out/images \
         --out gpu-out
@@ -23,11 +24,15 @@ import torch
 from safetensors.torch import save_file
 
 from imambig.evaluation.metrics import psnr_uint8, ssim, to_uint8
+from imambig.mechanism.decoy_map import DecoyMap
+from imambig.mechanism.noise_model import fit_noise_model
 from imambig.mechanism.quantizer import quantize
+from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
 from imambig.model.precision import autocast, resolve
+from imambig.stages.encode_images import StageTimes, encode_images
 from imambig.stages.train import pick_device, reconstruction_loss
-from imambig.stores.image_store import open_image_store
+from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
 
@@ -47,6 +52,31 @@ def _rate(fn, n_images: int, device: torch.device, seconds: float = 5.0) -> floa
         calls += 1
     _sync(device)
     return calls * n_images / (time.perf_counter() - t0)
+
+
+def _whole_encode(model_location: Location, store: ImageStore, model: SparseAutoencoder,
+                  xb: torch.Tensor, precision: str, seconds: float) -> dict[str, object]:
+    """``encode_images`` on the model's device (the ``--device cuda`` path of a worker):
+    images/s and milliseconds per image by stage. The noise fit (the owner's, done once
+    per model) is made on the CPU from training images, with a fixed benchmark secret."""
+    cpu_model = load_model(model_location)[0].eval()
+    fit_items = store.indices("train")[:256]
+    noise = fit_noise_model(cpu_model, "bench", [to_tensor(store.read(fit_items))],
+                            k_public=2 * cpu_model.config.k)
+    decoys = DecoyMap.for_owner(noise, b"benchmark owner secret, not real")
+    images = (xb.cpu().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    times = StageTimes()
+    with torch.no_grad():
+        encode_images(model, noise, decoys, images, precision, len(images))  # warm-up
+        calls, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or calls == 0:
+            encode_images(model, noise, decoys, images, precision, len(images), times)
+            calls += 1
+        total = time.perf_counter() - t0
+    n = calls * len(images)
+    return {"images_per_s": n / total,
+            "ms_per_image": {k: 1e3 * v / n for k, v in times.to_dict().items()
+                             if k in ("forward", "mechanism", "seal", "keys")}}
 
 
 def main() -> None:
@@ -93,6 +123,7 @@ def main() -> None:
                 model.encode(xb)
 
         encode_rate = _rate(encode, len(xb), device, a.seconds)
+    pipeline = _whole_encode(Location(a.model), store, model, xb, precision, a.seconds)
     trainee = model.train()
     opt = torch.optim.Adam(trainee.parameters(), lr=1e-4)
 
@@ -122,6 +153,7 @@ def main() -> None:
         "authorized_psnr": float(np.mean(np.concatenate(psnrs))),
         "authorized_ssim": float(np.mean(np.concatenate(ssims))),
         "encode_images_per_s": encode_rate,
+        "whole_encode": pipeline,
         "train_images_per_s": train_rate,
         "batch": len(xb),
         "training": {k: info.metadata.get(k) for k in (

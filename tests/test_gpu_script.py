@@ -31,6 +31,10 @@ def test_gpu_script_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
     numbers = json.loads((out / "numbers.json").read_text())
     assert numbers["test_items"] == 4 and numbers["precision"] == "fp32"
     assert numbers["authorized_psnr"] > 5 and numbers["encode_images_per_s"] > 0
+    whole = numbers["whole_encode"]  # forward + mechanism + seal + keys on the device
+    assert whole["images_per_s"] > 0
+    assert set(whole["ms_per_image"]) == {"forward", "mechanism", "seal", "keys"}
+    assert all(v > 0 for v in whole["ms_per_image"].values())
     assert numbers["train_images_per_s"] > 0 and numbers["preset_image"] == [32, 32]
     with safe_open(str(out / "model-fp16.safetensors"), "pt") as f:
         assert f.metadata()["model_id"] == numbers["model_id"]
