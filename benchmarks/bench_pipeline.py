@@ -138,17 +138,16 @@ def main() -> None:
         opts = s3.storage_options()
         pub, keys = s3.create_bucket("bench-public"), s3.create_bucket("bench-keys")
         size = (cfg.image_height, cfg.image_width)
-        images = Location(f"{pub}/images", opts)
 
-        def job(tag: str, precision: str, source: Location = images) -> EncodeJob:
+        def job(tag: str, precision: str, source: Location) -> EncodeJob:
             return EncodeJob(images=source, model=model_location,
                              public_root=Location(f"{pub}/{tag}", opts),
                              keys_root=Location(f"{keys}/{tag}", opts),
                              config=EncodeConfig(region_items=a.chunk_items,
                                                  precision=precision))
 
-        def encode(tag: str, precision: str, workers: int) -> EncodeReport:
-            return run_encode(job(tag, precision), DaskRegions(n_workers=workers),
+        def encode(tag: str, precision: str, workers: int, source: Location) -> EncodeReport:
+            return run_encode(job(tag, precision, source), DaskRegions(n_workers=workers),
                               progress=False)
 
         def ingest_into(target: Location, limit: int) -> float:
@@ -173,8 +172,7 @@ def main() -> None:
                          f"(mechanism {per['mechanism']:.2f}, seal {per['seal']:.2f}, keys "
                          f"{per['keys']:.2f})"))
             # The noise fit belongs to the model (done once, like training): not timed.
-            fit = EncodeContext.open(dataclasses.replace(job("fit", precision),
-                                                         images=fit_images))
+            fit = EncodeContext.open(job("fit", precision, fit_images))
             ensure_noise_model(fit, open_image_store(fit_images))
 
             target = Location(f"{pub}/images-{precision}", opts)
@@ -191,8 +189,8 @@ def main() -> None:
                          f"{wall / fwd:.0%} of forward"))
             rows.append((precision, "full path, 1 worker, steady", f"{steady:.1f}",
                          f"{steady / fwd:.0%} of forward"))
-            one, two = encode(f"one-{precision}", precision, 1), encode(f"two-{precision}",
-                                                                        precision, 2)
+            one = encode(f"one-{precision}", precision, 1, target)
+            two = encode(f"two-{precision}", precision, 2, target)
             s1, s2 = n / _span(one), n / _span(two)
             rows.append((precision, "encode only, 1 worker, wall", f"{n / one.seconds:.1f}",
                          f"{n / one.seconds / fwd:.0%} of forward"))
