@@ -35,7 +35,7 @@ LIBRARY = ROOT / "imambig"
 
 # Lowest first: a module may import from its own package and from the ones before it.
 LAYERS = ["errors", "untrusted", "config", "stores", "model", "access", "mechanism", "evaluation", "attacks",
-          "stages", "cli", "__main__"]
+          "stages", "study", "cli", "__main__"]
 
 
 def _defaults(fn: object) -> dict[str, object]:

@@ -36,13 +36,13 @@ from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
 from imambig.stages.encode_images import bottlenecks
 from imambig.stages.grant_decoder import find_grant_decoder, grant_codes
-from imambig.stages.near_duplicates import NearDuplicates
 from imambig.stages.noise_fit import load_published
-from imambig.stages.privacy_experiment import identity_gallery, identity_rows
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
+from imambig.study.near_duplicates import NearDuplicates
+from imambig.study.privacy_experiment import identity_gallery, identity_rows
 from imambig.untrusted import parse_json
 
 EVALUATION_LIMIT = 64 << 20  # rows, tables and curves: a few hundred kB
