@@ -163,7 +163,7 @@ def run_demo(out: str = "imambig-demo", n_images: int = 400,
     revealed = root / "revealed"
     write_revealed(revealed, shown, scale=2)
     report = Path(summary["report"])
-    from imambig.stages.evaluate import contrast_table
+    from imambig.study.evaluate import contrast_table
 
     print("\nMeasured on the test split (the grid's columns and every attack):\n")
     print(contrast_table(json.loads((report / "evaluation.json").read_text())))

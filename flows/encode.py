@@ -22,6 +22,7 @@ from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
+from flows.markdown import markdown_table
 from flows.params import check_location
 from imambig.access.keystore import assert_separate_roots
 from imambig.config import ClusterSecurity, EncodeConfig, SecretSources
@@ -107,13 +108,12 @@ def encode_flow(
     report = run_encode(job, PrefectRegions(), overwrite=overwrite, progress=False)
     plan = report.plan
     get_run_logger().info("encoded %d items into %s", report.encoded, plan.public)
-    create_markdown_artifact(
-        key="encode-summary",
-        markdown=(f"# Encoding\n\n| | |\n|---|---|\n| version | `{plan.version}` |\n"
-                  f"| public store | `{plan.public}` |\n| keystore | `{plan.keystore}` |\n"
-                  f"| items | {plan.n_items} |\n| encoded in this run | {report.encoded} |\n"
-                  f"| regions | {plan.total} ({plan.done} already done) |\n"),
-    )
+    table = markdown_table(("", ""), [
+        ("version", f"`{plan.version}`"), ("public store", f"`{plan.public}`"),
+        ("keystore", f"`{plan.keystore}`"), ("items", plan.n_items),
+        ("encoded in this run", report.encoded),
+        ("regions", f"{plan.total} ({plan.done} already done)")])
+    create_markdown_artifact(key="encode-summary", markdown=f"# Encoding\n\n{table}")
     return {"version": plan.version, "public_url": plan.public.url,
             "keystore_url": plan.keystore.url, "n_items": plan.n_items,
             "encoded_now": report.encoded, "regions": plan.total,

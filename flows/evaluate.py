@@ -11,9 +11,9 @@ from flows.params import check_location
 from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.secrets import Secrets
 from imambig.config import EvaluateConfig, SecretSources
-from imambig.stages.evaluate import as_table, evaluate_stores, load_evaluation
 from imambig.stages.versions import resolve_store
 from imambig.stores.location import Location
+from imambig.study.evaluate import as_table, evaluate_stores, load_evaluation
 
 
 @task(name="evaluate stores")

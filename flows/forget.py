@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.markdown import markdown_table
 from flows.params import check_location
 from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.secrets import Secrets
@@ -41,12 +42,11 @@ def forget_flow(
     if not item_ids:
         raise ValueError("no items to forget")
     result = forget_items(item_ids, images, public_root, keys_root, secrets)
-    problems = "\n".join(f"| {n} | {why} |" for n, why in result["problems"].items())
+    problems = markdown_table(("item", "not forgotten because"), result["problems"].items())
     create_markdown_artifact(
         key="forget-report",
         markdown=(f"# Forget\n\nForgotten: **{result['forgotten']}** items in the image "
                   f"store and {len(result['versions'])} store versions.\n\n"
-                  + (f"| item | not forgotten because |\n|---|---|\n{problems}\n"
-                     if problems else "")),
+                  + (problems if result["problems"] else "")),
     )
     return result

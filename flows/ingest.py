@@ -8,6 +8,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
+from flows.markdown import markdown_table
 from flows.params import check_location
 from imambig.config import IngestConfig
 from imambig.stages.ingest import ingest, stored_settings
@@ -35,13 +36,13 @@ def ingest_flow(
     check_location(out, "image store")
     check_location(source, "source", must_exist=True)
     report = ingest_images(source, out, config, overwrite)
-    reasons = "\n".join(f"| {r} | {n} |" for r, n in report["reasons"].items()) or "| - | 0 |"
+    reasons = markdown_table(("set aside because", "files"),
+                             list(report["reasons"].items()) or [("-", 0)])
     create_markdown_artifact(
         key="ingest-report",
         markdown=(f"# Ingestion\n\nImage store: `{out}`\n\n"
                   f"Written: **{report['written']}** of {report['seen']} files; "
-                  f"splits {report['splits']}\n\n| set aside because | files |\n|---|---|\n"
-                  f"{reasons}\n"),
+                  f"splits {report['splits']}\n\n{reasons}"),
     )
     print(f"ingested {report['written']} images into {out}; set aside {report['n_set_aside']}")
     return {"images": out.url, "written": report["written"], "set_aside": report["n_set_aside"]}

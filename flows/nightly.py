@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.encode import encode_flow
 from flows.ingest import ingest_images
+from flows.markdown import markdown_table
 from flows.params import check_location, main_with_params
 from imambig.config import EncodeConfig, IngestConfig, SecretSources
 from imambig.stores.location import Location
@@ -52,17 +53,14 @@ def nightly_flow(
                "images_per_s": round(rate, 1), "items": encoded["n_items"],
                "version": encoded["version"], "valid": not problems}
     reasons = ", ".join(f"{k} {v}" for k, v in report["reasons"].items()) or "none"
-    create_markdown_artifact(
-        key="nightly-summary",
-        markdown=(f"# Nightly run\n\n| | |\n|---|---|\n| source | `{source}` |\n"
-                  f"| items added | {summary['added']} |\n"
-                  f"| set aside | {summary['set_aside']} ({reasons}) |\n"
-                  f"| items encoded | {summary['encoded']} |\n"
-                  f"| images/s | {summary['images_per_s']} |\n"
-                  f"| items in the collection | {summary['items']} |\n"
-                  f"| store version | `{summary['version']}` |\n"
-                  f"| stores valid | {'yes' if not problems else 'NO'} |\n"),
-    )
+    table = markdown_table(("", ""), [
+        ("source", f"`{source}`"), ("items added", summary["added"]),
+        ("set aside", f"{summary['set_aside']} ({reasons})"),
+        ("items encoded", summary["encoded"]), ("images/s", summary["images_per_s"]),
+        ("items in the collection", summary["items"]),
+        ("store version", f"`{summary['version']}`"),
+        ("stores valid", "yes" if not problems else "NO")])
+    create_markdown_artifact(key="nightly-summary", markdown=f"# Nightly run\n\n{table}")
     if problems:
         raise RuntimeError("the stores do not validate: " + "; ".join(problems[:5]))
     print(f"nightly: added {summary['added']}, set aside {summary['set_aside']}, encoded "

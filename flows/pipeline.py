@@ -18,6 +18,7 @@ from flows.encode import dask_runner, encode_flow
 from flows.evaluate import evaluate_flow
 from flows.grant import grant_flow
 from flows.ingest import ingest_flow
+from flows.markdown import markdown_table
 from flows.params import check_location, main_with_params
 from flows.publish import publish_flow
 from flows.train import train_flow
@@ -77,13 +78,10 @@ def pipeline(
         "owner_key": grant["owner_key"] if grant else None,
         "report": report.url, "rates": ev["rates"],
     }
-    lines = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "rates")
-    rates = "\n".join(f"| {k} | {v:.3f} |" for k, v in ev["rates"].items())
-    create_markdown_artifact(
-        key="pipeline-summary",
-        markdown=f"# Pipeline run\n\n| | |\n|---|---|\n{lines}\n\n| rate | value |\n|---|---|\n"
-                 f"{rates}\n",
-    )
+    lines = markdown_table(("", ""), [(k, v) for k, v in summary.items() if k != "rates"])
+    rates = markdown_table(("rate", "value"), [(k, f"{v:.3f}") for k, v in ev["rates"].items()])
+    create_markdown_artifact(key="pipeline-summary",
+                             markdown=f"# Pipeline run\n\n{lines}\n{rates}")
     return summary
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.markdown import markdown_table
 from flows.params import check_location
 from imambig.config import TrainConfig, preset_name
 from imambig.stages.train import train
@@ -26,12 +27,13 @@ def train_flow(images: Location, out: Location,
     check_location(out, "model folder")
     check_location(images, "image store", must_exist=True)
     info = train_model(images, out, config)
-    rows = "\n".join(f"| {i + 1} | {p:.2f} |" for i, p in enumerate(info["val_psnr"]))
+    rows = markdown_table(("epoch", "validation PSNR (dB)"),
+                          [(i + 1, f"{p:.2f}") for i, p in enumerate(info["val_psnr"])])
     create_markdown_artifact(
         key="training-report",
         markdown=(f"# Training\n\nModel `{info['model_id']}` at `{out}` "
                   f"({preset_name(config.model)}, {config.epochs} epochs, {info['images_per_s']:.1f} images/s)"
-                  f"\n\n| epoch | validation PSNR (dB) |\n|---|---|\n{rows}\n"),
+                  f"\n\n{rows}"),
     )
     print(f"model {info['model_id']} written to {out}")
     return info

@@ -774,8 +774,8 @@ def _add_evaluate(sub: Subparsers) -> None:
 def _run_evaluate(a: argparse.Namespace) -> int:
     from imambig.access.key_provider import LocalKeyProvider
     from imambig.access.secrets import Secrets
-    from imambig.stages.evaluate import evaluate_stores
     from imambig.stages.versions import resolve_store
+    from imambig.study.evaluate import evaluate_stores
 
     out = location(a, a.out)
     ev = evaluate_stores(
@@ -856,7 +856,7 @@ def _add_attack(sub: Subparsers) -> None:
 
 
 def _run_attack(a: argparse.Namespace) -> int:
-    from imambig.stages.privacy_experiment import run_privacy_experiment, to_json
+    from imambig.study.privacy_experiment import run_privacy_experiment, to_json
 
     runs = run_privacy_experiment(location(a, a.model), location(a, a.images),
                                   attack_config(a), log=_say)

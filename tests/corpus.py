@@ -222,7 +222,7 @@ def parse_manifest(data: bytes) -> object:
 
 
 def parse_evaluation(data: bytes) -> object:
-    from imambig.stages.evaluate import load_evaluation
+    from imambig.study.evaluate import load_evaluation
 
     return load_evaluation(data.decode("utf-8", errors="replace"))
 

@@ -19,9 +19,9 @@ from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.quantizer import VALUE_BITS, quantize, round_mantissa
 from imambig.model.layers.topk import topk_sparsify
 from imambig.stages.encode_images import bottlenecks, encode_images
-from imambig.stages.near_duplicates import transform
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
+from imambig.study.near_duplicates import transform
 
 SECRET = Secret(b"s" * 32)
 OTHER = Secret(b"o" * 32)

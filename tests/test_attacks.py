@@ -3,6 +3,7 @@ well-formed on a real ambiguated batch (tiny untrained model, synthetic images).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -187,14 +188,8 @@ def test_oversized_fakes_are_caught(
 
 def test_least_squares_finds_the_linearly_consistent_entries() -> None:
     # n = 16 < k = 32: the real values lie in a 16-dim subspace; independent fakes do not.
-    config = ModelConfig(
-        image_height=32,
-        image_width=32,
-        filters=(10, 10, 10, 10, 10, 5),
-        n_maps=2,
-        code_length=64,
-        k=32,
-    )
+    config = dataclasses.replace(preset("tiny"), n_maps=2, k=32,
+                                 negative_slope=ModelConfig().negative_slope)
     torch.manual_seed(0)
     model = SparseAutoencoder(config).eval()
     rng = np.random.default_rng(0)

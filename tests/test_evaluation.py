@@ -108,7 +108,7 @@ def test_evaluate_command_writes_table_plots_and_honest_rates(encoded, synthetic
 
 
 def test_contrast_table_says_whether_the_authorized_image_stands_out() -> None:
-    from imambig.stages.evaluate import contrast_table
+    from imambig.study.evaluate import contrast_table
 
     rows = [{"name": "authorized", "psnr": 22.0}, {"name": "public as is", "psnr": 5.0},
             {"name": "learned inversion", "psnr": 13.5}, {"name": "random guess", "psnr": None}]

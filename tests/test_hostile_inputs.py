@@ -386,7 +386,7 @@ def test_publication_manifest_hostile(folder: Path, variant: str) -> None:
 def test_evaluation_nested_deep() -> None:
     honest = json.dumps({"rows": [], "rates": {}, "n_items": 0, "split": "test",
                          "model_id": C.MODEL_ID})
-    _check("evaluation", "from imambig.stages.evaluate import load_evaluation",
+    _check("evaluation", "from imambig.study.evaluate import load_evaluation",
            "result = load_evaluation(text)", {"text": honest}, {"text": _deep().decode()},
            "FormatError")
 

@@ -74,10 +74,11 @@ def _grant(job: EncodeJob, names: list[str], k_low: int | None) -> tuple[list[by
     return [grant.keys[n] for n in names], blob
 
 
-def _truth(plan, idx: np.ndarray) -> tuple[Ambiguated, np.ndarray, np.ndarray]:
-    """The sealed records with their full keys, and the true support (B, L, m) and
-    dense true values of the records underneath."""
+def _truth(plan, names: list[str]) -> tuple[Ambiguated, np.ndarray, np.ndarray]:
+    """The sealed records of the items ``names`` with their full keys, and the true
+    support (B, L, m) and dense true values of the records underneath."""
     store, ks = PublicStore.open(plan.public), Keystore.open(plan.keystore, _provider())
+    idx = store.index_of(ks.opaque_ids(names), names=names)
     mask, values = store.read(idx)
     keys = ks.keys(idx)
     sealed = Ambiguated(mask, values, decode_keys(keys), key_seals(keys))
@@ -92,9 +93,7 @@ def _truth(plan, idx: np.ndarray) -> tuple[Ambiguated, np.ndarray, np.ndarray]:
 def test_a_grant_holds_exactly_its_entries_and_grants_nest(twins) -> None:
     job, plan = twins
     names = _names(job)[:40]
-    idx = PublicStore.open(plan.public).index_of(
-        Keystore.open(plan.keystore, _provider()).opaque_ids(names), names=names)
-    _, real, dense = _truth(plan, idx)
+    _, real, dense = _truth(plan, names)
     k = int(real[0, 0].sum())
     low_keys, _ = _grant(job, names, k // 4)
     half_keys, _ = _grant(job, names, k // 2)
@@ -119,9 +118,7 @@ def test_no_byte_of_a_lower_fidelity_grant_unseals_the_record(twins) -> None:
     as k_low keys once did, fails here: its seal opens all k' entries of every map.)"""
     job, plan = twins
     names = _names(job)[:4]
-    idx = PublicStore.open(plan.public).index_of(
-        Keystore.open(plan.keystore, _provider()).opaque_ids(names), names=names)
-    sealed, real, _ = _truth(plan, idx)
+    sealed, real, _ = _truth(plan, names)
     k = int(real[0, 0].sum())
     keys, blob = _grant(job, names, k // 2)
     assert sealed.seals is not None
@@ -291,9 +288,7 @@ def test_k_public_equal_to_k_publishes_no_fakes_and_a_seal_only_key(twins, tmp_p
     names = _names(job)[:3]
     keys, blob = _grant(lean, names, None)
     assert {len(x) for x in keys} == {HEADER_BYTES + SEAL_BYTES}
-    idx = PublicStore.open(plan.public).index_of(
-        Keystore.open(plan.keystore, _provider()).opaque_ids(names), names=names)
-    sealed, real, _ = _truth(plan, idx)
+    sealed, real, _ = _truth(plan, names)
     assert sealed.real.all() and (real.sum(-1) == k).all()
     alice = new_identity()
     blob = issue_grant(lean.public_root, lean.keys_root, names, alice.public_text(),

@@ -32,6 +32,7 @@ from imambig.access.encryption import ChunkCipher, chunk_aad, describe_chunk, su
 from imambig.access.key_provider import KeyProvider
 from imambig.errors import StoreFormatError, TamperedError
 from imambig.stores.array_metadata import check_array, open_group
+from imambig.stores.item_chunks import ItemChunks
 from imambig.stores.location import Location, Mode
 from storage_schemas import keystore_v1, keystore_v2
 
@@ -92,7 +93,7 @@ def assert_separate_roots(public: Location, keystore: Location) -> None:
         )
 
 
-class Keystore:
+class Keystore(ItemChunks):
     def __init__(self, group: zarr.Group, location: Location, provider: KeyProvider) -> None:
         self.group = group
         self.location = location
@@ -170,10 +171,6 @@ class Keystore:
         return cls(open_group(location, mode, "keystore"), location, provider)
 
     @property
-    def chunk_items(self) -> int:
-        return int(self.attrs["chunk_items"])
-
-    @property
     def key_bytes(self) -> int:
         return int(self.attrs["key_bytes"])
 
@@ -243,10 +240,6 @@ class Keystore:
                 rows[r] = self.read_row(r)
             out.append(rows[r][i % self.chunk_items])
         return out
-
-    @property
-    def n_items(self) -> int:
-        return int(self.attrs["n_items"])  # authenticated (attrs_mac)
 
     def check_public(self, public: Any) -> None:
         """Refuse a public store (``PublicStore``) that is not this keystore's, or

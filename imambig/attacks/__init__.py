@@ -4,4 +4,4 @@ reconstructs the image directly (``learned_inversion``); ``scoring`` turns score
 support recall, ROC AUC and decoded-image quality, ``suite`` runs them side by side.
 ``second_release`` compares two records of one image, ``identity`` asks a face
 recognizer who is in a reconstruction, ``linkage`` finds a photo's record. The study
-behind ``imambig attack`` is ``imambig.stages.privacy_experiment``."""
+behind ``imambig attack`` is ``imambig.study.privacy_experiment``."""

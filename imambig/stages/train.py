@@ -189,6 +189,214 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class _Run:
+    """One run's moving parts and its progress: what a checkpoint saves and a resume
+    restores, and the counters behind the reported throughput."""
+
+    cfg: TrainConfig
+    device: torch.device
+    precision: str
+    model: SparseAutoencoder
+    opt: torch.optim.Optimizer
+    average: WeightAverage | None
+    total_steps: int
+    budget_s: float | None  # seconds of optimizer steps (--minutes), else epochs decide
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    elapsed: float = 0.0  # seconds of optimizer steps, over every invocation
+    wall_before: float = 0.0  # wall-clock seconds of earlier invocations (validation included)
+    history: list[float] = field(default_factory=list)
+    t_start: float = 0.0  # when this invocation's training began (perf_counter)
+    seen: int = 0  # images stepped on in this invocation
+    t_train: float = 0.0  # seconds of this invocation's epochs
+    calibrated: bool = False  # the average's BatchNorm statistics are its own
+
+    @property
+    def published(self) -> SparseAutoencoder:
+        return self.average.model if self.average else self.model
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t_start
+
+    def out_of_time(self) -> bool:
+        return bool(self.budget_s and self.elapsed >= self.budget_s)
+
+    def progress_fraction(self) -> float:
+        if self.budget_s:
+            return self.elapsed / self.budget_s
+        return self.global_step / max(1, self.total_steps)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "precision": self.precision,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "average": self.average.model.state_dict() if self.average else None,
+            "rng": _rng_state(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "elapsed": self.elapsed,
+            "wall": self.wall(),
+            "val_psnr": self.history,
+        }
+
+
+def _open_store(images: Location, cfg: TrainConfig) -> ImageStore:
+    """The image store, refused when its images are not the model's size."""
+    store = open_image_store(images)
+    mc = cfg.model
+    if warning := mc.privacy_warning():
+        warnings.warn(warning, stacklevel=3)  # the caller of train()
+    if (store.height, store.width) != (mc.image_height, mc.image_width):
+        raise ValueError(
+            f"image store holds {store.height}x{store.width} images but the model expects "
+            f"{mc.image_height}x{mc.image_width}; re-ingest with --size {mc.image_height} "
+            f"{mc.image_width} or pick another preset"
+        )
+    return store
+
+
+def _new_run(images: Location, cfg: TrainConfig, device: torch.device,
+             total_steps: int) -> tuple[_Run, ckpt.ModelInfo | None]:
+    """A fresh run (seeded weights, or those of ``cfg.init``) and the model it starts
+    from, if any."""
+    precision = resolve(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    model = SparseAutoencoder(cfg.model).to(device)
+    parent = None
+    if cfg.init:  # read with the image store's storage options: one set per run
+        init_model, parent, _ = ckpt.load_model(Location(cfg.init, images.storage_options))
+        if init_model.config != cfg.model:
+            raise ValueError(f"--init {cfg.init} is a {init_model.config} model, not {cfg.model}")
+        model.load_state_dict(init_model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
+    budget_s = cfg.minutes * 60 if cfg.minutes else None
+    return _Run(cfg, device, precision, model, opt, average, total_steps, budget_s), parent
+
+
+def _resume(run: _Run, out: Location) -> None:
+    """Continue from the last checkpoint at ``out``, if there is one; a checkpoint of a
+    run with other settings (other than those that may change) is refused."""
+    state = ckpt.load_state(out)
+    if state is None:
+        return
+    saved = TrainConfig.from_dict(state["config"]).to_dict()
+    now = run.cfg.to_dict()
+    diff = sorted(k for k in now if now[k] != saved[k] and k not in _RESUMABLE_CHANGES)
+    if state.get("precision", run.precision) != run.precision:
+        diff.append(f"precision (was {state['precision']}, now {run.precision})")
+    if diff:
+        raise ValueError(
+            f"{out} holds a run with different settings ({', '.join(diff)}); "
+            "use another --out or the same settings to resume"
+        )
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    if run.average is not None:
+        run.average.model.load_state_dict(state["average"])
+    _set_rng_state(state["rng"])
+    run.epoch, run.step_in_epoch, run.global_step = (
+        state["epoch"], state["step_in_epoch"], state["global_step"]
+    )
+    run.elapsed = state.get("elapsed", 0.0)
+    run.wall_before = state.get("wall", run.elapsed)
+    run.history = list(state["val_psnr"])
+
+
+def _step(run: _Run, x: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on the batch ``x``; the loss."""
+    cfg, device = run.cfg, run.device
+    t_step = time.perf_counter()
+    x = x.to(device, non_blocking=True)
+    if cfg.flip:  # drawn from the saved RNG stream, so resumes flip the same items
+        flips = torch.rand(len(x)) < 0.5
+        x = torch.where(flips.view(-1, 1, 1, 1).to(device), x.flip(-1), x)
+    for group in run.opt.param_groups:
+        group["lr"] = cfg.lr * lr_factor(run.progress_fraction(), cfg.warmup, cfg.min_lr_ratio)
+    with autocast(run.precision, device), _kernels_for(x):
+        logits, _ = run.model(x)
+        loss = reconstruction_loss(logits, x, cfg.loss)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+    run.opt.step()
+    if run.average is not None:
+        run.average.update(run.model, run.global_step)
+        run.calibrated = False
+    run.step_in_epoch += 1
+    run.global_step += 1
+    run.seen += len(x)
+    run.elapsed += time.perf_counter() - t_step
+    return loss
+
+
+def _train_epoch(run: _Run, store: ImageStore, train_idx: np.ndarray, out: Location,
+                 bar: tqdm) -> None:
+    """The steps of the current epoch (from where a resumed run stopped in it) until the
+    epoch or the time budget ends, with a checkpoint every ``cfg.checkpoint_every``."""
+    cfg = run.cfg
+    order = epoch_order(train_idx, store.chunk_items, cfg.seed, run.epoch)
+    t0 = time.perf_counter()
+    for _, x in iter_batches(store, order, cfg.batch_size, skip_batches=run.step_in_epoch):
+        loss = _step(run, x)
+        bar.update(round(run.elapsed) - bar.n if run.budget_s else 1)
+        bar.set_postfix(epoch=run.epoch + 1, loss=f"{loss.item():.4f}")
+        if cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0:
+            ckpt.save_state(out, run.state())
+        if run.out_of_time():
+            break
+    run.t_train += time.perf_counter() - t0
+
+
+def _end_epoch(run: _Run, store: ImageStore, train_idx: np.ndarray, val_idx: np.ndarray,
+               out: Location, bar: tqdm) -> None:
+    """Validate the weights that would be published, then checkpoint the next epoch."""
+    if run.average is not None:
+        run.average.recalibrate(calibration_batches(store, train_idx, run.cfg, run.device),
+                                run.precision, run.device)
+        run.calibrated = True
+    run.history.append(validate(run.published, store, val_idx, run.device,
+                                precision=run.precision))
+    bar.write(f"epoch {run.epoch + 1}: validation PSNR {run.history[-1]:.2f} dB "
+              f"({run.elapsed / 60:.1f} min of training)")
+    run.epoch, run.step_in_epoch = run.epoch + 1, 0
+    ckpt.save_state(out, run.state())
+
+
+def _publish(run: _Run, store: ImageStore, train_idx: np.ndarray, val_idx: np.ndarray,
+             images: Location, out: Location,
+             parent: ckpt.ModelInfo | None) -> tuple[str, dict[str, Any]]:
+    """Write the published weights (the average's, when there is one) with what made
+    them; the model's id and that metadata."""
+    if run.average is not None and not run.calibrated:  # e.g. a run finished under older code
+        run.average.recalibrate(calibration_batches(store, train_idx, run.cfg, run.device),
+                                run.precision, run.device)
+    run.published.eval()
+    final_psnr = validate(run.published, store, val_idx, run.device, precision=run.precision)
+    metadata = {
+        "train_config": run.cfg.to_dict(),
+        "precision": run.precision,
+        "train_minutes": round(run.elapsed / 60, 2),  # optimizer steps only (--minutes)
+        "wall_minutes": round(run.wall() / 60, 2),  # the whole run: validation, checkpoints
+        "images": images.url,
+        "parent": parent.model_id if parent else None,
+        # Every ancestor, nearest last: a fine-tuned model's codes stay close to its
+        # ancestors', so release binding treats them as one family.
+        "lineage": [*family(parent.metadata)[0], parent.model_id] if parent else [],
+        "train_items": len(train_idx),
+        "val_psnr": run.history,
+        "final_val_psnr": final_psnr,  # the published weights, as published
+        "global_step": run.global_step,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "torch": torch.__version__,
+    }
+    return ckpt.save_model(out, run.published, metadata), metadata
+
+
 def train(
     images: Location,
     out: Location,
@@ -199,168 +407,29 @@ def train(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = pick_device(cfg.device)
-    store = open_image_store(images)
-    mc = cfg.model
-    if warning := mc.privacy_warning():
-        warnings.warn(warning, stacklevel=2)
-    if (store.height, store.width) != (mc.image_height, mc.image_width):
-        raise ValueError(
-            f"image store holds {store.height}x{store.width} images but the model expects "
-            f"{mc.image_height}x{mc.image_width}; re-ingest with --size {mc.image_height} "
-            f"{mc.image_width} or pick another preset"
-        )
+    store = _open_store(images, cfg)
     train_idx, val_idx = _split_indices(store, cfg)
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    budget_s = cfg.minutes * 60 if cfg.minutes else None
-    precision = resolve(cfg.precision, device)
-
-    torch.manual_seed(cfg.seed)
-    model = SparseAutoencoder(mc).to(device)
-    parent = None
-    if cfg.init:  # read with the image store's storage options: one set per run
-        init_model, parent, _ = ckpt.load_model(Location(cfg.init, images.storage_options))
-        if init_model.config != mc:
-            raise ValueError(f"--init {cfg.init} is a {init_model.config} model, not {mc}")
-        model.load_state_dict(init_model.state_dict())
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    average = WeightAverage(model, cfg.ema) if cfg.ema else None
-
-    epoch, step_in_epoch, global_step, elapsed, history = 0, 0, 0, 0.0, []
-    wall_before = 0.0  # wall-clock seconds of earlier invocations (validation included)
-    state = ckpt.load_state(out)
-    if state is not None:
-        saved = TrainConfig.from_dict(state["config"]).to_dict()
-        now = cfg.to_dict()
-        diff = sorted(k for k in now if now[k] != saved[k] and k not in _RESUMABLE_CHANGES)
-        if state.get("precision", precision) != precision:
-            diff.append(f"precision (was {state['precision']}, now {precision})")
-        if diff:
-            raise ValueError(
-                f"{out} holds a run with different settings ({', '.join(diff)}); "
-                "use another --out or the same settings to resume"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if average is not None:
-            average.model.load_state_dict(state["average"])
-        _set_rng_state(state["rng"])
-        epoch, step_in_epoch, global_step = (
-            state["epoch"], state["step_in_epoch"], state["global_step"]
-        )
-        elapsed = state.get("elapsed", 0.0)
-        wall_before = state.get("wall", elapsed)
-        history = list(state["val_psnr"])
-    resumed_from = global_step
-    # A finished run resumed (to publish again with newer code) takes no further step.
-    out_of_time = bool(budget_s and elapsed >= budget_s)
-    t_start = time.perf_counter()
-
-    def wall() -> float:
-        return wall_before + time.perf_counter() - t_start
-
-    def progress_fraction() -> float:
-        return elapsed / budget_s if budget_s else global_step / max(1, total_steps)
-
-    def snapshot() -> None:
-        ckpt.save_state(
-            out,
-            {
-                "config": cfg.to_dict(),
-                "precision": precision,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "average": average.model.state_dict() if average else None,
-                "rng": _rng_state(),
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "elapsed": elapsed,
-                "wall": wall(),
-                "val_psnr": history,
-            },
-        )
-
-    published = average.model if average else model
-    seen, t_train = 0, 0.0
-    model.train()
+    total_steps = math.ceil(len(train_idx) / cfg.batch_size) * cfg.epochs
+    run, parent = _new_run(images, cfg, device, total_steps)
+    _resume(run, out)
+    resumed_from = run.global_step
+    run.t_start = time.perf_counter()
+    run.model.train()
     bar = tqdm(
-        total=round(budget_s) if budget_s else total_steps,
-        initial=round(elapsed) if budget_s else global_step,
-        disable=None if progress else True, desc="train", unit="s" if budget_s else "step",
+        total=round(run.budget_s) if run.budget_s else total_steps,
+        initial=round(run.elapsed) if run.budget_s else run.global_step,
+        disable=None if progress else True, desc="train", unit="s" if run.budget_s else "step",
         dynamic_ncols=True,
     )
-    calibrated = False
-    while epoch < cfg.epochs and not out_of_time:
-        order = epoch_order(train_idx, store.chunk_items, cfg.seed, epoch)
-        t0 = time.perf_counter()
-        for _, x in iter_batches(store, order, cfg.batch_size, skip_batches=step_in_epoch):
-            t_step = time.perf_counter()
-            x = x.to(device, non_blocking=True)
-            if cfg.flip:  # drawn from the saved RNG stream, so resumes flip the same items
-                flips = torch.rand(len(x)) < 0.5
-                x = torch.where(flips.view(-1, 1, 1, 1).to(device), x.flip(-1), x)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(progress_fraction(), cfg.warmup,
-                                                 cfg.min_lr_ratio)
-            with autocast(precision, device), _kernels_for(x):
-                logits, _ = model(x)
-                loss = reconstruction_loss(logits, x, cfg.loss)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()
-            if average is not None:
-                average.update(model, global_step)
-                calibrated = False
-            step_in_epoch += 1
-            global_step += 1
-            seen += len(x)
-            dt = time.perf_counter() - t_step
-            elapsed += dt
-            bar.update(round(elapsed) - bar.n if budget_s else 1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
-            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
-                snapshot()
-            if budget_s and elapsed >= budget_s:
-                out_of_time = True
-                break
-        t_train += time.perf_counter() - t0
-        if average is not None:
-            average.recalibrate(calibration_batches(store, train_idx, cfg, device),
-                                precision, device)
-            calibrated = True
-        history.append(validate(published, store, val_idx, device, precision=precision))
-        bar.write(f"epoch {epoch + 1}: validation PSNR {history[-1]:.2f} dB "
-                  f"({elapsed / 60:.1f} min of training)")
-        epoch, step_in_epoch = epoch + 1, 0
-        snapshot()
+    # A finished run resumed (to publish again with newer code) takes no further step.
+    while run.epoch < cfg.epochs and not run.out_of_time():
+        _train_epoch(run, store, train_idx, out, bar)
+        _end_epoch(run, store, train_idx, val_idx, out, bar)
     bar.close()
-
-    if average is not None and not calibrated:  # e.g. a run finished under older code
-        average.recalibrate(calibration_batches(store, train_idx, cfg, device),
-                            precision, device)
-    published.eval()
-    final_psnr = validate(published, store, val_idx, device, precision=precision)
-    metadata = {
-        "train_config": cfg.to_dict(),
-        "precision": precision,
-        "train_minutes": round(elapsed / 60, 2),  # optimizer steps only (--minutes)
-        "wall_minutes": round(wall() / 60, 2),  # the whole run: validation, checkpoints
-        "images": images.url,
-        "parent": parent.model_id if parent else None,
-        # Every ancestor, nearest last: a fine-tuned model's codes stay close to its
-        # ancestors', so release binding treats them as one family.
-        "lineage": [*family(parent.metadata)[0], parent.model_id] if parent else [],
-        "train_items": len(train_idx),
-        "val_psnr": history,
-        "final_val_psnr": final_psnr,  # the published weights, as published
-        "global_step": global_step,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "torch": torch.__version__,
-    }
-    mid = ckpt.save_model(out, published, metadata)
+    model_id, metadata = _publish(run, store, train_idx, val_idx, images, out, parent)
     return TrainResult(
-        out=out, model_id=mid, epochs=epoch, val_psnr=history,
-        images_per_s=seen / t_train if t_train else 0.0, resumed_from_step=resumed_from,
-        train_minutes=metadata["train_minutes"], wall_minutes=metadata["wall_minutes"],
+        out=out, model_id=model_id, epochs=run.epoch, val_psnr=run.history,
+        images_per_s=run.seen / run.t_train if run.t_train else 0.0,
+        resumed_from_step=resumed_from, train_minutes=metadata["train_minutes"],
+        wall_minutes=metadata["wall_minutes"],
     )

@@ -82,7 +82,29 @@ def store_state(location: Location) -> StoreState:
     return "complete" if attrs.get("complete") is True else "incomplete"
 
 
-class ImageStoreWriter:
+class _ImagesArray:
+    """What the shape of a store's ``images`` array (items, height, width, 3) says."""
+
+    images: zarr.Array
+
+    @property
+    def n_items(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.images.shape[2])
+
+    @property
+    def chunk_items(self) -> int:
+        return int(self.images.chunks[0])
+
+
+class ImageStoreWriter(_ImagesArray):
     """Writes one image store; see the module docstring for the write order."""
 
     def __init__(self, group: zarr.Group) -> None:
@@ -165,14 +187,6 @@ class ImageStoreWriter:
             self.resize(int(start))
         return int(start)
 
-    @property
-    def n_items(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def chunk_items(self) -> int:
-        return int(self.images.chunks[0])
-
     def write_images(self, start: int, images: np.ndarray) -> None:
         """Write ``images`` (B, H, W, 3) uint8 at items ``start:start+B``.
 
@@ -230,7 +244,7 @@ class ImageStoreWriter:
             del self.group.attrs["append_from"]
 
 
-class ImageStore:
+class ImageStore(_ImagesArray):
     """Read view of a complete image store. Picklable: workers reopen it lazily."""
 
     def __init__(self, location: Location) -> None:
@@ -270,22 +284,6 @@ class ImageStore:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self._attrs)
-
-    @property
-    def n_items(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def height(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def width(self) -> int:
-        return int(self.images.shape[2])
-
-    @property
-    def chunk_items(self) -> int:
-        return int(self.images.chunks[0])
 
     def read(self, selection: slice | int | np.ndarray | list[int]) -> np.ndarray:
         """Images (B, H, W, 3) uint8 of a slice or of an array of item indices.

@@ -27,6 +27,7 @@ from zarr.codecs import BloscCodec
 
 from imambig.errors import StoreFormatError
 from imambig.stores.array_metadata import check_array, open_group
+from imambig.stores.item_chunks import ItemChunks
 from imambig.stores.location import Location, Mode
 from storage_schemas import public_store_v1, public_store_v2
 
@@ -69,7 +70,7 @@ def unpack_support(bits: np.ndarray, code_length: int) -> np.ndarray:
     return np.unpackbits(bits, axis=-1, count=code_length).astype(bool)
 
 
-class PublicStore:
+class PublicStore(ItemChunks):
     """Read and write access to one public store."""
 
     def __init__(self, group: zarr.Group, location: Location) -> None:
@@ -157,14 +158,6 @@ class PublicStore:
         return cls(group, location)
 
     # -- access -----------------------------------------------------------------------
-
-    @property
-    def n_items(self) -> int:
-        return int(self.attrs["n_items"])
-
-    @property
-    def chunk_items(self) -> int:
-        return int(self.attrs["chunk_items"])
 
     @property
     def complete(self) -> bool:

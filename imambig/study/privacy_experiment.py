@@ -65,11 +65,11 @@ from imambig.model.checkpoint import load_model
 from imambig.model.precision import resolve
 from imambig.stages.encode_images import bottlenecks
 from imambig.stages.grant_decoder import find_grant_decoder, grant_codes
-from imambig.stages.near_duplicates import VARIANTS, NearDuplicates
 from imambig.stages.train import train
 from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
+from imambig.study.near_duplicates import VARIANTS, NearDuplicates
 
 BATCH = 64
 KS_ALPHA = 0.01

@@ -36,13 +36,13 @@ from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
 from imambig.stages.encode_images import bottlenecks
 from imambig.stages.grant_decoder import find_grant_decoder, grant_codes
-from imambig.stages.near_duplicates import NearDuplicates
 from imambig.stages.noise_fit import load_published
-from imambig.stages.privacy_experiment import identity_gallery, identity_rows
-from imambig.stores.image_store import open_image_store
+from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
+from imambig.study.near_duplicates import NearDuplicates
+from imambig.study.privacy_experiment import identity_gallery, identity_rows
 from imambig.untrusted import parse_json
 
 EVALUATION_LIMIT = 64 << 20  # rows, tables and curves: a few hundred kB
@@ -178,23 +178,32 @@ def _grant_rows(net: SparseAutoencoder, amb: Ambiguated, x: torch.Tensor,
     return rows
 
 
-def evaluate_stores(
-    images: Location,
-    model: Location,
-    public: Location,
-    keystore: Location,
-    provider: KeyProvider,
-    config: EvaluateConfig,
-    *,
-    out: Location | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Evaluation:
-    """Read the stores and measure: Table-1 rows (authorized k=k/2 and k, the codecs at
-    the authorized standalone bytes of each image), the attack rows and the rates; with
-    ``out``, write ``grid.png`` and (unless ``config.rd_items`` is 0) the
-    rate-distortion plot ``rd.png`` there (on the first ``rd_items`` items)."""
-    say = log or (lambda _m: None)
-    # no torch.no_grad() here: the learned attacks train their own classifiers
+@dataclass
+class _Published:
+    """The evaluated items as published, read back: the model, the stores, the items'
+    records and the images they were made from."""
+
+    net: SparseAutoencoder
+    model_id: str
+    model: Location
+    store: ImageStore
+    pub: PublicStore
+    ks: Keystore
+    target: np.ndarray  # the evaluated items' image-store indices
+    amb: Ambiguated  # their records, as stored
+    x: torch.Tensor  # their images
+    own: np.ndarray  # the attacker's own images: training items
+
+    @property
+    def people(self) -> np.ndarray:
+        return self.store.identities()[self.target]
+
+
+def _read_published(images: Location, model: Location, public: Location,
+                    keystore: Location, provider: KeyProvider,
+                    config: EvaluateConfig) -> _Published:
+    """Open the stores, refuse ones that do not belong together, and read the records of
+    the evaluated split's first ``config.max_items`` items."""
     net, info, _ = load_model(model)
     store = open_image_store(images)
     pub = PublicStore.open(public)
@@ -216,57 +225,67 @@ def evaluate_stores(
                  if s.item_id != o]:
         raise ValueError(f"{len(moved)} items are not where {public} has them: {moved[:5]}")
     mask, values = pub.read(pidx)
-    keys = [s.key for s in slots]
-    amb = stored_records(mask, values, keys)
-    x = to_tensor(store.read(target))
-    own = store.indices("train")[: config.attacker_items]
+    amb = stored_records(mask, values, [s.key for s in slots])
+    return _Published(net, info.model_id, model, store, pub, ks, target, amb,
+                      to_tensor(store.read(target)),
+                      store.indices("train")[: config.attacker_items])
+
+
+def _attack_rows(p: _Published, config: EvaluateConfig, log: Callable[[str], None] | None,
+                 say: Callable[[str], None]) -> tuple[list[dict[str, Any]], Gallery | None]:
+    """The attack suite's rows (with the face recognizer's, where it runs), by an
+    attacker that ambiguates its own images with the published noise fit; and the
+    recognizer's gallery."""
     # The store names its fit: a file of the model folder with the digest it records.
-    noise = load_published(model, pub.attrs.get("noise_fit"), net.config)
-    precision = str(pub.attrs["noise_fit"].get("precision", "fp32"))
-    h_own = bottlenecks(net, store.read(own), precision)
-    releases = [attacker_ambiguation(net, noise, h_own, attacker_secret(0, r))
+    noise = load_published(p.model, p.pub.attrs.get("noise_fit"), p.net.config)
+    precision = str(p.pub.attrs["noise_fit"].get("precision", "fp32"))
+    h_own = bottlenecks(p.net, p.store.read(p.own), precision)
+    releases = [attacker_ambiguation(p.net, noise, h_own, attacker_secret(0, r))
                 for r in range(max(1, config.releases))]
-    outcome = run_attacks(net, amb, x, list(config.attacks), releases=releases,
-                          own_images=to_tensor(store.read(own)), log=log)
-    results = outcome.results
-    gallery = identity_gallery(store, config.split, target) if config.identity else None
+    outcome = run_attacks(p.net, p.amb, p.x, list(config.attacks), releases=releases,
+                          own_images=to_tensor(p.store.read(p.own)), log=log)
+    gallery = identity_gallery(p.store, config.split, p.target) if config.identity else None
     if gallery is not None:
         say("identity: the face recognizer on every reconstruction")
-        identity_rows(results, outcome.images, x, store.identities()[target], gallery)
-    rows = [r.to_dict() for r in results]
-    k = int(pub.attrs["k"])
-    if out is not None:
-        # the attacker column: a random guess, the paper's attack (the trained attacks
-        # do no better on this design; see the table)
-        rng = np.random.default_rng(0)
-        g = amb.real[: config.grid_items]
-        scores = rng.random(g.shape)
-        top = np.argsort(-scores, -1)[..., :k]
-        guess = np.zeros_like(g)
-        np.put_along_axis(guess, top, True, -1)
-        png = comparison_grid(net, x[: config.grid_items],
-                              amb.items(slice(0, config.grid_items)), guess)
-        out.join("grid.png").write_bytes(png)
+        identity_rows(outcome.results, outcome.images, p.x, p.people, gallery)
+    return [r.to_dict() for r in outcome.results], gallery
 
+
+def _grid(p: _Published, k: int, items: int) -> bytes:
+    """``grid.png``: the first ``items`` images, authorized and public, beside the
+    attacker's column: a random guess, the paper's attack (the trained attacks do no
+    better on this design; see the table)."""
+    rng = np.random.default_rng(0)
+    g = p.amb.real[:items]
+    scores = rng.random(g.shape)
+    top = np.argsort(-scores, -1)[..., :k]
+    guess = np.zeros_like(g)
+    np.put_along_axis(guess, top, True, -1)
+    return comparison_grid(p.net, p.x[:items], p.amb.items(slice(0, items)), guess)
+
+
+def _quality_table(p: _Published, k: int, rows: list[dict[str, Any]], gallery: Gallery | None,
+                   config: EvaluateConfig, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Table 1: authorized reconstructions (k/2 and k), the lower-fidelity grants, the
+    codecs at the authorized standalone bytes, and the attack suite's public rows."""
     table: list[dict[str, Any]] = []
-    curves: dict[str, list[tuple[float, float]]] = {}
     alone = None
     for k_low in (k // 2, k):
         say(f"authorized reconstructions, k={k_low}")
-        with_key, alone = rd.authorized(net, amb, x, k_low)
+        with_key, alone = rd.authorized(p.net, p.amb, p.x, k_low)
         table += [asdict(with_key), asdict(alone)]
     assert alone is not None
 
     def grant_decoder(k_low: int) -> SparseAutoencoder | None:
-        found = find_grant_decoder(model, info.model_id, k_low)
+        found = find_grant_decoder(p.model, p.model_id, k_low)
         return None if found is None else found[0]
 
-    table += _grant_rows(net, amb, x, to_tensor(store.read(own)), config, say,
-                         gallery, store.identities()[target], grant_decoder)
-    budgets = [alone.bytes_per_image] * len(x)
+    table += _grant_rows(p.net, p.amb, p.x, to_tensor(p.store.read(p.own)), config, say,
+                         gallery, p.people, grant_decoder)
+    budgets = [alone.bytes_per_image] * len(p.x)
     for codec in config.codecs:
         say(f"{codec} at the authorized k={k} standalone bytes")
-        table.append(asdict(rd.codec_at_bytes(x, codec, budgets)))
+        table.append(asdict(rd.codec_at_bytes(p.x, codec, budgets)))
     by_name = {r["name"]: r for r in rows}
     if "authorized" in by_name:  # the suite's authorized row decodes the same k=k code
         for row in table:
@@ -278,22 +297,36 @@ def evaluate_stores(
             table.append({"name": name, "psnr": r["psnr"], "ssim": r["ssim"], "ms_ssim": None,
                           "identity_top1": r.get("identity_top1"), "bytes_per_image": None,
                           "bpp": None, "notes": "from the attack suite"})
-    linkage = {}
-    if config.linkage:
-        say("exact-photo linkage")
-        linkage = {"exact photo": link(net, x, amb, np.arange(len(x))),
-                   "JPEG q90 copy": link(net, to_tensor(NearDuplicates(store).images(
-                       target, "jpeg90")), amb, np.arange(len(x)))}
-    if out is not None and config.rd_items:
-        n_rd = config.rd_items
-        say(f"rate-distortion curves on {min(n_rd, len(x))} items")
-        sub_x = x[:n_rd]
-        curves = rd.our_curves(net, amb.items(slice(0, n_rd)), sub_x)
-        for codec in config.codecs:
-            curves[codec.upper()] = rd.codec_curve(sub_x, codec)
-        title = f"{len(sub_x)} {config.split} images, {x.shape[2]}x{x.shape[3]}, model {info.model_id[:12]}"
-        out.join("rd.png").write_bytes(rd.plot_rd(curves, title))
+    return table
 
+
+def _linkage(p: _Published, say: Callable[[str], None]) -> dict[str, float]:
+    """Top-1 of finding each item's record from its exact photo, and from a JPEG copy."""
+    say("exact-photo linkage")
+    exact = link(p.net, p.x, p.amb, np.arange(len(p.x)))
+    jpeg = to_tensor(NearDuplicates(p.store).images(p.target, "jpeg90"))
+    return {"exact photo": exact, "JPEG q90 copy": link(p.net, jpeg, p.amb, np.arange(len(p.x)))}
+
+
+def _rd_curves(p: _Published, config: EvaluateConfig, out: Location,
+               say: Callable[[str], None]) -> dict[str, list[tuple[float, float]]]:
+    """Rate-distortion curves on the first ``config.rd_items`` items (ours and the
+    codecs'), plotted to ``rd.png`` in ``out``."""
+    n_rd = config.rd_items
+    say(f"rate-distortion curves on {min(n_rd, len(p.x))} items")
+    sub_x = p.x[:n_rd]
+    curves = rd.our_curves(p.net, p.amb.items(slice(0, n_rd)), sub_x)
+    for codec in config.codecs:
+        curves[codec.upper()] = rd.codec_curve(sub_x, codec)
+    title = (f"{len(sub_x)} {config.split} images, {p.x.shape[2]}x{p.x.shape[3]}, "
+             f"model {p.model_id[:12]}")
+    out.join("rd.png").write_bytes(rd.plot_rd(curves, title))
+    return curves
+
+
+def _rates(pub: PublicStore, ks: Keystore) -> dict[str, float]:
+    """Bytes actually stored per image, and bits per pixel, of the public record, the
+    key, and what an authorized user needs."""
     hw = pub.attrs["image_height"] * pub.attrs["image_width"]
     n = pub.n_items
     public_bytes = _stored_bytes(pub.location, ("support", "values")) / n
@@ -302,18 +335,46 @@ def evaluate_stores(
     # precision: the k real of the k' public values, at their share of the stored bytes.
     true_value_bytes = (_stored_bytes(pub.location, ("values",)) / n
                         * pub.attrs["k"] / pub.attrs["k_public"])
-    rates = {
+    return {
         "public record bytes/image": public_bytes,
         "public record bpp": public_bytes * 8 / hw,
         "key bytes/image": float(key_bytes),
         "key bpp": key_bytes * 8 / hw,
         "authorized (key + true values) bpp": (key_bytes + true_value_bytes) * 8 / hw,
     }
-    settings = {"attacker_items": len(own), "attacks": list(config.attacks), "codecs": list(config.codecs),
+
+
+def evaluate_stores(
+    images: Location,
+    model: Location,
+    public: Location,
+    keystore: Location,
+    provider: KeyProvider,
+    config: EvaluateConfig,
+    *,
+    out: Location | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Evaluation:
+    """Read the stores and measure: Table-1 rows (authorized k=k/2 and k, the codecs at
+    the authorized standalone bytes of each image), the attack rows and the rates; with
+    ``out``, write ``grid.png`` and (unless ``config.rd_items`` is 0) the
+    rate-distortion plot ``rd.png`` there (on the first ``rd_items`` items)."""
+    say = log or (lambda _m: None)
+    # no torch.no_grad() here: the learned attacks train their own classifiers
+    p = _read_published(images, model, public, keystore, provider, config)
+    rows, gallery = _attack_rows(p, config, log, say)
+    k = int(p.pub.attrs["k"])
+    if out is not None:
+        out.join("grid.png").write_bytes(_grid(p, k, config.grid_items))
+    table = _quality_table(p, k, rows, gallery, config, say)
+    linkage = _linkage(p, say) if config.linkage else {}
+    curves = _rd_curves(p, config, out, say) if out is not None and config.rd_items else {}
+    settings = {"attacker_items": len(p.own), "attacks": list(config.attacks),
+                "codecs": list(config.codecs),
                 "ssim": "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 255",
-                "ms_ssim_scales": ms_ssim_scales(x.shape[2], x.shape[3])}
-    return Evaluation(rows, rates, len(target), config.split, info.model_id, settings, table,
-                      curves, linkage)
+                "ms_ssim_scales": ms_ssim_scales(p.x.shape[2], p.x.shape[3])}
+    return Evaluation(rows, _rates(p.pub, p.ks), len(p.target), config.split, p.model_id,
+                      settings, table, curves, linkage)
 
 
 def as_table(ev: Evaluation) -> list[dict[str, Any]]:
