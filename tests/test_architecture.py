@@ -255,29 +255,10 @@ def upward_imports(graph: Graph, layers: list[str]) -> list[str]:
     return found
 
 
-# Loops that are being taken apart in mechanism/; they must go, and this allowance with
-# them. Any other loop fails the test below.
-KNOWN_CYCLES = {
-    # Ambiguated.opened() imports seal's unseal lazily; seal builds Ambiguated records.
-    frozenset({"imambig.mechanism.record", "imambig.mechanism.seal"}),
-    # decoy_map names NoiseModel under TYPE_CHECKING; noise_model imports DecoyMap.
-    frozenset({"imambig.mechanism.decoy_map", "imambig.mechanism.noise_model"}),
-}
-
-
 def test_the_library_has_no_import_cycles() -> None:
     graph = import_graph(ROOT, "imambig")
-    loops = [loop for members, loop in cycles(graph).items() if members not in KNOWN_CYCLES]
-    loops += cycles(package_graph(graph)).values()
+    loops = [*cycles(graph).values(), *cycles(package_graph(graph)).values()]
     assert not loops, "\n".join(loops)
-
-
-def test_every_allowed_cycle_still_exists() -> None:
-    """An allowance outlives its loop only by mistake: once a loop is gone, its entry in
-    KNOWN_CYCLES is deleted, so the loop cannot come back unnoticed."""
-    found = cycles(import_graph(ROOT, "imambig"))
-    gone = [known for known in KNOWN_CYCLES if not any(known <= loop for loop in found)]
-    assert not gone, f"no longer a cycle, delete from KNOWN_CYCLES: {sorted(map(sorted, gone))}"
 
 
 def test_a_package_imports_only_from_the_packages_below_it() -> None:
