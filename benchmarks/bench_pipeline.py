@@ -49,10 +49,11 @@ from imambig.mechanism.noise_model import fit_noise_model
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import save_model
 from imambig.model.precision import autocast, bf16_supported
-from imambig.stages.dask_regions import DaskRegions
-from imambig.stages.encode_driver import EncodeReport, run_encode
-from imambig.stages.encode_images import StageTimes, encode_images
-from imambig.stages.encode_regions import EncodeContext, EncodeJob, ensure_noise_model
+from imambig.stages.encode.dask_regions import DaskRegions
+from imambig.stages.encode.driver import EncodeReport, run_encode
+from imambig.stages.encode.images import StageTimes, encode_images
+from imambig.stages.encode.plan import EncodeContext, EncodeJob
+from imambig.stages.encode.regions import ensure_noise_model
 from imambig.stages.ingest import ingest
 from imambig.stores.image_store import open_image_store
 from imambig.stores.loader import to_tensor

@@ -24,7 +24,7 @@ from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import fit_noise_model
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import resolve
-from imambig.stages.encode_images import StageTimes, encode_images
+from imambig.stages.encode.images import StageTimes, encode_images
 from imambig.stores.loader import to_tensor
 
 KEY = Secret(b"k" * 32)  # a fixed owner secret: the benchmark measures time, not secrecy

@@ -39,9 +39,9 @@ from imambig.config import EncodeConfig, preset
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import save_model
 from imambig.model.precision import resolve
-from imambig.stages.dask_regions import DaskRegions, local_cluster
-from imambig.stages.encode_driver import run_encode
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode.dask_regions import DaskRegions, local_cluster
+from imambig.stages.encode.driver import run_encode
+from imambig.stages.encode.plan import EncodeJob
 from imambig.stores.image_store import ImageStoreWriter
 from imambig.stores.location import Location
 from imambig.stores.splits import split_code

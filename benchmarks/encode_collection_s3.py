@@ -30,10 +30,10 @@ from imambig.config import EncodeConfig, IngestConfig
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.model.checkpoint import load_model
-from imambig.stages.dask_regions import DaskRegions
-from imambig.stages.encode_driver import run_encode
-from imambig.stages.encode_images import encode_images
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode.dask_regions import DaskRegions
+from imambig.stages.encode.driver import run_encode
+from imambig.stages.encode.images import encode_images
+from imambig.stages.encode.plan import EncodeJob
 from imambig.stages.ingest import ingest
 from imambig.stores.image_store import open_image_store
 from imambig.stores.location import Location

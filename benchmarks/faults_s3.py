@@ -50,9 +50,9 @@ from imambig.access.owner_key import public_text, signing_key
 from imambig.access.secrets import Secrets
 from imambig.config import PRESETS, EncodeConfig, IngestConfig, TrainConfig
 from imambig.model.checkpoint import load_model
-from imambig.stages.dask_regions import DaskRegions
-from imambig.stages.encode_driver import run_encode
-from imambig.stages.encode_regions import EncodeJob, Plan
+from imambig.stages.encode.dask_regions import DaskRegions
+from imambig.stages.encode.driver import run_encode
+from imambig.stages.encode.plan import EncodeJob, Plan
 from imambig.stages.ingest import ingest
 from imambig.stages.share import issue_grant, reveal
 from imambig.stages.train import train

@@ -30,7 +30,7 @@ from imambig.mechanism.quantizer import quantize
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
 from imambig.model.precision import autocast, resolve
-from imambig.stages.encode_images import StageTimes, encode_images
+from imambig.stages.encode.images import StageTimes, encode_images
 from imambig.stages.train import pick_device, reconstruction_loss
 from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import to_tensor

@@ -32,9 +32,9 @@ from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
 from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig, IngestConfig
-from imambig.stages.dask_regions import DaskRegions
-from imambig.stages.encode_driver import run_encode
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode.dask_regions import DaskRegions
+from imambig.stages.encode.driver import run_encode
+from imambig.stages.encode.plan import EncodeJob
 from imambig.stages.ingest import ingest
 from imambig.stages.versions import current_version
 from imambig.stores.location import Location

@@ -75,7 +75,7 @@ def worker(a: argparse.Namespace) -> None:
     from imambig.mechanism.decoy_map import DecoyMap
     from imambig.mechanism.noise_model import NoiseModel
     from imambig.model.checkpoint import load_model
-    from imambig.stages.encode_images import ambiguate_bottlenecks, bottlenecks
+    from imambig.stages.encode.images import ambiguate_bottlenecks, bottlenecks
     from imambig.stores.location import Location
 
     torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "1")))

@@ -27,11 +27,12 @@ from flows.params import check_location
 from imambig.access.keystore import assert_separate_roots
 from imambig.config import ClusterSecurity, EncodeConfig, SecretSources
 from imambig.model.checkpoint import MODEL_FILE
-from imambig.stages.dask_cluster import local_cluster, remote_security
-from imambig.stages.encode_driver import run_encode
-from imambig.stages.encode_progress import Throughput
-from imambig.stages.encode_regions import EncodeJob, Plan, RegionManifest, encode_region
-from imambig.stages.region_keys import RegionKeys
+from imambig.stages.encode.dask_cluster import local_cluster, remote_security
+from imambig.stages.encode.driver import run_encode
+from imambig.stages.encode.plan import EncodeJob, Plan, RegionManifest
+from imambig.stages.encode.progress import Throughput
+from imambig.stages.encode.region_keys import RegionKeys
+from imambig.stages.encode.regions import encode_region
 from imambig.stores.location import Location
 
 
@@ -79,7 +80,7 @@ class PrefectRegions:
 def dask_runner(address: str | None = None, workers: int | None = None,
                 security: ClusterSecurity = ClusterSecurity()) -> DaskTaskRunner:
     """An existing cluster (reached over tls:// as ``security`` says), or a closed local
-    cluster of one single-threaded worker per core (``imambig.stages.dask_cluster``),
+    cluster of one single-threaded worker per core (``imambig.stages.encode.dask_cluster``),
     started when the first region is submitted: after the run resolved its secrets, so
     those are withheld from the workers too."""
     if address:

@@ -360,9 +360,9 @@ def _add_encode(sub: Subparsers) -> None:
 
 
 def _run_encode(a: argparse.Namespace) -> int:
-    from imambig.stages.dask_regions import DaskRegions
-    from imambig.stages.encode_driver import run_encode
-    from imambig.stages.encode_regions import EncodeJob
+    from imambig.stages.encode.dask_regions import DaskRegions
+    from imambig.stages.encode.driver import run_encode
+    from imambig.stages.encode.plan import EncodeJob
 
     job = EncodeJob(images=location(a, a.images), model=location(a, a.model),
                     public_root=location(a, a.public), keys_root=location(a, a.keys),

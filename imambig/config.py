@@ -216,7 +216,7 @@ class SecretSources:
 
 @dataclass(frozen=True)
 class ClusterSecurity:
-    """How an existing Dask scheduler is reached (``imambig.stages.dask_cluster``): over
+    """How an existing Dask scheduler is reached (``imambig.stages.encode.dask_cluster``): over
     ``tls://`` with the operator's certificates, as file paths (never their contents).
     Paths left out come from Dask's own config (``distributed.comm.tls.ca-file``,
     ``.client.cert``, ``.client.key``). A cluster started for the run needs none: it

@@ -112,7 +112,7 @@ def lease_sample() -> bytes:
 
 
 def marker_sample() -> bytes:
-    from imambig.stages.encode_regions import RegionManifest
+    from imambig.stages.encode.plan import RegionManifest
 
     return json.dumps(RegionManifest(0, CHUNK, CHUNK, "ab" * 32, 1.5, 1.9e9, 1.9e9 + 1)
                       .to_dict()).encode()
@@ -204,13 +204,13 @@ def parse_lease(data: bytes) -> object:
 
 
 def parse_marker(data: bytes) -> object:
-    from imambig.stages.encode_regions import RegionManifest
+    from imambig.stages.encode.plan import RegionManifest
 
     return RegionManifest.from_json(data, "marker")
 
 
 def parse_release_record(data: bytes) -> object:
-    from imambig.stages.release_binding import Mechanism
+    from imambig.stages.encode.release_binding import Mechanism
 
     return Mechanism.from_json(data, Location("/keys/_releases/x.json"))
 

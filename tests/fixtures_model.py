@@ -104,9 +104,9 @@ def module_owner_env() -> Iterator[dict[str, str]]:
 def encoded(synthetic_store, tiny_model, tmp_path_factory, module_owner_env):
     """The synthetic store encoded into local stores: (job, plan)."""
     from imambig.config import EncodeConfig
-    from imambig.stages.dask_regions import DaskRegions
-    from imambig.stages.encode_driver import run_encode
-    from imambig.stages.encode_regions import EncodeJob
+    from imambig.stages.encode.dask_regions import DaskRegions
+    from imambig.stages.encode.driver import run_encode
+    from imambig.stages.encode.plan import EncodeJob
 
     root = tmp_path_factory.mktemp("encoded")
     job = EncodeJob(images=synthetic_store, model=tiny_model,

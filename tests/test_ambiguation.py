@@ -18,7 +18,7 @@ from imambig.mechanism.keys import decode_keys, key_bytes
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.mechanism.quantizer import VALUE_BITS, quantize, round_mantissa
 from imambig.model.layers.topk import topk_sparsify
-from imambig.stages.encode_images import bottlenecks, encode_images
+from imambig.stages.encode.images import bottlenecks, encode_images
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location
 from imambig.study.near_duplicates import transform
@@ -168,7 +168,7 @@ def test_records_do_not_depend_on_how_many_items_are_ambiguated_together(
         tiny_mechanism, monkeypatch: pytest.MonkeyPatch) -> None:
     # encode_images ambiguates in groups (MECHANISM_ITEMS) to bound memory; a region's
     # records must be those of one call over all its items.
-    import imambig.stages.encode_images as encode_module
+    import imambig.stages.encode.images as encode_module
 
     model, noise, images = tiny_mechanism
     decoys = DecoyMap.for_owner(noise, SECRET)

@@ -29,11 +29,11 @@ from imambig.errors import ImambigError
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.model.checkpoint import load_model
-from imambig.stages.dask_cluster import InsecureClusterWarning, local_cluster
-from imambig.stages.dask_regions import DaskRegions
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_images import encode_images
-from imambig.stages.encode_regions import EncodeContext, EncodeJob
+from imambig.stages.encode.dask_cluster import InsecureClusterWarning, local_cluster
+from imambig.stages.encode.dask_regions import DaskRegions
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.images import encode_images
+from imambig.stages.encode.plan import EncodeContext, EncodeJob
 from imambig.stores.image_store import open_image_store
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore
@@ -407,7 +407,7 @@ def test_region_keys_travel_without_the_owners_secrets(owner_env) -> None:
     """What a task argument carries: derived keys, shown nowhere."""
     import pickle
 
-    from imambig.stages.region_keys import RegionKeys
+    from imambig.stages.encode.region_keys import RegionKeys
 
     keys = RegionKeys("m", Secret(b"s" * 32), Secret(b"t" * 32), Secret(b"d" * 32), b"w")
     blob = pickle.dumps(keys)

@@ -24,10 +24,10 @@ from imambig.config import EncodeConfig
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.model.checkpoint import load_model
-from imambig.stages.dask_regions import DaskRegions, local_cluster
-from imambig.stages.encode_driver import EncodeReport, SerialRegions, run_encode
-from imambig.stages.encode_images import encode_images
-from imambig.stages.encode_regions import EncodeContext, EncodeJob
+from imambig.stages.encode.dask_regions import DaskRegions, local_cluster
+from imambig.stages.encode.driver import EncodeReport, SerialRegions, run_encode
+from imambig.stages.encode.images import encode_images
+from imambig.stages.encode.plan import EncodeContext, EncodeJob
 from imambig.stages.versions import lease_location
 from imambig.stores.image_store import ImageStoreWriter, open_image_store
 from imambig.stores.lease import Lease, LeaseHeld

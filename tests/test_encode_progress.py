@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from imambig.mechanism import sorting
-from imambig.stages.encode_images import StageTimes
-from imambig.stages.encode_progress import Throughput
-from imambig.stages.encode_regions import RegionManifest
+from imambig.stages.encode.images import StageTimes
+from imambig.stages.encode.plan import RegionManifest
+from imambig.stages.encode.progress import Throughput
 from tests.golden import mechanism as M
 
 

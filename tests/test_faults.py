@@ -28,9 +28,9 @@ from imambig.access.secrets import Secrets
 from imambig.cli import main
 from imambig.config import EncodeConfig, StorageRetryConfig
 from imambig.errors import StorageUnavailableError
-from imambig.stages.dask_regions import DaskRegions
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode.dask_regions import DaskRegions
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeJob
 from imambig.stages.share import issue_grant, reveal
 from imambig.stores.image_store import open_image_store
 from imambig.stores.lease import Lease, LeaseHeld

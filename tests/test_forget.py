@@ -25,8 +25,8 @@ from imambig.evaluation.metrics import psnr_uint8, to_uint8
 from imambig.mechanism.keys import decode_keys, key_seals
 from imambig.mechanism.record import Ambiguated
 from imambig.model.checkpoint import load_model
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeJob
 from imambig.stages.forget import forget
 from imambig.stages.ingest import ingest
 from imambig.stages.share import issue_grant, reveal

@@ -30,7 +30,7 @@ from imambig.mechanism.keys import encode_key
 from imambig.mechanism.noise_model import fit_noise_model
 from imambig.model import checkpoint as ckpt
 from imambig.model.autoencoder import SparseAutoencoder
-from imambig.stages.encode_regions import RegionManifest
+from imambig.stages.encode.plan import RegionManifest
 from imambig.stages.publish import MANIFEST
 from imambig.stages.versions import CURRENT
 from imambig.stores.location import Location
@@ -333,7 +333,7 @@ def test_lease_file_hostile(folder: Path, variant: str) -> None:
 
 
 MARKER_IMPORTS = """
-from imambig.stages.encode_regions import read_marker
+from imambig.stages.encode.regions import read_marker
 from imambig.stores.location import Location
 """
 
@@ -356,7 +356,7 @@ def test_release_record_nested_deep(folder: Path) -> None:
         "model_id": C.MODEL_ID, "k_public": 32, "noise_design": 4, "noise_fit_sha256": "0" * 64,
         "value_bits": 3, "precision": "fp32", "owner_fingerprint": "0" * 16}))
     hostile.write_bytes(_deep())
-    _check("release", "from imambig.stages.release_binding import Mechanism",
+    _check("release", "from imambig.stages.encode.release_binding import Mechanism",
            "result = Mechanism.from_json(open(path, 'rb').read(), path)",
            {"path": str(honest)}, {"path": str(hostile)}, "ReleaseRefused")
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from imambig.stages.dask_cluster import WORKER_THREADS
+from imambig.stages.encode.dask_cluster import WORKER_THREADS
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from imambig.config import EncodeConfig
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeContext, EncodeJob
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeContext, EncodeJob
 from imambig.stages.versions import lease_location
 from imambig.stores import lease as L
 from imambig.stores.location import Location

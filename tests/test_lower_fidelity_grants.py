@@ -25,8 +25,8 @@ from imambig.mechanism.quantizer import quantize
 from imambig.mechanism.record import Ambiguated
 from imambig.mechanism.seal import SEAL_BYTES
 from imambig.model.checkpoint import load_model
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeJob
 from imambig.stages.ingest import ingest
 from imambig.stages.share import issue_grant, reveal
 from imambig.stores.image_store import open_image_store

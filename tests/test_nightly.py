@@ -21,8 +21,8 @@ from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
 from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig, SecretSources
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeJob
 from imambig.stages.versions import current_version
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore

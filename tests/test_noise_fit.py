@@ -15,9 +15,9 @@ from imambig.config import EncodeConfig
 from imambig.errors import TamperedError
 from imambig.mechanism.noise_model import NOISE_DESIGN, fit_noise_model
 from imambig.model.checkpoint import MODEL_FILE, load_model
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeContext, EncodeJob
-from imambig.stages.release_binding import ReleaseRefused
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeContext, EncodeJob
+from imambig.stages.encode.release_binding import ReleaseRefused
 from imambig.stages.versions import lease_location
 from imambig.stores.image_store import open_image_store
 from imambig.stores.lease import Lease, LeaseHeld

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from imambig.config import EncodeConfig
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeJob, Plan
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeJob, Plan
 from imambig.stages.publish import MANIFEST, publish, verify_publication
 from imambig.stores.location import Location
 

@@ -15,9 +15,9 @@ import pytest
 from imambig.config import PRESETS, EncodeConfig, TrainConfig
 from imambig.mechanism import noise_model
 from imambig.model.checkpoint import MODEL_FILE, load_model
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeJob
-from imambig.stages.release_binding import RELEASES, ReleaseRefused
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeJob
+from imambig.stages.encode.release_binding import RELEASES, ReleaseRefused
 from imambig.stages.train import train
 from imambig.stores.location import Location
 
@@ -92,7 +92,7 @@ def test_overwrite_does_not_bypass_the_binding(setup, monkeypatch) -> None:
 def test_a_design_bump_is_refused(setup, monkeypatch) -> None:
     _encode(setup)
     monkeypatch.setattr(noise_model, "NOISE_DESIGN", noise_model.NOISE_DESIGN + 1)
-    import imambig.stages.encode_regions as er
+    import imambig.stages.encode.regions as er
 
     monkeypatch.setattr(er, "NOISE_DESIGN", noise_model.NOISE_DESIGN)
     with pytest.raises(ReleaseRefused, match="noise_design"):

@@ -17,7 +17,7 @@ from imambig.mechanism.ambiguation import ambiguate
 from imambig.mechanism.decoy_map import DecoyMap
 from imambig.mechanism.record import Ambiguated
 from imambig.mechanism.seal import alphabet, from_symbols, to_symbols
-from imambig.stages.encode_images import bottlenecks
+from imambig.stages.encode.images import bottlenecks
 from imambig.study.near_duplicates import transform
 
 SECRET = Secret(b"s" * 32)

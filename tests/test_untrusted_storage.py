@@ -19,8 +19,8 @@ from imambig.access.owner_key import public_text, signing_key
 from imambig.access.secrets import Secrets
 from imambig.config import EncodeConfig
 from imambig.errors import TamperedError
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeJob
 from imambig.stages.share import Revealed, issue_grant, output_names, reveal, write_revealed
 from imambig.stores.image_store import ImageStoreWriter, open_image_store
 from imambig.stores.location import Location

@@ -12,8 +12,8 @@ import pytest
 
 from imambig.cli import main
 from imambig.config import PRESETS, EncodeConfig, TrainConfig
-from imambig.stages.encode_driver import SerialRegions, run_encode
-from imambig.stages.encode_regions import EncodeJob
+from imambig.stages.encode.driver import SerialRegions, run_encode
+from imambig.stages.encode.plan import EncodeJob
 from imambig.stages.train import train
 from imambig.stages.versions import lease_location, list_versions, prune
 from imambig.stores.lease import Lease

@@ -204,7 +204,7 @@ class Secrets:
 
     This object refuses to be pickled, so the owner's secrets themselves never reach a
     scheduler or a worker: a worker gets only what it uses, derived from them by the
-    driver (``imambig.stages.region_keys``).
+    driver (``imambig.stages.encode.region_keys``).
     """
 
     def __init__(self, sources: SecretSources | None = None) -> None:
@@ -233,7 +233,7 @@ class Secrets:
 
     def __reduce__(self) -> tuple:
         raise TypeError("resolved secrets do not travel; send a process only what it uses, "
-                        "derived from them (e.g. imambig.stages.region_keys.RegionKeys)")
+                        "derived from them (e.g. imambig.stages.encode.region_keys.RegionKeys)")
 
 
 # ---------------------------------------------------------------------------
@@ -315,7 +315,7 @@ def seal_key(owner_secret: Secret | bytes, model_id: str) -> bytes:
 
 def noise_fit_key(owner_secret: Secret | bytes, model_id: str) -> bytes:
     """HMAC-SHA256(owner secret, ``imambig/noise-fit/v1 NUL model``): the key of the MAC
-    that binds a noise fit to the owner who made it (``imambig.stages.noise_fit``)."""
+    that binds a noise fit to the owner who made it (``imambig.stages.encode.noise_fit``)."""
     return _owner_derived(owner_secret, b"imambig/noise-fit/v1", model_id)
 
 

@@ -3,7 +3,7 @@
 bfloat16 autocast runs the convolutions on the CPU's AVX-512 BF16 / AMX units (oneDNN)
 or a GPU's tensor cores, about 3x faster than float32 here. It changes results: about
 0.3 % of support entries differ from float32, so a store records the precision it was
-encoded at and never mixes two (see ``imambig.stages.encode_regions``). ``auto`` picks bf16 where the
+encoded at and never mixes two (see ``imambig.stages.encode.regions``). ``auto`` picks bf16 where the
 hardware has it and fp32 elsewhere; it is resolved once, and the resolved name is what
 gets recorded.
 """

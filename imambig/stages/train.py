@@ -27,7 +27,7 @@ from imambig.evaluation.metrics import psnr_uint8, to_uint8
 from imambig.model import checkpoint as ckpt
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import autocast, resolve
-from imambig.stages.release_binding import family
+from imambig.stages.encode.release_binding import family
 from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import epoch_order, iter_batches, to_tensor
 from imambig.stores.location import Location

@@ -34,9 +34,9 @@ from imambig.mechanism.keys import stored_records
 from imambig.mechanism.record import Ambiguated
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
-from imambig.stages.encode_images import bottlenecks
+from imambig.stages.encode.images import bottlenecks
+from imambig.stages.encode.noise_fit import load_published
 from imambig.stages.grant_decoder import find_grant_decoder, grant_codes
-from imambig.stages.noise_fit import load_published
 from imambig.stores.image_store import ImageStore, open_image_store
 from imambig.stores.loader import to_tensor
 from imambig.stores.location import Location

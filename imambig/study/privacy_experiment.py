@@ -63,7 +63,7 @@ from imambig.mechanism.record import Ambiguated
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
 from imambig.model.precision import resolve
-from imambig.stages.encode_images import bottlenecks
+from imambig.stages.encode.images import bottlenecks
 from imambig.stages.grant_decoder import find_grant_decoder, grant_codes
 from imambig.stages.train import train
 from imambig.stores.image_store import ImageStore, open_image_store

@@ -32,7 +32,7 @@ from imambig.access.key_provider import LocalKeyProvider
 from imambig.access.keystore import Keystore
 from imambig.config import preset_name
 from imambig.model.checkpoint import load_model
-from imambig.stages.encode_images import bottlenecks
+from imambig.stages.encode.images import bottlenecks
 from imambig.stores.image_store import open_image_store
 from imambig.stores.location import Location
 from imambig.stores.public_store import PublicStore

@@ -43,7 +43,7 @@ from imambig.mechanism.grant_entries import encode_entries_keys, revealed_entrie
 from imambig.mechanism.keys import decode_keys, key_bytes, stored_records
 from imambig.mechanism.noise_model import NoiseModel
 from imambig.model.autoencoder import SparseAutoencoder
-from imambig.stages.encode_images import EncodedBatch, ambiguate_bottlenecks
+from imambig.stages.encode.images import EncodedBatch, ambiguate_bottlenecks
 from imambig.stores.location import Location
 from imambig.stores.public_store import record_digests
 

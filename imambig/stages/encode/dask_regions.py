@@ -2,7 +2,7 @@
 
 Tasks take the job (locations, settings), the index range and the keys derived for the
 run (``RegionKeys``), and return a small manifest. The cluster is closed to everyone
-but this client (``imambig.stages.dask_cluster``). Workers run torch on one thread each,
+but this client (``imambig.stages.encode.dask_cluster``). Workers run torch on one thread each,
 two tasks at a time of which one computes while the other reads or writes
 (``encode_regions._COMPUTE``); the default local cluster starts one worker process per
 core, so computing threads never exceed the cores.
@@ -15,9 +15,10 @@ from typing import Any
 
 from imambig.access.secrets import env_names
 from imambig.config import ClusterSecurity
-from imambig.stages.dask_cluster import WORKER_DASK_CONFIG, local_cluster, remote_security
-from imambig.stages.encode_regions import EncodeJob, Plan, RegionManifest, encode_region
-from imambig.stages.region_keys import RegionKeys
+from imambig.stages.encode.dask_cluster import WORKER_DASK_CONFIG, local_cluster, remote_security
+from imambig.stages.encode.plan import EncodeJob, Plan, RegionManifest
+from imambig.stages.encode.region_keys import RegionKeys
+from imambig.stages.encode.regions import encode_region
 
 __all__ = ["WORKER_DASK_CONFIG", "DaskRegions", "local_cluster"]
 

@@ -32,18 +32,10 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 from imambig.access.keystore import assert_separate_roots
-from imambig.stages.encode_progress import Throughput
-from imambig.stages.encode_regions import (
-    EncodeContext,
-    EncodeJob,
-    Plan,
-    RegionManifest,
-    check_encode,
-    encode_region,
-    finish,
-    prepare,
-)
-from imambig.stages.region_keys import RegionKeys
+from imambig.stages.encode.plan import EncodeContext, EncodeJob, Plan, RegionManifest
+from imambig.stages.encode.progress import Throughput
+from imambig.stages.encode.region_keys import RegionKeys
+from imambig.stages.encode.regions import check_encode, encode_region, finish, prepare
 from imambig.stages.versions import lease_location
 from imambig.stores.lease import LEASE_TTL_S, Lease, LeaseLost
 

@@ -10,7 +10,7 @@ and nothing else:
   which seals the keystore rows and names items (opaque ids).
 
 ``RegionKeys`` carries them as a task argument, over the cluster's TLS connections
-(``imambig.stages.dask_cluster``), never through an environment. A worker that leaks
+(``imambig.stages.encode.dask_cluster``), never through an environment. A worker that leaks
 them leaks one model's decoys and seals and one keystore version, not the owner secret
 (every model, every future release), the keystore key (every keystore) or the signing
 key (which never leaves the driver).

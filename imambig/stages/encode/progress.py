@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from imambig.stages.encode_images import StageTimes
-from imambig.stages.encode_regions import RegionManifest
+from imambig.stages.encode.images import StageTimes
+from imambig.stages.encode.plan import RegionManifest
 
 WINDOW_S = 60.0  # "the last minute"
 

@@ -18,7 +18,7 @@ cluster must therefore be trusted and closed to everyone else:
   refused unless explicitly allowed, and then warned about.
 
 What the workers need of the secrets travels as task arguments
-(``imambig.stages.region_keys``), over these TLS connections.
+(``imambig.stages.encode.region_keys``), over these TLS connections.
 """
 
 from __future__ import annotations
