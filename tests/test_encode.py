@@ -95,7 +95,7 @@ def test_encode_two_workers_matches_single_item_encoding(synthetic_store, tiny_m
     assert report.encoded == 300 and report.workers == 2
     # every region says which worker encoded it and where its time went
     for m in report.manifests:
-        assert m.worker and all(getattr(m, stage) > 0 for stage in (
+        assert m.worker and all(getattr(m.times, stage) > 0 for stage in (
             "read", "forward", "mechanism", "seal", "keys", "write")), m
     assert sum(r.items for r in report.throughput.workers()) == 300
     for store in (report.plan.public, report.plan.keystore):

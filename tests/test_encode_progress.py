@@ -3,11 +3,13 @@ where each region's time went; the GPU path rehearsed on the CPU."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from imambig.errors import StoreFormatError
 from imambig.mechanism import sorting
 from imambig.stages.encode.images import StageTimes
 from imambig.stages.encode.plan import RegionManifest
@@ -17,7 +19,7 @@ from tests.golden import mechanism as M
 
 def _region(worker: str, start: float, finish: float, items: int = 100) -> RegionManifest:
     return RegionManifest(0, items, items, "x", finish - start, start, finish, worker=worker,
-                          forward=1.0, mechanism=0.5, write=0.25)
+                          stages={"forward": 1.0, "mechanism": 0.5, "write": 0.25})
 
 
 def test_rates_per_worker_over_the_run_and_the_last_minute() -> None:
@@ -39,10 +41,17 @@ def test_rates_per_worker_over_the_run_and_the_last_minute() -> None:
     assert "| a | 1,200 | 10.0 | 10.0 |" in table and "| forward | 13.0 |" in table
 
 
-def test_old_markers_without_times_still_parse() -> None:
+def test_old_markers_without_times_still_parse_and_bad_times_do_not() -> None:
     raw = b'{"start": 0, "stop": 64, "items": 64, "public_sha256": "ab", "seconds": 1.5}'
     m = RegionManifest.from_json(raw, "m")
     assert m.times == StageTimes() and m.worker == ""
+    again = RegionManifest.from_json(json.dumps(_region("w", 1.0, 2.0).to_dict()).encode(), "m")
+    assert again.times.forward == 1.0 and again.worker == "w"
+    for stages in ({"forward": -1.0}, {"forward": "1"}, {"elsewhere": 1.0}, [1.0],
+                   {"forward": float("nan")}):
+        doc = {**json.loads(raw), "stages": stages}
+        with pytest.raises(StoreFormatError, match="stages is malformed"):
+            RegionManifest.from_json(json.dumps(doc).encode(), "m")
 
 
 def test_the_gpu_paths_kernels_give_the_same_records(tmp_path: Path) -> None:

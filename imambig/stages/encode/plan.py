@@ -88,21 +88,15 @@ class RegionManifest:
     finished: float = 0.0
     skipped: bool = False
     worker: str = ""  # which worker process encoded it (host:pid), for per-worker rates
-    # Seconds per stage (``StageTimes``): what the benchmarks and the operator see.
-    read: float = 0.0
-    forward: float = 0.0
-    mechanism: float = 0.0
-    seal: float = 0.0
-    keys: float = 0.0
-    write: float = 0.0
-    wait: float = 0.0
+    # Seconds per stage (``StageTimes``' fields): what the benchmarks and the operator see.
+    stages: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def times(self) -> StageTimes:
-        return StageTimes(**{f.name: getattr(self, f.name) for f in dataclasses.fields(StageTimes)})
+        return StageTimes(**self.stages)
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> RegionManifest:
@@ -111,7 +105,7 @@ class RegionManifest:
         doc = parse_json(raw, f"region marker {where}", MARKER_LIMIT, StoreFormatError)
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}  # annotations: "int", ...
         required = {f.name for f in dataclasses.fields(cls)  # the rest have defaults
-                    if f.default is dataclasses.MISSING}
+                    if f.default is f.default_factory is dataclasses.MISSING}
         if not isinstance(doc, dict) or not required <= set(doc) <= set(kinds):
             raise StoreFormatError(f"region marker {where} is not a region manifest")
         for name, value in doc.items():
@@ -119,10 +113,20 @@ class RegionManifest:
                   "str": isinstance(value, str) and len(value) <= 128,
                   "float": isinstance(value, int | float) and not isinstance(value, bool)
                   and math.isfinite(value),
-                  "bool": isinstance(value, bool)}[kinds[name]]
+                  "bool": isinstance(value, bool),
+                  "dict[str, float]": _stage_times(value)}[kinds[name]]
             if not ok:
                 raise StoreFormatError(f"region marker {where}: {name} is malformed")
         return cls(**doc)
+
+
+def _stage_times(value: object) -> bool:
+    """Whether a marker's ``stages`` names only ``StageTimes``' fields, with finite
+    non-negative seconds."""
+    names = {f.name for f in dataclasses.fields(StageTimes)}
+    return isinstance(value, dict) and set(value) <= names and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in value.values())
 
 
 # ---------------------------------------------------------------------------

@@ -419,7 +419,7 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
     manifest = RegionManifest(start, stop, stop - held, digest.hexdigest(),
                               time.perf_counter() - t0, started, time.time(),
                               worker=f"{socket.gethostname()}:{os.getpid()}",
-                              **times.to_dict())
+                              stages=times.to_dict())
     _fenced(plan, f"marking items {start}-{stop} done")
     # Written last: its presence means both the public chunk and the key row are in.
     marker.write_bytes(json.dumps(manifest.to_dict()).encode())
