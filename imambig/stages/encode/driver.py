@@ -108,7 +108,7 @@ def run_encode(
     """Encode every image of ``job`` not encoded yet; ``on_region(manifest, done,
     total)`` is called as each region completes (``done`` counts regions of earlier
     runs too)."""
-    t0 = time.perf_counter()
+    t0, run_started = time.perf_counter(), time.time()
     assert_separate_roots(job.public_root, job.keys_root)  # before anything is written
     context = EncodeContext.open(job)
     # Every refusal (settings, a live lease, the published mechanism, a store built
@@ -126,6 +126,10 @@ def run_encode(
                    disable=None if progress else True, unit="img", desc="encode")
         with contextlib.closing(regions.map(context.job, plan, keys)) as manifests:
             for manifest in manifests:
+                if manifest.skipped and manifest.started >= run_started:
+                    # Encoded in this run by a worker that died before it could report
+                    # (its done-marker was in): this run's work all the same.
+                    manifest = dataclasses.replace(manifest, skipped=False)
                 report.manifests.append(manifest)
                 report.throughput.add(manifest)
                 bar.update(manifest.items)
