@@ -1,4 +1,4 @@
-"""The ``imambig`` command line: flags -> locations and configs -> stages.
+"""The ``imambig`` command line: flags -> locations and configs -> stages and study.
 
 Each command's flags become its stage's config in one place (the *flags -> configs*
 section below), and every default a flag shows comes from ``imambig.config``. Options
