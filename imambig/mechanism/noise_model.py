@@ -400,6 +400,8 @@ def top_positions(x: torch.Tensor, k: int, kth: torch.Tensor | None = None) -> t
     of equal entries at the boundary the lower positions. Only the k-th largest value
     (``kth``, (..., 1), if known) is looked up: values, unlike indices, do not depend on
     how a device breaks ties, so every device selects the same positions."""
+    if k == 0:  # k' = k: no fakes
+        return torch.zeros((*x.shape[:-1], 0), dtype=torch.long, device=x.device)
     if kth is None:
         (kth,) = kth_largest(x, (k,))
     above = x > kth
