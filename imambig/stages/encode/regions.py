@@ -411,6 +411,9 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
     waited = time.perf_counter()
     with _COMPUTE:
         times.wait += time.perf_counter() - waited
+        # OpenMP's thread count is a per-thread setting: set it in whichever task thread
+        # computes, or a second thread's first region runs on every core
+        torch.set_num_threads(job.config.torch_threads)
         enc = encode_images(model, noise, decoy_map, images, job.config.precision,
                             job.config.micro_batch, times)
     with times.stage("write"):
