@@ -1,7 +1,7 @@
 """A model's validation curve, two fits to it, and the budget each fit gives for a target.
 
     python benchmarks/training_curve.py --model runs/paper128 \
-        --log runs/paper128.log runs/paper128-b.log --target 30 --test-psnr 24.15 \
+        --log runs/paper128.log runs/paper128-b.log --target 30 --test-psnr 24.22 \
         --plot docs/results/training-curve-paper128.png
 
 Reads the per-epoch validation PSNR from the model's metadata and, from the logs that
