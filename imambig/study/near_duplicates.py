@@ -85,7 +85,7 @@ class NearDuplicates:
         if self._paths and item in self._paths and self._fs is not None:
             return self._fs.cat_file(self._paths[item])
         buf = io.BytesIO()
-        Image.fromarray(self.store.read(index)).save(buf, "PNG")
+        Image.fromarray(self.store.read(index)[0]).save(buf, "PNG")  # read(int): a batch of one
         return buf.getvalue()
 
     def images(self, indices: np.ndarray, variant: str) -> np.ndarray:
