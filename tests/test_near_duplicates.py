@@ -10,9 +10,9 @@ import numpy as np
 
 from imambig.config import IngestConfig
 from imambig.stages.ingest import ingest
-from imambig.stages.near_duplicates import NearDuplicates
 from imambig.stores.image_store import open_image_store
 from imambig.stores.location import Location
+from imambig.study.near_duplicates import NearDuplicates
 from tests.fixtures_model import make_synthetic_images
 
 
