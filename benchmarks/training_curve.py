@@ -38,10 +38,12 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import curve_fit
 
+from imambig.evaluation.rate_distortion import figure_png
 from imambig.model.checkpoint import load_model
 from imambig.stores.location import Location
 
@@ -50,8 +52,9 @@ END_LINE = re.compile(r"^model [0-9a-f]+ written to ")
 RESUMED_LINE = re.compile(r"resumed from optimizer step (\d+)")
 
 
-@dataclass(frozen=True)
-class Point:
+class Point(NamedTuple):
+    """One validation of the run."""
+
     epoch: int
     psnr: float
     step: int
@@ -137,7 +140,6 @@ def fit_saturating(x: np.ndarray, y: np.ndarray, target: float) -> Fit:
 
 def plot(points: list[Point], fits: list[Fit], batch: int, rate: float, target: float,
          title: str) -> bytes:
-    import io
 
     import matplotlib
 
@@ -165,11 +167,7 @@ def plot(points: list[Point], fits: list[Fit], batch: int, rate: float, target: 
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def main() -> None:
@@ -230,7 +228,7 @@ def main() -> None:
         report.append(asdict(f))
     if a.json:
         a.json.write_text(json.dumps({
-            "model_id": info.model_id, "points": [asdict(pt) for pt in points],
+            "model_id": info.model_id, "points": [pt._asdict() for pt in points],
             "batch_size": batch, "train_items": int(meta["train_items"]),
             "mean_images_per_s": mean_rate, "best_images_per_s": best_rate,
             "final_val_psnr": final_val, "test_psnr": a.test_psnr, "target_test": a.target,
