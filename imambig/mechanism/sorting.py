@@ -2,9 +2,9 @@
 the CPU.
 
 The mechanism selects top-k supports and sorts each record's keystream words. On the
-CPU numpy's vectorised sorts are several times faster than torch's ``topk`` and ``sort``
-(one core, (64, 20, 512) blocks: ``np.sort`` 1.6 ms against ``topk`` 20 ms); other
-devices use torch's. Only sorted *values* and orders of distinct or stably ordered keys
+CPU numpy's vectorised (AVX-512) sorts are used, faster there than torch's ``topk`` and
+``sort`` (``benchmarks/bench_privacy.py`` times the stages that use them); other devices
+use torch's. Only sorted *values* and orders of distinct or stably ordered keys
 are used, which no device can break differently.
 """
 
