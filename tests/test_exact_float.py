@@ -36,17 +36,17 @@ def _bits(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32).view(np.uint32)
 
 
-@pytest.mark.parametrize("k", [1, 7, 64, 300])
+@pytest.mark.parametrize("k", [1, 7, 64, 300, 1100])  # 300, 1100: summed in blocks
 def test_products_are_the_exact_sums_rounded_once(k: int) -> None:
     rng = np.random.default_rng(k)
     a = rng.standard_normal((12, k)).astype(np.float32)
     b = (rng.standard_normal((k, 9)) * 10.0 ** rng.integers(-3, 3, (k, 9))).astype(np.float32)
     b[:, 0] = 0
     b[:, 1] = -b[:, 2] if k > 1 else b[:, 1]  # exact cancellation
-    if k >= 3:  # 1 + 2^-24 is a float32 midpoint; 2^-60 more decides it upward
-        a[0] = 1
+    if k >= 3:  # 1 + 2^-24 is a float32 midpoint; 2^-60 more (in the last block) decides
+        a[0] = 1  # it upward
         b[:, 3] = 0
-        b[0, 3], b[1, 3], b[2, 3] = 1, 2.0**-24, 2.0**-60
+        b[0, 3], b[1, 3], b[k - 1, 3] = 1, 2.0**-24, 2.0**-60
     got = E.matmul(torch.from_numpy(a), torch.from_numpy(b))
     assert np.array_equal(_bits(got), _bits(_reference(a, b)))
     if k >= 3:

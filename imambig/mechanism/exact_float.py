@@ -32,6 +32,7 @@ _EPS64 = 2.0**-52
 # gamma_K sum|terms| = K 2^-53 / (1 - K 2^-53) sum|terms|, with room for the rounding of
 # r +- bound itself (at most 2^-53 (|r| + bound) each).
 MAX_TERMS = 1 << 20
+BLOCK = 256  # long sums are summed in blocks of this many terms (_blocked)
 _EXP_DIGITS = 40  # float32 exp needs ~60 bits to round correctly in the worst case
 
 
@@ -113,14 +114,16 @@ def _exact_sums(terms: np.ndarray) -> tuple[np.ndarray, Callable[[int, float], f
 
 
 def _resolve(r: torch.Tensor, total: torch.Tensor, k: int,
-             terms: Callable[[torch.Tensor], np.ndarray]) -> torch.Tensor:
+             terms: Callable[[torch.Tensor], np.ndarray], bound: int | None = None
+             ) -> torch.Tensor:
     """float32 roundings of exact sums of ``k`` products, given their float64 sums ``r``
     and bounds ``total`` on sum|products| (any shape, any device). ``terms(open)``
     gives the exact float64 products (n, k) of the entries ``open`` (bool, like ``r``)
-    where the float64 sum does not decide: they are summed exactly on the CPU."""
+    where the float64 sum does not decide: they are summed exactly on the CPU.
+    ``bound``: the terms ``r``'s error bound counts (:func:`_blocked`), ``k`` if None."""
     if k > MAX_TERMS:
         raise ValueError(f"sums of more than {MAX_TERMS} terms are not bounded here")
-    out, open_ = _settle(r, total * ((k + 2) * _EPS64))
+    out, open_ = _settle(r, total * (((k if bound is None else bound) + 2) * _EPS64))
     if open_.any():
         products = terms(open_)
         # first the bound sum|terms| itself, tighter than Cauchy-Schwarz's
@@ -139,7 +142,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor | Operand) -> torch.Tensor:
     float32 nearest to the exact sum of products; on ``a``'s device."""
     b = (b if isinstance(b, Operand) else Operand(b)).to(a.device)
     a64 = a.detach().float().double()
-    r = a64 @ b.value  # products exact (24 + 24 bits), sums within gamma_K sum|terms|
+    r, bound = _blocked(a64, b.value)
     # sum|terms| <= |row| |column| (Cauchy-Schwarz): no second product needed
     total = _norms(a64, -1).unsqueeze(-1) * b.norms.unsqueeze(-2)
 
@@ -150,7 +153,23 @@ def matmul(a: torch.Tensor, b: torch.Tensor | Operand) -> torch.Tensor:
         cols = b.value.expand(*batch, *b.value.shape[-2:]).transpose(-1, -2)[(*lead, j)]
         return (rows.cpu() * cols.cpu()).numpy()
 
-    return _resolve(r, total, a.shape[-1], terms)
+    return _resolve(r, total, a.shape[-1], terms, bound)
+
+
+def _blocked(a64: torch.Tensor, b64: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``a64 @ b64`` summed in blocks of ``BLOCK`` terms, and the number of terms its
+    error bound counts: gamma_BLOCK on each block's sum, gamma_blocks on the sum of the
+    blocks, instead of gamma_K on one sum. For long sums (the principal coordinates
+    sum 5,120 products) that bound is ~18x tighter, and ~18x fewer outputs need the
+    exact sum; the outputs are the same (each is the exact value's rounding)."""
+    k = a64.shape[-1]
+    if k <= BLOCK:
+        return a64 @ b64, k
+    r = a64[..., :BLOCK] @ b64[..., :BLOCK, :]
+    for s in range(BLOCK, k, BLOCK):
+        r += a64[..., s : s + BLOCK] @ b64[..., s : s + BLOCK, :]
+    # |error| <= gamma_B S + gamma_nb (1 + gamma_B) S: under (B + nb + 2) 2^-52 S
+    return r, BLOCK + math.ceil(k / BLOCK) + 2
 
 
 def matmul_at(a: torch.Tensor, b: Operand, columns: torch.Tensor) -> torch.Tensor:
