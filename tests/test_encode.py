@@ -367,3 +367,33 @@ def test_s3_server_restart_mid_run_then_rerun_is_byte_identical(synthetic_store,
     assert tree_digest(job.public_root) == tree_digest(clean.public_root)
     assert tree_digest(job.keys_root) == tree_digest(clean.keys_root)
     assert validate(job.public_root.join(_version(job))).ok
+
+
+def test_a_worker_keeps_one_runs_stores_and_never_hands_them_to_another(tmp_path):
+    """Regions of one run reuse the stores a worker opened (opening costs metadata reads
+    on S3); another run, a run without a fence, or a region that failed opens afresh."""
+    from imambig.access.secrets import Secret
+    from imambig.stages.encode import regions
+    from imambig.stages.encode.plan import Plan
+    from imambig.stages.encode.region_keys import RegionKeys
+    from imambig.stores.lease import Fence
+
+    keys = RegionKeys("m", Secret(b"s" * 32), Secret(b"t" * 32), Secret(b"d" * 32), b"w")
+    root = Location(str(tmp_path))
+
+    def plan(fence: Fence | None) -> Plan:
+        return Plan("v1", root.join("public"), root.join("keys"), 10, 5, ((0, 5), (5, 10)), 0,
+                    fence=fence)
+
+    run = plan(Fence(root.join("lease"), "host:1:first-run"))
+    failed = regions._run_stores(run, root.join("images"), keys)
+    regions._drop_stores(failed)
+    kept = regions._run_stores(run, root.join("images"), keys)
+    assert kept is not failed
+    assert regions._run_stores(run, root.join("images"), keys) is kept
+    assert regions._run_stores(plan(Fence(root.join("lease"), "host:1:next-run")),
+                               root.join("images"), keys) is not kept
+    assert regions._run_stores(run, root.join("other-images"), keys) is not kept
+    unfenced = plan(None)
+    assert (regions._run_stores(unfenced, root.join("images"), keys)
+            is not regions._run_stores(unfenced, root.join("images"), keys))

@@ -328,8 +328,11 @@ class ImageStore(_ImagesArray):
 
     def item_ids(self) -> np.ndarray:
         """Item ids (relative source paths) as an array of str."""
-        # Zarr hands out numpy's variable-width StringDType; callers get plain '<U' strings.
-        return np.array(self._label("item_id").tolist(), dtype=str)
+        # Zarr hands out numpy's variable-width StringDType; callers get plain '<U' strings
+        # (converted once: a worker asks for them every region).
+        if "item_id:str" not in self._labels:
+            self._labels["item_id:str"] = np.array(self._label("item_id").tolist(), dtype=str)
+        return self._labels["item_id:str"].copy()
 
     def source_digests(self) -> np.ndarray | None:
         """sha-256 (hex) of each item's source file; None for a v1 store."""

@@ -404,20 +404,24 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
     times = StageTimes()
     model, noise, decoy_map = _worker_context(job, keys, plan.noise_file, plan.noise_sha256)
     held = dict(plan.topped_up).get(start, start)  # items start:held are done already
-    with times.stage("read"):
-        store = open_image_store(job.images)
-        images = store.read(slice(held, stop))
-        ids = store.item_ids()[start:stop].tolist()
-    waited = time.perf_counter()
-    with _COMPUTE:
-        times.wait += time.perf_counter() - waited
-        # OpenMP's thread count is a per-thread setting: set it in whichever task thread
-        # computes, or a second thread's first region runs on every core
-        torch.set_num_threads(job.config.torch_threads)
-        enc = encode_images(model, noise, decoy_map, images, job.config.precision,
-                            job.config.micro_batch, times)
-    with times.stage("write"):
-        mask, values = _write_region(plan, keys, start, stop, held, ids, enc)
+    stores = _run_stores(plan, job.images, keys)
+    try:
+        with times.stage("read"):
+            images = stores.images.read(slice(held, stop))
+            ids = stores.images.item_ids()[start:stop].tolist()
+        waited = time.perf_counter()
+        with _COMPUTE:
+            times.wait += time.perf_counter() - waited
+            # OpenMP's thread count is a per-thread setting: set it in whichever task
+            # thread computes, or a second thread's first region runs on every core
+            torch.set_num_threads(job.config.torch_threads)
+            enc = encode_images(model, noise, decoy_map, images, job.config.precision,
+                                job.config.micro_batch, times)
+        with times.stage("write"):
+            mask, values = _write_region(plan, stores, start, stop, held, ids, enc)
+    except BaseException:
+        _drop_stores(stores)  # a retry opens them afresh (a connection may be broken)
+        raise
     digest = hashlib.sha256(np.packbits(mask).tobytes() + values.astype(np.float16).tobytes())
     manifest = RegionManifest(start, stop, stop - held, digest.hexdigest(),
                               time.perf_counter() - t0, started, time.time(),
@@ -431,14 +435,73 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
     return manifest
 
 
-def _write_region(plan: Plan, keys: RegionKeys, start: int, stop: int, held: int,
+@dataclasses.dataclass
+class _RunStores:
+    """The stores a worker reads and writes for one run, each opened when first needed."""
+
+    plan: Plan
+    image_location: Location
+    keys: RegionKeys
+    _images: ImageStore | None = None
+    _public: PublicStore | None = None
+    _keystore: Keystore | None = None
+
+    @property
+    def images(self) -> ImageStore:
+        if self._images is None:
+            self._images = open_image_store(self.image_location)
+        return self._images
+
+    @property
+    def public(self) -> PublicStore:
+        if self._public is None:
+            self._public = PublicStore.open(self.plan.public, mode="r+")
+        return self._public
+
+    @property
+    def keystore(self) -> Keystore:
+        if self._keystore is None:
+            self._keystore = Keystore.open(self.plan.keystore, self.keys.key_provider(),
+                                           mode="r+")
+        return self._keystore
+
+
+_STORES: dict[tuple[Plan, Location, RegionKeys], _RunStores] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def _run_stores(plan: Plan, images: Location, keys: RegionKeys) -> _RunStores:
+    """This run's stores in this worker, opened once for all its regions: opening one
+    on S3 takes several metadata reads (0.1-0.4 s) and the image store's item ids are
+    read whole, which per region would cost more than the region's own bytes. A run is
+    known by its plan, whose fence names the run (a fresh token per run), so a worker
+    serving several runs never writes through another run's handles; without a fence
+    nothing is kept."""
+    with _STORES_LOCK:
+        stores = _STORES.get((plan, images, keys))
+        if stores is None:
+            stores = _RunStores(plan, images, keys)
+            if plan.fence is not None:
+                while len(_STORES) >= 2:  # the current run and the one before it
+                    _STORES.pop(next(iter(_STORES)))
+                _STORES[(plan, images, keys)] = stores
+        return stores
+
+
+def _drop_stores(stores: _RunStores) -> None:
+    with _STORES_LOCK:
+        key = (stores.plan, stores.image_location, stores.keys)
+        if _STORES.get(key) is stores:
+            del _STORES[key]
+
+
+def _write_region(plan: Plan, stores: _RunStores, start: int, stop: int, held: int,
                   ids: list[str], enc: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
     """Write a region's public chunk and keystore row; returns its whole public record
     (items ``start:held`` done before are copied, never re-encoded)."""
     _fenced(plan, f"writing items {held}-{stop}")
-    keystore = Keystore.open(plan.keystore, keys.key_provider(), mode="r+")
+    keystore, public = stores.keystore, stores.public
     opaque = keystore.opaque_ids(ids)
-    public = PublicStore.open(plan.public, mode="r+")
     row = start // plan.region_items
     mask, values = enc.mask, enc.values
     records = record_digests(public.attrs["store_id"], opaque[held - start :], mask, values)
