@@ -199,9 +199,11 @@ def test_worker_killed_mid_region_resumes_to_identical_bytes(synthetic_store, ti
             nanny = next(n for n in cluster.workers.values()
                          if n.worker_address == sender.address)
             held = [tuple(int(x) for x in t.key.split("-")[2:]) for t in sender.processing]
-            os.kill(nanny.process.pid, signal.SIGKILL)
-            killed.extend(r for r in held  # unfinished when it died: no done-marker
-                          if regions.join(f"{r[0]:012d}-{r[1]:012d}.json").read_bytes() is None)
+            busy = [r for r in held  # unfinished: no done-marker yet
+                    if regions.join(f"{r[0]:012d}-{r[1]:012d}.json").read_bytes() is None]
+            if busy:  # else it went idle already: wait for the next region
+                os.kill(nanny.process.pid, signal.SIGKILL)
+                killed.extend(busy)
 
         report = _encode(job, cluster=cluster, on_region=kill_busy)
     assert killed, "the worker was killed between regions, not in one"

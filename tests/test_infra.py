@@ -358,8 +358,8 @@ def test_dask_cluster_workers_are_single_threaded(
     assert args[:2] == ["dask", "worker"]
     assert args[args.index("--nthreads") + 1] == str(WORKER_THREADS)
     assert env_dict(container["env"])["OMP_NUM_THREADS"] == "1"
-    # One computing thread needs one CPU; more would be wasted, less would throttle.
-    assert str(container["resources"]["limits"]["cpu"]) == "1"
+    # A worker's two stages compute on one thread each: one CPU per task thread.
+    assert str(container["resources"]["limits"]["cpu"]) == str(WORKER_THREADS)
     assert cluster["spec"]["scheduler"]["service"]["selector"] == {
         "dask.org/cluster-name": cluster["metadata"]["name"], "dask.org/component": "scheduler"}
 

@@ -47,8 +47,9 @@ CLOSED_HTTP_CONFIG = {"distributed.scheduler.http.routes": ["distributed.http.he
                       "distributed.worker.http.routes": ["distributed.http.health"]}
 
 
-# Two task threads per worker: one region computes (one at a time per worker,
-# ``encode_regions._COMPUTE``) while the other reads the next or writes the last.
+# Two task threads per worker, a two-stage pipeline: one region in the forward pass
+# while the other is in the mechanism, reading or writing (``regions._FORWARD`` and
+# ``regions._MECHANISM``).
 WORKER_THREADS = 2
 
 
@@ -73,7 +74,7 @@ class ClosedLocalCluster(LocalCluster):
         try:
             # Nannies keep this config for the workers they (re)start.
             with dask.config.set({**WORKER_DASK_CONFIG, **CLOSED_HTTP_CONFIG}):
-                super().__init__(n_workers=n_workers or max(1, os.cpu_count() or 1),
+                super().__init__(n_workers=n_workers or default_workers(),
                                  threads_per_worker=WORKER_THREADS, processes=True, host="127.0.0.1",
                                  dashboard_address="127.0.0.1:0",
                                  scheduler_kwargs={"dashboard": False},
@@ -95,10 +96,16 @@ class ClosedLocalCluster(LocalCluster):
             self._restore()  # no worker is (re)started any more
 
 
+def default_workers() -> int:
+    """Worker processes of a local cluster: one per ``WORKER_THREADS`` cores, since each
+    worker computes on that many threads (its forward pass and its mechanism)."""
+    return max(1, (os.cpu_count() or 1) // WORKER_THREADS)
+
+
 def local_cluster(n_workers: int | None = None, secret_env: Iterable[str] = ()
                   ) -> ClosedLocalCluster:
-    """One worker process per core (or ``n_workers``), each computing on one thread
-    (``WORKER_THREADS`` task threads: compute and I/O), on 127.0.0.1,
+    """``n_workers`` worker processes (default: :func:`default_workers`), each a
+    pipeline of ``WORKER_THREADS`` task threads on one torch thread each, on 127.0.0.1,
     closed to other processes; ``secret_env`` names more variables to withhold from the
     workers besides the default ones and those already resolved in this process."""
     return ClosedLocalCluster(n_workers, secret_env)

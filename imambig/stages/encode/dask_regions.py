@@ -2,10 +2,10 @@
 
 Tasks take the job (locations, settings), the index range and the keys derived for the
 run (``RegionKeys``), and return a small manifest. The cluster is closed to everyone
-but this client (``imambig.stages.encode.dask_cluster``). Workers run torch on one thread each,
-two tasks at a time of which one computes while the other reads or writes
-(``encode_regions._COMPUTE``); the default local cluster starts one worker process per
-core, so computing threads never exceed the cores.
+but this client (``imambig.stages.encode.dask_cluster``). Workers run two tasks at a
+time as a pipeline, one region in the encoder's forward pass while the other is in the
+mechanism (or reads or writes), each stage on one torch thread
+(``imambig.stages.encode.regions``).
 """
 
 from __future__ import annotations

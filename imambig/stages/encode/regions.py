@@ -26,6 +26,7 @@ never resolves a secret itself).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -36,6 +37,7 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -51,7 +53,12 @@ from imambig.mechanism.quantizer import VALUE_BITS
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import load_model
 from imambig.stages.encode import noise_fit
-from imambig.stages.encode.images import EncodedBatch, StageTimes, encode_images
+from imambig.stages.encode.images import (
+    EncodedBatch,
+    StageTimes,
+    ambiguate_bottlenecks,
+    bottlenecks,
+)
 from imambig.stages.encode.noise_fit import NoiseFit
 from imambig.stages.encode.plan import (
     MARKER_LIMIT,
@@ -387,11 +394,26 @@ def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStor
 # ---------------------------------------------------------------------------
 
 
-# One region computes at a time in a worker process; its other thread reads the next
-# region's images and writes the last one's records meanwhile (Dask runs
-# ``WORKER_THREADS`` tasks per worker). Torch's one thread per worker then never shares
-# a core with another region's compute, and I/O overlaps compute.
-_COMPUTE = threading.Lock()
+# A worker runs ``WORKER_THREADS`` regions at once as a two-stage pipeline: one region
+# in the encoder's forward pass, the other in the mechanism and seal (or reading and
+# writing), each on one torch thread. So the forward pass of the next region runs while
+# the last one is ambiguated: on a CPU the two keep two cores busy, and I/O overlaps
+# both. Records do not depend on this (each item's bytes are its own).
+_FORWARD = threading.Lock()
+_MECHANISM = threading.Lock()
+
+
+@contextlib.contextmanager
+def _stage_slot(lock: threading.Lock, times: StageTimes, threads: int) -> Iterator[None]:
+    """Hold a pipeline stage of this worker; the time spent waiting for it counts as
+    ``wait``."""
+    waited = time.perf_counter()
+    with lock:
+        times.wait += time.perf_counter() - waited
+        # OpenMP's thread count is a per-thread setting: set it in whichever task thread
+        # computes, or a thread's first region runs on every core
+        torch.set_num_threads(threads)
+        yield
 
 
 def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
@@ -409,14 +431,12 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
         with times.stage("read"):
             images = stores.images.read(slice(held, stop))
             ids = stores.images.item_ids()[start:stop].tolist()
-        waited = time.perf_counter()
-        with _COMPUTE:
-            times.wait += time.perf_counter() - waited
-            # OpenMP's thread count is a per-thread setting: set it in whichever task
-            # thread computes, or a second thread's first region runs on every core
-            torch.set_num_threads(job.config.torch_threads)
-            enc = encode_images(model, noise, decoy_map, images, job.config.precision,
-                                job.config.micro_batch, times)
+        threads, device = job.config.torch_threads, torch.device(job.config.device)
+        with _stage_slot(_FORWARD, times, threads), times.stage("forward", device):
+            h = bottlenecks(model, images, job.config.precision, job.config.micro_batch)
+        with _stage_slot(_MECHANISM, times, threads):
+            enc = ambiguate_bottlenecks(model, noise, decoy_map, h, times)
+        del h
         with times.stage("write"):
             mask, values = _write_region(plan, stores, start, stop, held, ids, enc)
     except BaseException:
