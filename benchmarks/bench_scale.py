@@ -1,6 +1,6 @@
 """A CelebA-sized collection through the encoder: throughput over time, memory per worker.
 
-    python benchmarks/bench_scale.py [--items 202599] [--preset small] [--workers 2]
+    python benchmarks/bench_scale.py [--items 202599] [--preset small] [--workers N]
                                      [--region-items 1024] [--precision auto] [--out DIR]
 
 1. Writes an image store of ``--items`` generated images at the preset's size straight
@@ -8,7 +8,8 @@
 2. Saves a model with random weights (speed does not depend on what it learned).
 3. Encodes the whole store into a local public store and keystore the way ``imambig
    encode`` does (``run_encode`` over ``DaskRegions``) with ``--workers`` Dask worker
-   processes (each computing on one thread while its second task thread reads or writes),
+   processes (each a two-stage pipeline: one region in the forward pass while another
+   is in the mechanism, reads or writes),
    after the noise fit (done once per model, like training).
    Meanwhile a sampler asks every worker for its resident memory every few seconds.
 
@@ -39,6 +40,7 @@ from imambig.config import EncodeConfig, preset
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.checkpoint import save_model
 from imambig.model.precision import resolve
+from imambig.stages.encode.dask_cluster import default_workers
 from imambig.stages.encode.dask_regions import DaskRegions, local_cluster
 from imambig.stages.encode.driver import run_encode
 from imambig.stages.encode.plan import EncodeJob
@@ -105,7 +107,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--items", type=int, default=202_599, help="CelebA's image count")
     p.add_argument("--preset", default="small")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="Dask worker processes (default: imambig's, one per two cores)")
     p.add_argument("--region-items", type=int, default=1024)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")
@@ -146,7 +149,7 @@ def main() -> None:
     n = sum(m.items for m in ms)
     tenths = np.linspace(start, end, 11)
     print(f"\npreset={a.preset} items={n:,} regions={len(ms)} x {a.region_items} "
-          f"workers={a.workers} (1 computing thread each) precision={precision} cores={os.cpu_count()} "
+          f"workers={a.workers} (2 pipeline stages on 1 torch thread each) precision={precision} cores={os.cpu_count()} "
           f"torch={torch.__version__}")
     print(f"image store written in {t_write:.0f} s; encode {report.seconds:.0f} s wall "
           f"(noise fit, cluster start and stores included), {end - start:.0f} s from the "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The compose stack without Docker: a Prefect server (SQLite), a Dask scheduler with two
-# single-threaded workers, and SeaweedFS S3, all on 127.0.0.1, in the background.
+# two-stage workers (--nthreads 2), and SeaweedFS S3, all on 127.0.0.1, in the background.
 #
 #   infra/scripts/local-stack.sh          # then: source runs/local-stack/env.sh
 #   infra/scripts/stop-local-stack.sh
