@@ -111,7 +111,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=202_599, help="CelebA's image count")
     p.add_argument("--preset", default="small")
     p.add_argument("--workers", type=int, default=default_workers(),
-                   help="Dask worker processes (default: imambig's, one per two cores)")
+                   help="Dask worker processes (default: imambig's, one per core)")
     p.add_argument("--region-items", type=int, default=1024)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")

@@ -80,7 +80,7 @@ class PrefectRegions:
 def dask_runner(address: str | None = None, workers: int | None = None,
                 security: ClusterSecurity = ClusterSecurity()) -> DaskTaskRunner:
     """An existing cluster (reached over tls:// as ``security`` says), or a closed local
-    cluster of one two-thread worker per two cores (``imambig.stages.encode.dask_cluster``),
+    cluster of one worker per core (``imambig.stages.encode.dask_cluster``),
     started when the first region is submitted: after the run resolved its secrets, so
     those are withheld from the workers too."""
     if address:

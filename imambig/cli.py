@@ -337,8 +337,7 @@ def _add_encode(sub: Subparsers) -> None:
                    help="where workers run the encoder and the mechanism: cpu, or cuda / "
                         "cuda:N (each batch stays on the GPU; use --workers 1 per GPU)")
     p.add_argument("--workers", type=int, default=None,
-                   help="LocalCluster worker processes (default: one per two cores; each "
-                        "worker computes on two threads, its forward pass and its mechanism)")
+                   help="LocalCluster worker processes (default: one per core)")
     c = ClusterSecurity()
     p.add_argument("--dask-address", "--scheduler", dest="dask_address", default=None,
                    help="use an existing Dask scheduler, e.g. tls://scheduler:8786, reached "

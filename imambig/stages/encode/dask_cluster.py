@@ -97,9 +97,10 @@ class ClosedLocalCluster(LocalCluster):
 
 
 def default_workers() -> int:
-    """Worker processes of a local cluster: one per ``WORKER_THREADS`` cores, since each
-    worker computes on that many threads (its forward pass and its mechanism)."""
-    return max(1, (os.cpu_count() or 1) // WORKER_THREADS)
+    """Worker processes of a local cluster: one per core. A worker's two stages then
+    share a core with another worker's; measured on 2 cores (docs/benchmarks.md), two
+    workers encode 1.04x (``small``) and 1.30x (``paper``) what one worker does."""
+    return max(1, os.cpu_count() or 1)
 
 
 def local_cluster(n_workers: int | None = None, secret_env: Iterable[str] = ()
