@@ -95,31 +95,67 @@ def bottlenecks(model: SparseAutoencoder, images: np.ndarray, precision: str = "
     return torch.cat(out)
 
 
+@dataclass(frozen=True)
+class Unsealed:
+    """Ambiguated records before the seal, on the encoder's device: (B, L, m) public
+    masks, (B, L, k') quantized values, (B, L, k') real-entry flags."""
+
+    mask: torch.Tensor
+    values: torch.Tensor
+    real: torch.Tensor
+
+
 @torch.no_grad()
-def ambiguate_bottlenecks(model: SparseAutoencoder, noise: NoiseModel, decoy_map: DecoyMap,
-                          h: torch.Tensor, times: StageTimes | None = None) -> EncodedBatch:
-    """Sealed public records and keys of bottlenecks ``h`` (B, L, n), on ``h``'s device:
-    the mechanism, seal and key coding, in groups of ``MECHANISM_ITEMS``. Given the same
-    bottlenecks this writes the same bytes on every machine and device
-    (``tests/golden/README.md``)."""
+def ambiguate_unsealed(model: SparseAutoencoder, noise: NoiseModel, decoy_map: DecoyMap,
+                       h: torch.Tensor, times: StageTimes | None = None) -> Unsealed:
+    """The mechanism on bottlenecks ``h`` (B, L, n), in groups of ``MECHANISM_ITEMS``,
+    on ``h``'s device: the records before the seal."""
     times = times if times is not None else StageTimes()
-    masks, values, keys = [], [], []
+    parts = []
     for s in range(0, len(h), MECHANISM_ITEMS):
         group = h[s : s + MECHANISM_ITEMS]
         with times.stage("mechanism", group.device):
-            amb = ambiguate_tensors(model, group, noise, decoy_map, sealed=False)
-        with times.stage("seal", group.device):
-            mask, value, real, seals = seal_records(*amb[:3], decoy_map.seal_key)
+            parts.append(ambiguate_tensors(model, group, noise, decoy_map, sealed=False)[:3])
+    if not parts:
+        c = model.config
+        empty = torch.zeros((0, c.n_maps, c.code_length), dtype=torch.bool, device=h.device)
+        return Unsealed(empty, torch.zeros((0, c.n_maps, noise.k_public), device=h.device),
+                        torch.zeros((0, c.n_maps, noise.k_public), dtype=torch.bool,
+                                    device=h.device))
+    return Unsealed(*(torch.cat(p) for p in zip(*parts, strict=True)))
+
+
+def seal_unsealed(records: Unsealed, seal_key: bytes, times: StageTimes | None = None
+                  ) -> EncodedBatch:
+    """Seal records and code their keys, in groups of ``MECHANISM_ITEMS``: the public
+    records (on the CPU) and the keys."""
+    times = times if times is not None else StageTimes()
+    masks, values, keys = [], [], []
+    for s in range(0, len(records.mask), MECHANISM_ITEMS):
+        part = (records.mask[s : s + MECHANISM_ITEMS], records.values[s : s + MECHANISM_ITEMS],
+                records.real[s : s + MECHANISM_ITEMS])
+        with times.stage("seal", part[0].device):
+            mask, value, real, seals = seal_records(*part, seal_key)
             mask, value, real = mask.cpu().numpy(), value.cpu().numpy(), real.cpu().numpy()
         with times.stage("keys"):
             keys += encode_keys(real, seals)
         masks.append(mask)
         values.append(value)
     if not masks:
-        c = model.config
-        return EncodedBatch(np.zeros((0, c.n_maps, c.code_length), bool),
-                            np.zeros((0, c.n_maps, noise.k_public), np.float16), [])
+        _, L, m = records.mask.shape
+        return EncodedBatch(np.zeros((0, L, m), bool),
+                            np.zeros((0, L, records.values.shape[-1]), np.float16), [])
     return EncodedBatch(np.concatenate(masks), np.concatenate(values), keys)
+
+
+@torch.no_grad()
+def ambiguate_bottlenecks(model: SparseAutoencoder, noise: NoiseModel, decoy_map: DecoyMap,
+                          h: torch.Tensor, times: StageTimes | None = None) -> EncodedBatch:
+    """Sealed public records and keys of bottlenecks ``h`` (B, L, n), on ``h``'s device:
+    the mechanism, seal and key coding. Given the same bottlenecks this writes the same
+    bytes on every machine and device (``tests/golden/README.md``)."""
+    unsealed = ambiguate_unsealed(model, noise, decoy_map, h, times)
+    return seal_unsealed(unsealed, decoy_map.seal_key, times)
 
 
 @torch.no_grad()

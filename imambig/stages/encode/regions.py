@@ -56,8 +56,9 @@ from imambig.stages.encode import noise_fit
 from imambig.stages.encode.images import (
     EncodedBatch,
     StageTimes,
-    ambiguate_bottlenecks,
+    ambiguate_unsealed,
     bottlenecks,
+    seal_unsealed,
 )
 from imambig.stages.encode.noise_fit import NoiseFit
 from imambig.stages.encode.plan import (
@@ -395,7 +396,7 @@ def check_ids_in_place(public: PublicStore, keystore: Keystore, store: ImageStor
 
 
 # A worker runs ``WORKER_THREADS`` regions at once as a two-stage pipeline: one region
-# in the encoder's forward pass, the other in the mechanism and seal (or reading and
+# in the encoder's forward pass, the other in the mechanism (or sealing, reading and
 # writing), each on one torch thread. So the forward pass of the next region runs while
 # the last one is ambiguated: on a CPU the two keep two cores busy, and I/O overlaps
 # both. Records do not depend on this (each item's bytes are its own).
@@ -435,8 +436,12 @@ def encode_region(job: EncodeJob, plan: Plan, start: int, stop: int,
         with _stage_slot(_FORWARD, times, threads), times.stage("forward", device):
             h = bottlenecks(model, images, job.config.precision, job.config.micro_batch)
         with _stage_slot(_MECHANISM, times, threads):
-            enc = ambiguate_bottlenecks(model, noise, decoy_map, h, times)
+            unsealed = ambiguate_unsealed(model, noise, decoy_map, h, times)
         del h
+        # the seal and key coding outside the stages: they overlap the next region's
+        # mechanism (this thread's torch thread count is still the stage's)
+        enc = seal_unsealed(unsealed, decoy_map.seal_key, times)
+        del unsealed
         with times.stage("write"):
             mask, values = _write_region(plan, stores, start, stop, held, ids, enc)
     except BaseException:
