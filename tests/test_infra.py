@@ -359,7 +359,7 @@ def test_dask_cluster_workers_are_single_threaded(
     assert args[args.index("--nthreads") + 1] == str(WORKER_THREADS)
     assert env_dict(container["env"])["OMP_NUM_THREADS"] == "1"
     # One CPU per worker, as the local cluster's one worker per core: its two stages
-    # share it (measured: as fast as two CPUs per worker for the same cores).
+    # share it (docs/benchmarks.md, "The pipelined worker").
     assert str(container["resources"]["limits"]["cpu"]) == "1"
     assert cluster["spec"]["scheduler"]["service"]["selector"] == {
         "dask.org/cluster-name": cluster["metadata"]["name"], "dask.org/component": "scheduler"}

@@ -160,8 +160,9 @@ def _blocked(a64: torch.Tensor, b64: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``a64 @ b64`` summed in blocks of ``BLOCK`` terms, and the number of terms its
     error bound counts: gamma_BLOCK on each block's sum, gamma_blocks on the sum of the
     blocks, instead of gamma_K on one sum. For long sums (the principal coordinates
-    sum 5,120 products) that bound is ~18x tighter, and ~18x fewer outputs need the
-    exact sum; the outputs are the same (each is the exact value's rounding)."""
+    sum 5,120 products) that bound is ~18x tighter, so far fewer outputs need the exact
+    sum (``benchmarks/bench_exact_products.py`` counts them); the outputs are the same
+    (each is the exact value's rounding)."""
     k = a64.shape[-1]
     if k <= BLOCK:
         return a64 @ b64, k

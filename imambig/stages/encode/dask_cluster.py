@@ -98,8 +98,9 @@ class ClosedLocalCluster(LocalCluster):
 
 def default_workers() -> int:
     """Worker processes of a local cluster: one per core. A worker's two stages then
-    share a core with another worker's; measured on 2 cores (docs/benchmarks.md), two
-    workers encode 1.04x (``small``) and 1.30x (``paper``) what one worker does."""
+    share a core with another worker's: on 2 cores two workers encode about as much as
+    one for ``small`` and a third more for ``paper``, whose forward pass is the
+    bottleneck (docs/benchmarks.md)."""
     return max(1, os.cpu_count() or 1)
 
 

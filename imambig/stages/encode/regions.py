@@ -497,8 +497,8 @@ _STORES_LOCK = threading.Lock()
 
 def _run_stores(plan: Plan, images: Location, keys: RegionKeys) -> _RunStores:
     """This run's stores in this worker, opened once for all its regions: opening one
-    on S3 takes several metadata reads (0.1-0.4 s) and the image store's item ids are
-    read whole, which per region would cost more than the region's own bytes. A run is
+    on S3 takes several metadata reads and the image store's item ids are read whole,
+    which per region cost more than the region's own bytes. A run is
     known by its plan, whose fence names the run (a fresh token per run), so a worker
     serving several runs never writes through another run's handles; without a fence
     nothing is kept."""
