@@ -11,8 +11,9 @@ projections. Prints their multiply-adds per image, the time of the bare float64 
 (``a @ b``, best of five) and of the correctly rounded ones, per image; and, for the one
 long sum (the principal coordinates, L*n terms), how many outputs the float64 sum leaves
 undecided with one bound over the whole sum and with the bound of sums in blocks
-(``exact_float.BLOCK``). Random weights and a noise fit on random images, like
-``bench_privacy.py``: the counts and times do not depend on what the model learned.
+(``exact_float.BLOCK``). Random weights and a noise fit on random images
+(``bench_privacy.random_setup``): the counts and times do not depend on what the model
+learned.
 """
 
 from __future__ import annotations
@@ -21,18 +22,12 @@ import argparse
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
+from bench_privacy import random_setup  # benchmarks/ is this script's folder
 
-from imambig.access.secrets import Secret
-from imambig.config import preset
 from imambig.mechanism import exact_float
-from imambig.mechanism.decoy_map import DecoyMap
-from imambig.mechanism.noise_model import fit_noise_model
-from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import resolve
 from imambig.stages.encode.images import bottlenecks
-from imambig.stores.loader import to_tensor
 
 
 def _best(f: Callable[[], object], repeats: int = 5) -> float:
@@ -52,17 +47,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
     precision = resolve(a.precision)
-    model = SparseAutoencoder(preset(a.preset)).eval()
-    c = model.config
-    images = np.random.default_rng(0).integers(
-        0, 256, (max(a.items, 256), c.image_height, c.image_width, 3), dtype=np.uint8)
+    # the noise is fitted on 256 images at least, as bench_privacy's default run does
+    model, images, _, dm = random_setup(a.preset, max(a.items, 256), precision, a.threads)
     with torch.no_grad():
-        noise = fit_noise_model(model, "bench", [to_tensor(images)], k_public=2 * c.k,
-                                precision=precision)
-        dm = DecoyMap.for_owner(noise, Secret(b"k" * 32))
         h = bottlenecks(model, images[: a.items], precision)
         g, _ = dm.coordinates(h)
         x = h.flatten(1) - dm.mean

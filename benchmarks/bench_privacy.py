@@ -21,13 +21,30 @@ import torch
 from imambig.access.secrets import Secret
 from imambig.config import preset
 from imambig.mechanism.decoy_map import DecoyMap
-from imambig.mechanism.noise_model import fit_noise_model
+from imambig.mechanism.noise_model import NoiseModel, fit_noise_model
 from imambig.model.autoencoder import SparseAutoencoder
 from imambig.model.precision import resolve
 from imambig.stages.encode.images import StageTimes, encode_images
 from imambig.stores.loader import to_tensor
 
 KEY = Secret(b"k" * 32)  # a fixed owner secret: the benchmark measures time, not secrecy
+
+
+@torch.no_grad()
+def random_setup(preset_name: str, items: int, precision: str, threads: int
+                 ) -> tuple[SparseAutoencoder, np.ndarray, NoiseModel, DecoyMap]:
+    """A model with random weights, ``items`` random images, a noise fit on them and the
+    fixed owner's decoy map, torch on ``threads`` threads: what the timings need (they
+    do not depend on what a model learned)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = SparseAutoencoder(preset(preset_name)).eval()
+    c = model.config
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (items, c.image_height, c.image_width, 3), dtype=np.uint8)
+    noise = fit_noise_model(model, "bench", [to_tensor(images)], k_public=2 * c.k,
+                            precision=precision)
+    return model, images, noise, DecoyMap.for_owner(noise, KEY)
 
 
 def main() -> None:
@@ -38,17 +55,10 @@ def main() -> None:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"))
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
     precision = resolve(a.precision)
-    model = SparseAutoencoder(preset(a.preset)).eval()
+    model, images, noise, decoys = random_setup(a.preset, a.items, precision, a.threads)
     c = model.config
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (a.items, c.image_height, c.image_width, 3), dtype=np.uint8)
     with torch.no_grad():
-        noise = fit_noise_model(model, "bench", [to_tensor(images)], k_public=2 * c.k,
-                                precision=precision)
-        decoys = DecoyMap.for_owner(noise, KEY)
         runs = []
         for _ in range(4):  # the first warms caches up
             times = StageTimes()
